@@ -1,0 +1,173 @@
+"""Checkpoint formats, kept apart from the models.
+
+Recognised:
+- the project's own: one `.safetensors` file whose header metadata carries a JSON record
+  `{"format": "flowsr-lp", "version": 1, "kind": "flow" | "prior", "family": ..., "config": {...}}`;
+- LINF's official `{'model': {'name': 'linf' | 'linf-patch', 'args', 'sd'}}`;
+- SRFlow's raw state dict (`RRDB.*`, `flowUpsamplerNet.*`, optional `module.` prefix);
+- FlowSR-LP's `{'prior_model': {'name', 'args', 'sd'}}` (latent modules).
+Loading never unpickles code (`weights_only=True`) and is strict; anything else gets a
+one-line `CheckpointError` that names what was expected.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .images import atomic_write
+
+FORMAT = "flowsr-lp"
+EXPECTED_FLOW = ("an official LINF checkpoint ({'model': {'name': 'linf'|'linf-patch', ...}}), "
+                 "an SRFlow state dict, or a flowsr-lp .safetensors flow")
+
+
+class CheckpointError(ValueError):
+    """A file that is not the checkpoint the caller expected."""
+
+
+def _is_safetensors(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 30)
+
+
+def read_checkpoint(path: str | Path) -> tuple[Any, dict | None]:
+    """Return (payload, project metadata or None). Payload: a state dict for our own
+    format, whatever `torch.load(weights_only=True)` gives otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        if _is_safetensors(path):
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                sd = {k: f.get_tensor(k) for k in f.keys()}
+            if FORMAT not in meta:
+                raise CheckpointError(f"{path}: a .safetensors file without flowsr-lp metadata "
+                                      "(no model config inside); save it with flowsr_lp.save_flow/save_prior")
+            return sd, json.loads(meta[FORMAT])
+        return torch.load(path, map_location="cpu", weights_only=True), None
+    except CheckpointError:
+        raise
+    except Exception as e:  # truncated zip, pickle with code in it, garbage bytes ...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise CheckpointError(f"{path}: unreadable checkpoint (truncated or not a checkpoint: {first})") from None
+
+
+def strip_prefix(sd: dict, prefix: str = "module.") -> dict:
+    if sd and all(k.startswith(prefix) for k in sd):
+        return {k[len(prefix):]: v for k, v in sd.items()}
+    return sd
+
+
+def load_strict(model: nn.Module, sd: dict, what: str, path: Path) -> nn.Module:
+    """Strict load with a one-line summary of any mismatch."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [k for k in own if k in sd and tuple(own[k].shape) != tuple(sd[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        if shapes:
+            k = shapes[0]
+            parts.append(f"{len(shapes)} shape mismatches (e.g. {k}: file {list(sd[k].shape)} "
+                         f"vs model {list(own[k].shape)})")
+        raise CheckpointError(f"{path}: does not match {what}: " + "; ".join(parts))
+    model.load_state_dict(sd, strict=True)
+    return model
+
+
+def save_module(model: nn.Module, path: str | Path, kind: str, family: str, config: dict,
+                extra: dict | None = None) -> Path:
+    """Write weights + config as one self-describing .safetensors file, atomically."""
+    record = {"format": FORMAT, "version": 1, "kind": kind, "family": family, "config": config}
+    record.update(extra or {})
+    sd = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    meta = {FORMAT: json.dumps(record)}
+    return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta))
+
+
+# ---- flows ------------------------------------------------------------------------------
+def _linf_from_official(ck: dict, path: Path):
+    from .flows.linf import LINF, LINFConfig
+
+    spec = ck["model"]
+    name, args = spec.get("name"), spec.get("args", {})
+    if name not in ("linf", "linf-patch"):
+        raise CheckpointError(f"{path}: model name {name!r} is not supported (expected 'linf' or 'linf-patch')")
+    enc = args.get("encoder_spec", {})
+    keep = {"edsr-baseline": ("n_resblocks", "n_feats", "res_scale"), "rrdb": ("nf", "nb", "gc")}
+    if enc.get("name") not in keep:
+        raise CheckpointError(f"{path}: LINF encoder {enc.get('name')!r} is not supported (expected 'edsr-baseline' or 'rrdb')")
+    cfg = LINFConfig(
+        encoder=enc["name"],
+        encoder_args={k: v for k, v in enc.get("args", {}).items() if k in keep[enc["name"]]},
+        patch_size=int(args.get("patch_size", 1)) if name == "linf-patch" else 1,
+        flow_layers=int(args.get("flow_layers", 10)),
+        num_layer=int(args.get("num_layer", 3)),
+        hidden_dim=int(args.get("hidden_dim", 256)),
+    )
+    return load_strict(LINF(cfg), spec["sd"], f"a {name} model with a {cfg.encoder} encoder", path)
+
+
+def _build_project_flow(meta: dict):
+    from .flows.linf import LINF, LINFConfig
+
+    family = meta.get("family")
+    if family in ("linf", "linf-patch"):
+        return LINF(LINFConfig(**meta["config"]))
+    if family == "srflow":
+        from .flows.srflow import SRFlow, SRFlowConfig
+
+        return SRFlow(SRFlowConfig.from_dict(meta["config"]))
+    raise CheckpointError(f"unknown flow family {family!r} in flowsr-lp checkpoint")
+
+
+_FLOW_ADAPTERS: list[tuple[Callable[[Any], bool], Callable[[Any, Path], nn.Module]]] = []
+
+
+def flow_adapter(detect: Callable[[Any], bool]):
+    """Register a reader for an official flow checkpoint layout."""
+    def wrap(fn):
+        _FLOW_ADAPTERS.append((detect, fn))
+        return fn
+    return wrap
+
+
+flow_adapter(lambda ck: isinstance(ck, dict) and isinstance(ck.get("model"), dict) and "sd" in ck["model"])(_linf_from_official)
+
+
+def load_flow(path: str | Path, device: str | torch.device = "cpu"):
+    """Load a flow from any supported checkpoint; returns it in eval mode on `device`."""
+    path = Path(path)
+    ck, meta = read_checkpoint(path)
+    if meta is not None:
+        if meta.get("kind") != "flow":
+            raise CheckpointError(f"{path}: a flowsr-lp {meta.get('kind')} checkpoint, not a flow"
+                                  + (" (pass it as --prior / load_prior)" if meta.get("kind") == "prior" else ""))
+        model = load_strict(_build_project_flow(meta), ck, f"a {meta.get('family')} flow", path)
+    else:
+        if isinstance(ck, dict) and "prior_model" in ck:
+            raise CheckpointError(f"{path}: a FlowSR-LP latent-module checkpoint, not a flow (pass it as --prior / load_prior)")
+        for detect, build in _FLOW_ADAPTERS:
+            if detect(ck):
+                model = build(ck, path)
+                break
+        else:
+            raise CheckpointError(f"{path}: unrecognised checkpoint layout; expected {EXPECTED_FLOW}")
+    return model.to(device).eval()
+
+
+def save_flow(flow, path: str | Path, **extra) -> Path:
+    """Write a flow in the project format (weights + config in one .safetensors file)."""
+    return save_module(flow, path, "flow", flow.kind, flow.config.to_dict(), extra)

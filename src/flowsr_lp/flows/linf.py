@@ -1,0 +1,323 @@
+"""LINF: Local Implicit Normalizing Flow (Yao et al., CVPR 2023), 1x1 and 3x3-patch variants.
+
+A query at an HR coordinate gets a conditioning vector from the LR features around it
+(local implicit Fourier features -> MLP); given that vector the flow is an affine map of
+the residual `m = hr - bilinear_up(lr)` (of one pixel, or of a 3x3 patch), so p(m | c) is
+an exact Gaussian. Values live in the [-1, 1] space inside the model; images cross the
+public interface in [0, 1].
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..nets.edsr import EDSRBaseline
+from ..nets.rrdb import RRDBNet
+from .base import Flow, Latent
+from .layers import InvertibleLinear, inverse_f64
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass
+class LINFConfig:
+    encoder: str = "edsr-baseline"  # "edsr-baseline" | "rrdb"
+    encoder_args: dict = field(default_factory=dict)  # n_resblocks/n_feats/res_scale | nf/nb/gc
+    patch_size: int = 1  # 1 (`linf`) or 3 (`linf-patch`)
+    flow_layers: int = 10
+    num_layer: int = 3
+    hidden_dim: int = 256
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_encoder(name: str, args: dict) -> nn.Module:
+    if name == "edsr-baseline":
+        return EDSRBaseline(**args)
+    if name == "rrdb":
+        return RRDBNet(**args)
+    raise ValueError(f"unknown LINF encoder {name!r} (expected 'edsr-baseline' or 'rrdb')")
+
+
+def pixel_centres(n: int, count: int | None = None) -> torch.Tensor:
+    """Centres of n pixels on (-1, 1), in float32 exactly as LINF computes them (the same
+    float operations matter: at integer scales neighbour offsets land on cell borders).
+    `count > n` extrapolates past the border with the same spacing."""
+    r = 1 / n
+    return -1 + r + (2 * r) * torch.arange(n if count is None else count).float()
+
+
+def coord_grid(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """(len(rows), len(cols), 2) grid; [..., 0] is the row coordinate."""
+    return torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1)
+
+
+def to_patches(m: torch.Tensor, ps: int, grid_hw: tuple[int, int]) -> torch.Tensor:
+    """B x 3 x H x W -> B x 3ps^2 x h x w, zero-padding bottom/right; colour-major."""
+    if ps == 1:
+        return m
+    b, c, H, W = m.shape
+    h, w = grid_hw
+    m = F.pad(m, (0, w * ps - W, 0, h * ps - H))
+    m = m.view(b, c, h, ps, w, ps).permute(0, 1, 3, 5, 2, 4)
+    return m.reshape(b, c * ps * ps, h, w)
+
+
+def from_patches(p: torch.Tensor, ps: int) -> torch.Tensor:
+    """Inverse of `to_patches` before cropping: B x 3ps^2 x h x w -> B x 3 x h*ps x w*ps."""
+    if ps == 1:
+        return p
+    b, _, h, w = p.shape
+    p = p.view(b, 3, ps, ps, h, w).permute(0, 1, 4, 2, 5, 3)
+    return p.reshape(b, 3, h * ps, w * ps)
+
+
+class AffineFlow(nn.Module):
+    """LINF's flow on D-vectors: L x [invertible linear, conditional elementwise affine],
+    then a last linear. The affine parameters come from the condition vector."""
+
+    def __init__(self, dim: int, n_layers: int):
+        super().__init__()
+        self.linears = nn.ModuleList([InvertibleLinear(dim) for _ in range(n_layers)])
+        self.last = InvertibleLinear(dim)
+
+    @staticmethod
+    def _affine(cond: torch.Tensor, i: int):
+        s, shift = cond[:, i, 0], cond[:, i, 1]
+        return torch.sigmoid(s + 2.0) + 1e-4, shift
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor):
+        """x (N, D), cond (N, L, 2, D) -> z (N, D), log p(x | cond) (N,) in nats."""
+        logdet = x.new_zeros(x.shape[0])
+        for i, lin in enumerate(self.linears):
+            x, ld = lin(x)
+            scale, shift = self._affine(cond, i)
+            x = x * scale + shift
+            logdet = logdet + ld + torch.log(scale).sum(-1)
+        z, ld = self.last(x)
+        log_pz = -0.5 * (z * z + _LOG_2PI).sum(-1)
+        return z, logdet + ld + log_pz
+
+    def inverse_weights(self) -> list[torch.Tensor]:
+        return [inverse_f64(lin._weight) for lin in (*self.linears, self.last)]
+
+    def inverse(self, z: torch.Tensor, cond: torch.Tensor, weight_invs: list[torch.Tensor]):
+        x, _ = self.last.inverse(z, weight_invs[-1])
+        for i in reversed(range(len(self.linears))):
+            scale, shift = self._affine(cond, i)
+            x, _ = self.linears[i].inverse((x - shift) / scale, weight_invs[i])
+        return x
+
+
+@dataclass
+class AxisLookup:
+    """For one axis and one neighbour offset: which LR cell each query reads, and the
+    query's offset from that cell's centre in LR-cell units. Nearest-cell lookup is
+    separable (rows and columns are unnormalised independently), so two short vectors
+    replace a 2-D `grid_sample` over the whole query grid."""
+
+    index: torch.Tensor  # (n_queries_on_axis,) long
+    rel: torch.Tensor  # (n_queries_on_axis,) float
+
+
+@dataclass
+class LINFContext:
+    inp: torch.Tensor  # normalised LR, B x 3 x h x w
+    out_size: tuple[int, int]  # unpadded HR size
+    lr_maps: torch.Tensor  # cat(coef, freq) channels-last, B x h x w x 2hd
+    phase: torch.Tensor  # phase(cell * [h, w]), B x hd/2
+    coord: torch.Tensor  # query coordinates, hq x wq x 2
+    rows: list[AxisLookup]  # per row offset (-1, +1)
+    cols: list[AxisLookup]  # per column offset (-1, +1)
+    cond: torch.Tensor | None = None  # cached MLP output, B x hq x wq x 2DL
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return tuple(self.coord.shape[:2])
+
+
+def axis_lookups(q: torch.Tensor, n: int) -> list[AxisLookup]:
+    """Neighbour lookups along one axis of n LR cells for query coordinates q, with the
+    same float operations (shift, clamp, nearest `grid_sample`) as LINF's 2-D lookup."""
+    centres = pixel_centres(n).to(q)
+    table = torch.stack([torch.arange(n).to(q), centres]).view(1, 2, n, 1)
+    out = []
+    for v in (-1, 1):
+        shifted = (q + (v / n + 1e-6)).clamp_(-1 + 1e-6, 1 - 1e-6)
+        grid = torch.stack([torch.zeros_like(shifted), shifted], -1).view(1, -1, 1, 2)
+        idx, centre = F.grid_sample(table, grid, mode="nearest", align_corners=False).view(2, -1)
+        out.append(AxisLookup(idx.long(), (q - centre) * n))
+    return out
+
+
+class LINF(Flow):
+    """`patch_size` 1 is LINF's per-pixel model, 3 the 3x3-patch model FlowSR-LP uses."""
+
+    #: queries per chunk when evaluating the conditioning network (bounds memory)
+    chunk_queries: int = 8192
+    #: the conditioning of a whole query grid is kept in the context below this size
+    cache_bytes: int = 1 << 30
+
+    def __init__(self, config: LINFConfig | None = None):
+        super().__init__()
+        self.config = config = config or LINFConfig()
+        self.kind = "linf" if config.patch_size == 1 else "linf-patch"
+        self.encoder = build_encoder(config.encoder, config.encoder_args)
+        c, hd = self.encoder.out_dim, config.hidden_dim
+        self.dim = 3 * config.patch_size**2
+        self.coef = nn.Conv2d(c, hd, 3, padding=1)
+        self.freq = nn.Conv2d(c, hd, 3, padding=1)
+        self.phase = nn.Linear(2, hd // 2, bias=False)
+        layers: list[nn.Module] = [nn.Conv2d(4 * hd, hd, 1), nn.ReLU()]
+        for _ in range(config.num_layer - 1):
+            layers += [nn.Conv2d(hd, hd, 1), nn.ReLU()]
+        layers.append(nn.Conv2d(hd, 2 * self.dim * config.flow_layers, 1))
+        self.layers = nn.Sequential(*layers)
+        self.imnet = AffineFlow(self.dim, config.flow_layers)
+
+    def default_tau(self, scale: float) -> float:
+        # LINF's recommended temperatures: 0.5 up to x4, 0.4 at x6, 0.2 at x8
+        return 0.5 if scale <= 4 else 0.4 if scale <= 6 else 0.2
+
+    # ---- conditioning ------------------------------------------------------------------
+    def query_coords(self, out_size: tuple[int, int]) -> torch.Tensor:
+        H, W = out_size
+        ps = self.config.patch_size
+        if ps == 1:
+            return coord_grid(pixel_centres(H), pixel_centres(W))
+        hq, wq = -(-H // ps), -(-W // ps)
+        c = ps // 2
+        rows = pixel_centres(H, hq * ps)[c::ps]
+        cols = pixel_centres(W, wq * ps)[c::ps]
+        return coord_grid(rows, cols)
+
+    def condition(self, lr: torch.Tensor, out_size: tuple[int, int]) -> LINFContext:
+        H, W = (int(s) for s in out_size)
+        if H < 1 or W < 1:
+            raise ValueError(f"output size must be positive, got {out_size}")
+        inp = (lr - 0.5) / 0.5
+        feat = self.encoder(inp)
+        b, _, h, w = feat.shape
+        lr_maps = torch.cat([self.coef(feat), self.freq(feat)], 1).permute(0, 2, 3, 1).contiguous()
+        cell = torch.tensor([2 / H, 2 / W], device=feat.device, dtype=feat.dtype)
+        phase = self.phase((cell * torch.tensor([h, w]).to(cell)).expand(b, 2))
+        coord = self.query_coords((H, W)).to(feat)
+        ctx = LINFContext(inp, (H, W), lr_maps, phase, coord,
+                          axis_lookups(coord[:, 0, 0], h), axis_lookups(coord[0, :, 1], w))
+        hq, wq = ctx.grid_size
+        cond_bytes = b * hq * wq * 2 * self.dim * self.config.flow_layers * feat.element_size()
+        if cond_bytes <= self.cache_bytes:
+            ctx.cond = torch.cat([self._cond_rows(ctx, r0, r1) for r0, r1 in self._chunks(ctx)], 1)
+        return ctx
+
+    def _chunks(self, ctx: LINFContext):
+        hq, wq = ctx.grid_size
+        step = max(1, self.chunk_queries // (wq * ctx.inp.shape[0]))
+        return [(r0, min(r0 + step, hq)) for r0 in range(0, hq, step)]
+
+    def _cond_rows(self, ctx: LINFContext, r0: int, r1: int) -> torch.Tensor:
+        """Condition vectors for query rows [r0, r1): B x rows x wq x 2DL (channels last)."""
+        if ctx.cond is not None:
+            return ctx.cond[:, r0:r1]
+        hd = self.config.hidden_dim
+        b, wq = ctx.inp.shape[0], ctx.grid_size[1]
+        phase = ctx.phase[:, None, None, :]
+        feats = ctx.lr_maps.new_empty(b, r1 - r0, wq, 4 * hd)
+        rel_rows = [r.rel[r0:r1, None, None] for r in ctx.rows]
+        rel_cols = [c.rel[None, :, None] for c in ctx.cols]
+        areas = [(rr * rc).abs() + 1e-9 for rr in rel_rows for rc in rel_cols]
+        total = areas[0] + areas[1] + areas[2] + areas[3]
+        k = 0
+        for i, row in enumerate(ctx.rows):
+            picked_rows = ctx.lr_maps.index_select(1, row.index[r0:r1])
+            for j, col in enumerate(ctx.cols):
+                q = picked_rows.index_select(2, col.index)
+                q_coef, f_row, f_col = q[..., :hd], q[..., hd : hd + hd // 2], q[..., hd + hd // 2 :]
+                g = math.pi * (f_row * rel_rows[i] + f_col * rel_cols[j] + phase)
+                # each neighbour is weighted by the area of the diagonally opposite rectangle
+                cw = q_coef * (areas[3 - k // hd] / total)
+                torch.mul(torch.cos(g), cw[..., : hd // 2], out=feats[..., k : k + hd // 2])
+                torch.mul(torch.sin(g), cw[..., hd // 2 :], out=feats[..., k + hd // 2 : k + hd])
+                k += hd
+        x = feats
+        for layer in self.layers:
+            if isinstance(layer, nn.Conv2d):  # 1x1 convs in the checkpoint, linears here
+                x = F.linear(x, layer.weight.flatten(1), layer.bias)
+            else:
+                x = F.relu(x, inplace=True)
+        return x
+
+    # ---- residual <-> latent --------------------------------------------------------------
+    def _bilinear_base(self, ctx: LINFContext) -> torch.Tensor:
+        H, W = ctx.out_size
+        if self.config.patch_size == 1:
+            grid = ctx.coord.unsqueeze(0).expand(ctx.inp.shape[0], -1, -1, -1).flip(-1)
+            return F.grid_sample(ctx.inp, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return F.interpolate(ctx.inp, (H, W), mode="bilinear", align_corners=False)
+
+    def _cond_view(self, cond: torch.Tensor) -> torch.Tensor:
+        return cond.reshape(-1, self.config.flow_layers, 2, self.dim)
+
+    def encode_patches(self, patches: torch.Tensor, ctx: LINFContext):
+        """Residual patches (B x D x hq x wq, [-1, 1] space) -> (z map, per-query log p)."""
+        zs, log_ps = [], []
+        for r0, r1 in self._chunks(ctx):
+            x = patches[:, :, r0:r1].permute(0, 2, 3, 1)
+            shape = x.shape
+            z, log_p = self.imnet(x.reshape(-1, self.dim), self._cond_view(self._cond_rows(ctx, r0, r1)))
+            zs.append(z.view(shape).permute(0, 3, 1, 2))
+            log_ps.append(log_p.view(shape[:3]))
+        return torch.cat(zs, 2), torch.cat(log_ps, 1)
+
+    def decode_patches(self, z: torch.Tensor, ctx: LINFContext) -> torch.Tensor:
+        """Latent map -> residual patches (B x D x hq x wq, [-1, 1] space)."""
+        invs = self.imnet.inverse_weights()
+        out = []
+        for r0, r1 in self._chunks(ctx):
+            x = z[:, :, r0:r1].permute(0, 2, 3, 1)
+            shape = x.shape
+            m = self.imnet.inverse(x.reshape(-1, self.dim), self._cond_view(self._cond_rows(ctx, r0, r1)), invs)
+            out.append(m.view(shape).permute(0, 3, 1, 2))
+        return torch.cat(out, 2)
+
+    def decode_residual(self, latent: Latent, ctx: LINFContext) -> torch.Tensor:
+        """Folded residual before cropping, [-1, 1] space."""
+        return from_patches(self.decode_patches(latent[0], ctx), self.config.patch_size)
+
+    # ---- the flow interface -----------------------------------------------------------
+    def latent_shapes(self, ctx: LINFContext) -> list[tuple[int, ...]]:
+        return [(ctx.inp.shape[0], self.dim, *ctx.grid_size)]
+
+    def encode(self, hr: torch.Tensor, ctx: LINFContext):
+        m = (hr - 0.5) / 0.5 - self._bilinear_base(ctx)
+        z, log_p = self.encode_patches(to_patches(m, self.config.patch_size, ctx.grid_size), ctx)
+        return (z,), log_p.flatten(1).sum(1)
+
+    def decode(self, latent: Latent, ctx: LINFContext) -> torch.Tensor:
+        H, W = ctx.out_size
+        m = self.decode_residual(latent, ctx)[:, :, :H, :W]
+        return (m + self._bilinear_base(ctx)) * 0.5 + 0.5
+
+    def initial_prior(self, lr: torch.Tensor, ctx: LINFContext) -> Latent:
+        """FlowSR-LP's initial prior: the bilinear-upsampled LR taken as a pseudo-HR; its
+        residual against its own down-up copy is pushed through the flow forward."""
+        H, W = ctx.out_size
+        h, w = ctx.inp.shape[-2:]
+        up = F.interpolate(ctx.inp, (H, W), mode="bilinear", align_corners=False)
+        up_down = F.interpolate(up, (h, w), mode="bilinear", align_corners=False)
+        m = up - F.interpolate(up_down, (H, W), mode="bilinear", align_corners=False)
+        z, _ = self.encode_patches(to_patches(m, self.config.patch_size, ctx.grid_size), ctx)
+        return (z,)
+
+
+#: configurations of the released LINF checkpoints (LINF's Google Drive and FlowSR-LP's)
+RELEASED = {
+    "linf-edsr-baseline": LINFConfig(encoder="edsr-baseline", patch_size=1),
+    "linf-patch-edsr-baseline": LINFConfig(encoder="edsr-baseline", patch_size=3),
+    "linf-patch-rrdb": LINFConfig(encoder="rrdb", encoder_args={"nb": 23}, patch_size=3),
+}

@@ -1,0 +1,1 @@
+"""Plain backbones (no flow logic): encoders, dense blocks, UNet, Swin, VGG."""

@@ -1,0 +1,74 @@
+"""RRDB network (ESRGAN layout), used as LINF's encoder and as SRFlow's conditioner."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class DenseBlock5(nn.Module):
+    """Five 3x3 convs, each seeing the input and all earlier outputs (the RDB / dense block).
+
+    `act_last=False` and `residual` are what distinguish ESRGAN's RDB from the plain dense
+    block used by FlowSR-LP's latent module."""
+
+    def __init__(self, in_ch: int, growth: int, out_ch: int, residual_scale: float | None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, growth, 3, padding=1)
+        self.conv2 = nn.Conv2d(in_ch + growth, growth, 3, padding=1)
+        self.conv3 = nn.Conv2d(in_ch + 2 * growth, growth, 3, padding=1)
+        self.conv4 = nn.Conv2d(in_ch + 3 * growth, growth, 3, padding=1)
+        self.conv5 = nn.Conv2d(in_ch + 4 * growth, out_ch, 3, padding=1)
+        self.residual_scale = residual_scale
+
+    def forward(self, x):
+        feats = [x]
+        for conv in (self.conv1, self.conv2, self.conv3, self.conv4):
+            feats.append(F.leaky_relu(conv(torch.cat(feats, 1)), 0.2))
+        out = self.conv5(torch.cat(feats, 1))
+        if self.residual_scale is None:
+            return out
+        return out * self.residual_scale + x
+
+
+class RRDB(nn.Module):
+    def __init__(self, nf: int = 64, gc: int = 32):
+        super().__init__()
+        self.RDB1 = DenseBlock5(nf, gc, nf, 0.2)
+        self.RDB2 = DenseBlock5(nf, gc, nf, 0.2)
+        self.RDB3 = DenseBlock5(nf, gc, nf, 0.2)
+
+    def forward(self, x):
+        return self.RDB3(self.RDB2(self.RDB1(x))) * 0.2 + x
+
+
+class RRDBNet(nn.Module):
+    """ESRGAN's RRDB network. The upsampling convs exist so released state dicts load
+    strictly; which of them run depends on the user (LINF encoder vs SRFlow conditioner)."""
+
+    def __init__(self, nf: int = 64, nb: int = 23, gc: int = 32, n_upconv: int = 2):
+        super().__init__()
+        self.conv_first = nn.Conv2d(3, nf, 3, padding=1)
+        self.RRDB_trunk = nn.Sequential(*[RRDB(nf, gc) for _ in range(nb)])
+        self.trunk_conv = nn.Conv2d(nf, nf, 3, padding=1)
+        for i in range(1, n_upconv + 1):
+            setattr(self, f"upconv{i}", nn.Conv2d(nf, nf, 3, padding=1))
+        self.HRconv = nn.Conv2d(nf, nf, 3, padding=1)
+        self.conv_last = nn.Conv2d(nf, 3, 3, padding=1)
+        self.out_dim = nf
+        self.n_upconv = n_upconv
+
+    def trunk(self, x, taps: tuple[int, ...] = ()):
+        """Return (first-conv features, trunk output, [outputs of the tapped blocks])."""
+        f = self.conv_first(x)
+        h, tapped = f, []
+        for i, block in enumerate(self.RRDB_trunk):
+            h = block(h)
+            if i in taps:
+                tapped.append(h)
+        return f, h, tapped
+
+    def forward(self, x):
+        """LINF's encoder output: ESRGAN's global skip around trunk + trunk_conv."""
+        f, t, _ = self.trunk(x)
+        return f + self.trunk_conv(t)

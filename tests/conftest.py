@@ -1,0 +1,44 @@
+"""Shared fixtures. Data and reference vectors live in ../shared beside the checkout (or
+wherever FLOWSR_LP_SHARED points); tests that need them skip with a message without them."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FLOWSR_LP_SHARED", ROOT.parent / "shared"))
+REFERENCE = SHARED / "reference"
+DATA = SHARED / "data"
+
+
+def need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} is absent (set FLOWSR_LP_SHARED to the shared folder to run this test)")
+    return path
+
+
+@pytest.fixture
+def reference() -> Path:
+    return need(REFERENCE)
+
+
+@pytest.fixture
+def data() -> Path:
+    return need(DATA)
+
+
+def load_vectors(name: str) -> dict:
+    return torch.load(need(REFERENCE / f"{name}.vectors.pt"), weights_only=True)
+
+
+def assert_ref(actual, expected, atol=1e-4, rtol=1e-4, msg=""):
+    torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol, msg=lambda m: f"{msg}: {m}")
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_threads():
+    torch.manual_seed(0)
+    yield

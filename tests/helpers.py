@@ -1,0 +1,35 @@
+"""Small models and images for fast tests."""
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+import torch
+
+from flowsr_lp.flows.linf import LINF, LINFConfig
+
+
+def tiny_linf(patch_size: int = 3, encoder: str = "edsr-baseline", seed: int = 0) -> LINF:
+    torch.manual_seed(seed)
+    args = {"n_resblocks": 1, "n_feats": 8} if encoder == "edsr-baseline" else {"nf": 8, "nb": 1, "gc": 4}
+    flow = LINF(LINFConfig(encoder=encoder, encoder_args=args, patch_size=patch_size, hidden_dim=16, flow_layers=3))
+    with torch.no_grad():  # make the flow far from identity so tests can fail
+        for p in flow.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return flow.eval()
+
+
+def write_png16(path, a: np.ndarray) -> None:
+    """Write a 16-bit PNG (H x W x C uint16, C in 1, 3, 4); Pillow cannot write these."""
+    h, w, c = a.shape
+    raw = b"".join(b"\x00" + a[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+
+    ctype = {1: 0, 3: 2, 4: 6}[c]
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, ctype, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    with open(path, "wb") as f:
+        f.write(png)
