@@ -33,3 +33,14 @@ def write_png16(path, a: np.ndarray) -> None:
            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
     with open(path, "wb") as f:
         f.write(png)
+
+
+def tiny_srflow(scale: int = 4, seed: int = 0, perturb: float = 0.05):
+    from flowsr_lp.flows.srflow import SRFlow, SRFlowConfig
+
+    torch.manual_seed(seed)
+    flow = SRFlow(SRFlowConfig(scale=scale, nf=8, nb=2, gc=4, K=2, taps=(0, 1), hidden_channels=8))
+    with torch.no_grad():  # zero-initialised couplings would make the test trivially pass
+        for p in flow.parameters():
+            p.add_(perturb * torch.randn_like(p))
+    return flow.eval()

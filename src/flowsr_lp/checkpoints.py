@@ -98,9 +98,11 @@ def save_module(model: nn.Module, path: str | Path, kind: str, family: str, conf
 
 
 # ---- flows ------------------------------------------------------------------------------
-def _linf_from_official(ck: dict, path: Path):
+def _linf_from_official(ck: dict, path: Path, taps=None):
     from .flows.linf import LINF, LINFConfig
 
+    if taps is not None:
+        raise CheckpointError(f"{path}: RRDB taps only apply to SRFlow checkpoints, this is a LINF one")
     spec = ck["model"]
     name, args = spec.get("name"), spec.get("args", {})
     if name not in ("linf", "linf-patch"):
@@ -147,8 +149,30 @@ def flow_adapter(detect: Callable[[Any], bool]):
 flow_adapter(lambda ck: isinstance(ck, dict) and isinstance(ck.get("model"), dict) and "sd" in ck["model"])(_linf_from_official)
 
 
-def load_flow(path: str | Path, device: str | torch.device = "cpu"):
-    """Load a flow from any supported checkpoint; returns it in eval mode on `device`."""
+def _is_srflow(ck) -> bool:
+    if not isinstance(ck, dict) or not ck:
+        return False
+    keys = strip_prefix(ck).keys()
+    return all(isinstance(v, torch.Tensor) for v in ck.values()) and any(k.startswith("flowUpsamplerNet.") for k in keys)
+
+
+@flow_adapter(_is_srflow)
+def _srflow_from_state_dict(ck: dict, path: Path, taps=None):
+    from .flows.srflow import SRFlow, config_from_state_dict
+
+    sd = strip_prefix(ck)
+    try:
+        cfg = config_from_state_dict(sd, taps=taps)
+    except (KeyError, ValueError, IndexError) as e:
+        raise CheckpointError(f"{path}: SRFlow state dict: {e}") from None
+    return load_strict(SRFlow(cfg), sd, f"an SRFlow x{cfg.scale} model (nb {cfg.nb}, K {cfg.K}, L {cfg.L})", path)
+
+
+def load_flow(path: str | Path, device: str | torch.device = "cpu", *, taps=None):
+    """Load a flow from any supported checkpoint; returns it in eval mode on `device`.
+
+    `taps`: the RRDB block indices an SRFlow model conditions on, which a state dict cannot
+    tell (only their number); default: the released models' ones for that scale."""
     path = Path(path)
     ck, meta = read_checkpoint(path)
     if meta is not None:
@@ -161,7 +185,7 @@ def load_flow(path: str | Path, device: str | torch.device = "cpu"):
             raise CheckpointError(f"{path}: a FlowSR-LP latent-module checkpoint, not a flow (pass it as --prior / load_prior)")
         for detect, build in _FLOW_ADAPTERS:
             if detect(ck):
-                model = build(ck, path)
+                model = build(ck, path, taps=taps)
                 break
         else:
             raise CheckpointError(f"{path}: unrecognised checkpoint layout; expected {EXPECTED_FLOW}")

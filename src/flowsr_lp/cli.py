@@ -40,8 +40,12 @@ def _add_upscale(sub) -> None:
     p.add_argument("--flow", help="flow checkpoint (official LINF/SRFlow or flowsr-lp .safetensors); "
                                   "default: the bundled small LINF model")
     p.add_argument("--prior", help="latent-module checkpoint; its prediction replaces the sampled latent")
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--scale", type=parse_scale, help="upscaling factor: S, or SH,SW for anisotropic")
+    p.add_argument("--taps", type=lambda t: [int(x) for x in t.split(",")], default=None,
+                   help="SRFlow only: RRDB block indices the flow conditions on, e.g. 1,8,15,22 "
+                        "(default: the released models' ones)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--scale", type=parse_scale, help="upscaling factor: S, or SH,SW for anisotropic "
+                   "(fixed-scale flows such as SRFlow default to their own)")
     g.add_argument("--size", type=parse_size, help="output size HxW")
     p.add_argument("--tau", type=float, default=None, help="sampling temperature (default: the flow's "
                    "recommended one; ignored with --prior)")

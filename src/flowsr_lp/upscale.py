@@ -17,14 +17,14 @@ class ExplodingInverse(RuntimeError):
     """The flow's reverse pass produced inf/NaN for every draw that was tried."""
 
 
-def load_models(flow_path, prior_path, device):
+def load_models(flow_path, prior_path, device, taps=None):
     try:
         if flow_path is None:
             from .zoo import default_models
 
             flow_path, default_prior = default_models()
             prior_path = prior_path or default_prior
-        flow = load_flow(flow_path, device=device)
+        flow = load_flow(flow_path, device=device, taps=taps)
         prior = None
         if prior_path is not None:
             from .priors import load_prior
@@ -44,7 +44,7 @@ def output_paths(inputs: list[Path], out: Path) -> list[Path]:
     return [out] if single_file else [out / (p.stem + ".png") for p in inputs]
 
 
-def upscale_one(resolver: SuperResolver, lr: torch.Tensor, args, size, retries: int) -> torch.Tensor:
+def upscale_one(resolver: SuperResolver, lr: torch.Tensor, args, size, retries: int, name="") -> torch.Tensor:
     for attempt in range(retries + 1):
         gen = torch.Generator().manual_seed(args.seed + attempt)
         sr = resolver.upscale(lr, size, tau=args.tau, generator=gen)
@@ -52,6 +52,9 @@ def upscale_one(resolver: SuperResolver, lr: torch.Tensor, args, size, retries: 
             return sr[0]
         if resolver.prior is not None:
             break  # a deterministic latent gives the same result every time
+        if attempt < retries:
+            tqdm.write(f"note: {name}: exploding inverse (inf/NaN) with seed {args.seed + attempt}; "
+                       f"retrying with seed {args.seed + attempt + 1}", file=sys.stderr)
     tries = "1 draw" if resolver.prior is not None or retries == 0 else f"{retries + 1} draws"
     hint = "" if resolver.prior is not None else " (try --retries N or a lower --tau)"
     raise ExplodingInverse(f"exploding inverse: the flow's output went inf/NaN ({tries}); nothing written{hint}")
@@ -59,7 +62,16 @@ def upscale_one(resolver: SuperResolver, lr: torch.Tensor, args, size, retries: 
 
 def upscale_files(args) -> int:
     device = torch.device(args.device)
-    flow, prior = load_models(args.flow, args.prior, device)
+    flow, prior = load_models(args.flow, args.prior, device, args.taps)
+    fixed = getattr(flow, "fixed_scale", None)
+    if args.scale is None and args.size is None:
+        if fixed is None:
+            raise CLIError("give --scale or --size")
+        args.scale = fixed
+    if fixed is not None and args.scale is not None and args.scale not in (fixed, (fixed, fixed)):
+        raise CLIError(f"this flow is fixed-scale x{fixed}; --scale {args.scale} is not possible")
+    if args.retries < 0:
+        raise CLIError("--retries must be >= 0")
     resolver = SuperResolver(flow, prior)
     inputs = list_images(args.inputs)
     if not inputs:
@@ -82,7 +94,7 @@ def upscale_files(args) -> int:
             if mp > args.max_megapixels:
                 raise ImageError(f"{src}: output {size[0]}x{size[1]} is {mp:.1f} MP, over the "
                                  f"--max-megapixels limit of {args.max_megapixels:g}")
-            sr = upscale_one(resolver, lr, args, size, args.retries)
+            sr = upscale_one(resolver, lr, args, size, args.retries, src)
             write_png(sr, dst)
             seen[dst] = src
         except (ImageError, ExplodingInverse, ValueError) as e:
