@@ -44,3 +44,17 @@ def tiny_srflow(scale: int = 4, seed: int = 0, perturb: float = 0.05):
         for p in flow.parameters():
             p.add_(perturb * torch.randn_like(p))
     return flow.eval()
+
+
+SMALL = {
+    "unet": dict(generator="unet", dim=8, depth=3),
+    "edsr": dict(generator="edsr-baseline-latent", dim=8, n_resblocks=2),
+    "swin": dict(generator="swin_latent", embed_dim=8, depths=(1, 2), num_heads=(1, 2), window_size=7),
+}
+
+
+def tiny_linf_prior(kind="unet", inputs="both", seed=0):
+    from flowsr_lp.priors import LINFLatentModule, LINFPriorConfig
+
+    torch.manual_seed(seed)
+    return LINFLatentModule(LINFPriorConfig(inputs=inputs, **SMALL[kind])).eval()

@@ -155,3 +155,36 @@ def test_refuses_to_overwrite_input(tmp_path, capsys, flow_file):
 def test_module_entry_point_help():
     r = subprocess.run([sys.executable, "-m", "flowsr_lp", "upscale", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--flow" in r.stdout and "--scale" in r.stdout
+
+
+def test_upscale_with_learned_prior(tmp_path, capsys):
+    src = need(DATA / "Set14" / "HR" / "comic.png")
+    flow = need(REFERENCE / "linf-patch-edsr-baseline.pth")
+    prior = REFERENCE / "linf-patch-edsr-baseline-LP.pth"
+    lr = tmp_path / "comic_lr.png"
+    Image.open(src).resize((62, 90), Image.BICUBIC).save(lr)
+    outs = []
+    for i in range(2):  # deterministic: no seed involved
+        code, err = run([lr, "--flow", flow, "--prior", prior, "--scale", "3.5", "--tau", "0.8", "-o",
+                         tmp_path / f"o{i}"], capsys)
+        assert code == 0, err
+        assert "--tau is ignored with a learned prior" in err
+        outs.append(np.asarray(Image.open(tmp_path / f"o{i}" / "comic_lr.png")))
+    assert outs[0].shape == (315, 217, 3) and np.array_equal(outs[0], outs[1])
+
+
+def test_upscale_srflow_with_its_prior(tmp_path, capsys):
+    flow = need(REFERENCE / "srflow-4x-nb4-k2.pth")
+    src = rgb(tmp_path / "a.png", 9, 11)
+    code, err = run([src, "--flow", flow, "--taps", "0,1,2,3", "--prior", REFERENCE / "srflow-4x-nb4-k2-LP.pth",
+                     "-o", tmp_path / "o"], capsys)
+    assert code == 0, err
+    assert Image.open(tmp_path / "o" / "a.png").size == (44, 36)
+
+
+def test_mismatched_prior_is_refused(tmp_path, capsys):
+    flow = need(REFERENCE / "srflow-4x-nb4-k2.pth")
+    src = rgb(tmp_path / "a.png")
+    code, err = run([src, "--flow", flow, "--taps", "0,1,2,3", "--prior", REFERENCE / "linf-patch-edsr-baseline-LP.pth",
+                     "-o", tmp_path / "o"], capsys)
+    assert code == 2 and "do not belong together" in err

@@ -1,7 +1,8 @@
 """FlowSR-LP: learned priors for flow-based super-resolution models."""
-from .checkpoints import CheckpointError, load_flow, save_flow
+from .checkpoints import CheckpointError, load_flow, load_prior, save_flow, save_prior
 from .flows import Flow, Latent
 from .pipeline import SuperResolver
 
 __version__ = "0.1.0"
-__all__ = ["CheckpointError", "Flow", "Latent", "SuperResolver", "load_flow", "save_flow", "__version__"]
+__all__ = ["CheckpointError", "Flow", "Latent", "SuperResolver", "load_flow", "load_prior", "save_flow", "save_prior",
+           "__version__"]

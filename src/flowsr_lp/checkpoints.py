@@ -12,6 +12,7 @@ one-line `CheckpointError` that names what was expected.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -195,3 +196,64 @@ def load_flow(path: str | Path, device: str | torch.device = "cpu", *, taps=None
 def save_flow(flow, path: str | Path, **extra) -> Path:
     """Write a flow in the project format (weights + config in one .safetensors file)."""
     return save_module(flow, path, "flow", flow.kind, flow.config.to_dict(), extra)
+
+
+# ---- priors (latent modules) -------------------------------------------------------------
+EXPECTED_PRIOR = ("a FlowSR-LP latent-module checkpoint ({'prior_model': {'name', 'args', 'sd'}}) "
+                  "or a flowsr-lp .safetensors prior")
+
+
+def _prior_from_official(spec: dict, path: Path):
+    from .priors.linf_lp import LINFLatentModule, LINFPriorConfig
+    from .priors.srflow_lp import SRFlowLatentModule, SRFlowPriorConfig
+
+    name, args, sd = spec.get("name"), dict(spec.get("args", {})), spec.get("sd", {})
+    if name == "unet" and any(k.startswith("input_proj0.") for k in sd):  # SRFlow-LP: one branch per latent
+        n = len({k.split(".")[0] for k in sd if re.match(r"input_proj\d+\.", k)})
+        cfg = SRFlowPriorConfig(dim=int(args.get("dim", 64)), depth=int(args.get("depth", 3)),
+                                latent_channels=tuple(sd[f"input_proj{i}.conv1.weight"].shape[1] for i in range(n)),
+                                with_lr="lr_proj0.conv1.weight" in sd or "lr_proj0.0.weight" in sd)
+        return load_strict(SRFlowLatentModule(cfg), sd, "an SRFlow-LP UNet latent module", path)
+    generator = {"unet": "unet", "edsr-baseline-latent": "edsr-baseline-latent", "swin_latent": "swin_latent"}.get(name)
+    if generator is None:
+        raise CheckpointError(f"{path}: latent module {name!r} is not supported "
+                              "(expected 'unet', 'edsr-baseline-latent' or 'swin_latent')")
+    has_prior, has_lr = any(k.startswith("input_proj.") for k in sd), any(k.startswith("lr_proj.") for k in sd)
+    known = {"in_chans", "dim", "depth", "n_resblocks", "res_scale", "embed_dim", "depths", "num_heads",
+             "window_size", "mlp_ratio"}
+    cfg = LINFPriorConfig.from_dict({"generator": generator, **{k: v for k, v in args.items() if k in known},
+                                     "inputs": "both" if has_prior == has_lr else "prior" if has_prior else "lr"})
+    return load_strict(LINFLatentModule(cfg), sd, f"a LINF-LP latent module with a {generator} generator", path)
+
+
+def load_prior(path: str | Path, device: str | torch.device = "cpu"):
+    """Load a latent module (official `{'prior_model': ...}` or project format), eval mode."""
+    from .priors.linf_lp import LINFLatentModule, LINFPriorConfig
+    from .priors.srflow_lp import SRFlowLatentModule, SRFlowPriorConfig
+
+    path = Path(path)
+    ck, meta = read_checkpoint(path)
+    if meta is not None:
+        if meta.get("kind") != "prior":
+            raise CheckpointError(f"{path}: a flowsr-lp {meta.get('kind')} checkpoint, not a latent module"
+                                  + (" (pass it as --flow / load_flow)" if meta.get("kind") == "flow" else ""))
+        family = meta.get("family")
+        if family == "linf-lp":
+            model = LINFLatentModule(LINFPriorConfig.from_dict(meta["config"]))
+        elif family == "srflow-lp":
+            model = SRFlowLatentModule(SRFlowPriorConfig.from_dict(meta["config"]))
+        else:
+            raise CheckpointError(f"{path}: unknown latent-module family {family!r}")
+        model = load_strict(model, ck, f"a {family} latent module", path)
+    elif isinstance(ck, dict) and isinstance(ck.get("prior_model"), dict):
+        model = _prior_from_official(ck["prior_model"], path)
+    elif isinstance(ck, dict) and ("model" in ck or _is_srflow(ck)):
+        raise CheckpointError(f"{path}: a flow checkpoint, not a latent module (pass it as --flow / load_flow)")
+    else:
+        raise CheckpointError(f"{path}: unrecognised checkpoint layout; expected {EXPECTED_PRIOR}")
+    return model.to(device).eval()
+
+
+def save_prior(prior, path: str | Path, **extra) -> Path:
+    """Write a latent module in the project format (weights + config in one file)."""
+    return save_module(prior, path, "prior", prior.kind, prior.config.to_dict(), extra)

@@ -55,6 +55,8 @@ def _add_upscale(sub) -> None:
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, mps ...)")
     p.add_argument("--max-megapixels", type=float, default=64.0,
                    help="refuse outputs larger than this many megapixels (default 64)")
+    p.add_argument("--prior-max-pixels", type=int, default=1 << 20,
+                   help="latent maps with more positions than this run the prior in blended tiles (default 2^20)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_upscale)
 

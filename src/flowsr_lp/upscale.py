@@ -72,7 +72,12 @@ def upscale_files(args) -> int:
         raise CLIError(f"this flow is fixed-scale x{fixed}; --scale {args.scale} is not possible")
     if args.retries < 0:
         raise CLIError("--retries must be >= 0")
-    resolver = SuperResolver(flow, prior)
+    if prior is not None and args.tau is not None:
+        print("note: --tau is ignored with a learned prior (the latent is predicted, not sampled)", file=sys.stderr)
+    try:
+        resolver = SuperResolver(flow, prior, prior_max_pixels=args.prior_max_pixels)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
     inputs = list_images(args.inputs)
     if not inputs:
         raise CLIError("no input images found")

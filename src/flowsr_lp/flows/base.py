@@ -42,6 +42,11 @@ class Flow(nn.Module, abc.ABC):
     def initial_prior(self, lr: torch.Tensor, ctx) -> Latent:
         """The latent of the upsampled LR image: the latent module's starting point."""
 
+    @property
+    @abc.abstractmethod
+    def latent_channels(self) -> tuple[int, ...]:
+        """Channels of each latent part (what a latent module must predict)."""
+
     def default_tau(self, scale: float) -> float:
         """The temperature the flow's authors recommend at this scale."""
         return 0.8

@@ -180,6 +180,10 @@ class LINF(Flow):
         self.layers = nn.Sequential(*layers)
         self.imnet = AffineFlow(self.dim, config.flow_layers)
 
+    @property
+    def latent_channels(self) -> tuple[int, ...]:
+        return (self.dim,)
+
     def default_tau(self, scale: float) -> float:
         # LINF's recommended temperatures: 0.5 up to x4, 0.4 at x6, 0.2 at x8
         return 0.5 if scale <= 4 else 0.4 if scale <= 6 else 0.2

@@ -103,6 +103,10 @@ class SRFlow(Flow):
     def fixed_scale(self) -> int:
         return self.config.scale
 
+    @property
+    def latent_channels(self) -> tuple[int, ...]:
+        return tuple(c for _, c, _, _ in self.latent_shapes(None))
+
     def default_tau(self, scale: float) -> float:
         return 0.9  # SRFlow's default heat
 
@@ -130,8 +134,8 @@ class SRFlow(Flow):
         return SRFlowContext(lr, (s * h, s * w), conds)
 
     # ---- the flow interface -----------------------------------------------------------
-    def latent_shapes(self, ctx: SRFlowContext) -> list[tuple[int, ...]]:
-        b, _, h, w = ctx.lr.shape
+    def latent_shapes(self, ctx: SRFlowContext | None) -> list[tuple[int, ...]]:
+        b, _, h, w = ctx.lr.shape if ctx is not None else (1, 3, 2, 2)
         H, W, c, shapes = h * self.config.scale, w * self.config.scale, 3, []
         for layer in self.flowUpsamplerNet.layers:
             if isinstance(layer, Squeeze):

@@ -18,11 +18,14 @@ def _mean_shift(sign: int) -> nn.Conv2d:
 
 
 class ResBlock(nn.Module):
-    def __init__(self, n_feats: int, res_scale: float = 1.0):
+    """conv3x3 -> activation -> conv3x3 with an identity skip (EDSR uses ReLU; FlowSR-LP's
+    EDSR-baseline latent generator LeakyReLU 0.2)."""
+
+    def __init__(self, n_feats: int, res_scale: float = 1.0, act: nn.Module | None = None):
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(n_feats, n_feats, 3, padding=1),
-            nn.ReLU(inplace=True),
+            act or nn.ReLU(inplace=True),
             nn.Conv2d(n_feats, n_feats, 3, padding=1),
         )
         self.res_scale = res_scale

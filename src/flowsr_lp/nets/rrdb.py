@@ -1,34 +1,9 @@
 """RRDB network (ESRGAN layout), used as LINF's encoder and as SRFlow's conditioner."""
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
-
-class DenseBlock5(nn.Module):
-    """Five 3x3 convs, each seeing the input and all earlier outputs (the RDB / dense block).
-
-    `act_last=False` and `residual` are what distinguish ESRGAN's RDB from the plain dense
-    block used by FlowSR-LP's latent module."""
-
-    def __init__(self, in_ch: int, growth: int, out_ch: int, residual_scale: float | None):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_ch, growth, 3, padding=1)
-        self.conv2 = nn.Conv2d(in_ch + growth, growth, 3, padding=1)
-        self.conv3 = nn.Conv2d(in_ch + 2 * growth, growth, 3, padding=1)
-        self.conv4 = nn.Conv2d(in_ch + 3 * growth, growth, 3, padding=1)
-        self.conv5 = nn.Conv2d(in_ch + 4 * growth, out_ch, 3, padding=1)
-        self.residual_scale = residual_scale
-
-    def forward(self, x):
-        feats = [x]
-        for conv in (self.conv1, self.conv2, self.conv3, self.conv4):
-            feats.append(F.leaky_relu(conv(torch.cat(feats, 1)), 0.2))
-        out = self.conv5(torch.cat(feats, 1))
-        if self.residual_scale is None:
-            return out
-        return out * self.residual_scale + x
+from .dense import DenseBlock5
 
 
 class RRDB(nn.Module):

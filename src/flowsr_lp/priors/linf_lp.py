@@ -1,0 +1,122 @@
+"""LINF-LP latent module: two dense-block encoders (initial prior, LR image) and a latent
+generator (UNet by default; EDSR-baseline or Swin-T as in the paper's ablation)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..nets.dense import DenseBlock5
+from ..nets.edsr import ResBlock
+from ..nets.swin import SwinStage
+from ..nets.unet import OutConv, unet_forward, unet_layers
+
+GENERATORS = ("unet", "edsr-baseline-latent", "swin_latent")
+INPUTS = ("both", "prior", "lr")
+
+
+@dataclass
+class LINFPriorConfig:
+    generator: str = "unet"
+    in_chans: int = 27  # latent channels: 3 x 3 x 3 for the 3x3 patch flows
+    inputs: str = "both"  # the paper's Table 5 ablation: both, initial prior only, LR only
+    dim: int = 64  # unet / edsr-baseline-latent width
+    depth: int = 3  # unet
+    n_resblocks: int = 16  # edsr-baseline-latent
+    res_scale: float = 1.0
+    embed_dim: int = 96  # swin_latent: width per input branch (the blocks see twice this)
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    num_heads: tuple[int, ...] = (3, 6, 12, 24)
+    window_size: int = 7
+    mlp_ratio: float = 4.0
+
+    @property
+    def width(self) -> int:
+        """Feature width the generator sees, whatever the inputs."""
+        return 2 * self.embed_dim if self.generator == "swin_latent" else self.dim
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["depths"], d["num_heads"] = list(self.depths), list(self.num_heads)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LINFPriorConfig":
+        d = dict(d)
+        for k in ("depths", "num_heads"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+
+class LINFLatentModule(nn.Module):
+    kind = "linf-lp"
+
+    def __init__(self, config: LINFPriorConfig | None = None):
+        super().__init__()
+        self.config = cfg = config or LINFPriorConfig()
+        if cfg.generator not in GENERATORS or cfg.inputs not in INPUTS:
+            raise ValueError(f"generator must be one of {GENERATORS} and inputs one of {INPUTS}")
+        w, c = cfg.width, cfg.in_chans
+        branch = w // 2 if cfg.inputs == "both" else w
+        if cfg.inputs in ("both", "prior"):
+            self.input_proj = DenseBlock5(c, branch, branch, None)
+        if cfg.inputs in ("both", "lr"):
+            self.lr_proj = nn.Sequential(nn.Conv2d(3, c, 3, stride=3, padding=1), nn.LeakyReLU(0.2),
+                                         DenseBlock5(c, branch, branch, None))
+        if cfg.generator == "unet":
+            self.inc, self.down_layers, self.up_layers = unet_layers(w, cfg.depth)
+            self.outc = OutConv(w, c)
+        elif cfg.generator == "edsr-baseline-latent":
+            self.body = nn.Sequential(*[ResBlock(w, cfg.res_scale, nn.LeakyReLU(0.2)) for _ in range(cfg.n_resblocks)])
+            self.last_conv = nn.Conv2d(w, c, 1)
+        else:
+            self.layers = nn.ModuleList([SwinStage(w, d, h, cfg.window_size, cfg.mlp_ratio)
+                                         for d, h in zip(cfg.depths, cfg.num_heads)])
+            self.norm = nn.LayerNorm(w)
+            e = cfg.embed_dim
+            self.head = nn.Sequential(nn.Conv2d(w, e, 1), nn.LeakyReLU(0.2), nn.Conv2d(e, e // 2, 1),
+                                      nn.LeakyReLU(0.2), nn.Conv2d(e // 2, c, 1))
+
+    @property
+    def latent_channels(self) -> tuple[int, ...]:
+        return (self.config.in_chans,)
+
+    # two stages, separately callable so large maps can be tiled (see tiling.py); `part` is
+    # the index of the latent part (LINF latents have one)
+    def lr_features(self, lr: torch.Tensor, size: tuple[int, int], part: int = 0) -> torch.Tensor | None:
+        """LR branch on the whole LR image (in [0, 1]), resized to the latent map's size."""
+        if not hasattr(self, "lr_proj"):
+            return None
+        f = self.lr_proj((lr - 0.5) / 0.5)
+        if tuple(f.shape[-2:]) != tuple(size):
+            f = F.interpolate(f, size, mode="bilinear", align_corners=False)
+        return f
+
+    def generate(self, z0: torch.Tensor, lr_feat: torch.Tensor | None, part: int = 0) -> torch.Tensor:
+        feats = [self.input_proj(z0)] if hasattr(self, "input_proj") else []
+        x = torch.cat(feats + ([lr_feat] if lr_feat is not None else []), 1)
+        g = self.config.generator
+        if g == "unet":
+            return self.outc(unet_forward(x, self.inc, self.down_layers, self.up_layers))
+        if g == "edsr-baseline-latent":
+            return self.last_conv(self.body(x))
+        x = x.permute(0, 2, 3, 1)
+        for stage in self.layers:
+            x = stage(x)
+        return self.head(self.norm(x).permute(0, 3, 1, 2))
+
+    def forward(self, latent: tuple[torch.Tensor, ...], lr: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(initial prior,), LR in [0, 1] -> (learned latent,) of the same shape."""
+        (z0,) = latent
+        return (self.generate(z0, self.lr_features(lr, z0.shape[-2:])),)
+
+
+#: the released / paper configurations (key names and shapes in linf_lp_manifest.json)
+RELEASED = {
+    "linf-lp-unet": LINFPriorConfig(generator="unet", dim=64, depth=3),
+    "linf-lp-edsr-baseline-latent": LINFPriorConfig(generator="edsr-baseline-latent", dim=64, n_resblocks=16),
+    "linf-lp-swin-latent": LINFPriorConfig(generator="swin_latent", embed_dim=96),
+}

@@ -1,0 +1,77 @@
+"""SRFlow-LP latent module: one independent branch per latent (split eps, top z), each a
+dense-block encoder, a UNet and a 1x1 output conv. Optionally (ours, off by default so the
+official checkpoint loads) each branch also sees the LR image."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..nets.dense import DenseBlock5
+from ..nets.unet import OutConv, unet_forward, unet_layers
+
+
+@dataclass
+class SRFlowPriorConfig:
+    dim: int = 64
+    depth: int = 3
+    latent_channels: tuple[int, ...] = (6, 96)  # SRFlow 4x: (eps, z)
+    with_lr: bool = False
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["latent_channels"] = list(self.latent_channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SRFlowPriorConfig":
+        d = dict(d)
+        d["latent_channels"] = tuple(d.get("latent_channels", (6, 96)))
+        return cls(**d)
+
+
+class SRFlowLatentModule(nn.Module):
+    kind = "srflow-lp"
+
+    def __init__(self, config: SRFlowPriorConfig | None = None):
+        super().__init__()
+        self.config = cfg = config or SRFlowPriorConfig()
+        d = cfg.dim
+        own = d // 2 if cfg.with_lr else d
+        for i, c in enumerate(cfg.latent_channels):
+            setattr(self, f"input_proj{i}", DenseBlock5(c, own, own, None))
+            if cfg.with_lr:
+                setattr(self, f"lr_proj{i}", nn.Sequential(nn.Conv2d(3, d // 2, 3, padding=1), nn.LeakyReLU(0.2),
+                                                           DenseBlock5(d // 2, d // 2, d // 2, None)))
+            inc, downs, ups = unet_layers(d, cfg.depth)
+            setattr(self, f"inc{i}", inc)
+            setattr(self, f"down_layers{i}", downs)
+            setattr(self, f"up_layers{i}", ups)
+            setattr(self, f"outc{i}", OutConv(d, c))
+
+    @property
+    def latent_channels(self) -> tuple[int, ...]:
+        return self.config.latent_channels
+
+    def lr_features(self, lr: torch.Tensor, size: tuple[int, int], part: int = 0) -> torch.Tensor | None:
+        if not self.config.with_lr:
+            return None
+        f = getattr(self, f"lr_proj{part}")((lr - 0.5) / 0.5)
+        return F.interpolate(f, size, mode="bilinear", align_corners=False)
+
+    def generate(self, z0: torch.Tensor, lr_feat: torch.Tensor | None, part: int = 0) -> torch.Tensor:
+        x = getattr(self, f"input_proj{part}")(z0)
+        if lr_feat is not None:
+            x = torch.cat([x, lr_feat], 1)
+        x = unet_forward(x, getattr(self, f"inc{part}"), getattr(self, f"down_layers{part}"),
+                         getattr(self, f"up_layers{part}"))
+        return getattr(self, f"outc{part}")(x)
+
+    def forward(self, latent: tuple[torch.Tensor, ...], lr: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Standardised initial-prior latents, LR in [0, 1] -> learned latents."""
+        return tuple(self.generate(z0, self.lr_features(lr, z0.shape[-2:], i), i) for i, z0 in enumerate(latent))
+
+
+RELEASED = {"srflow-lp-unet": SRFlowPriorConfig(dim=64, depth=3)}
