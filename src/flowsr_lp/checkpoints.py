@@ -123,17 +123,28 @@ def _linf_from_official(ck: dict, path: Path, taps=None):
     return load_strict(LINF(cfg), spec["sd"], f"a {name} model with a {cfg.encoder} encoder", path)
 
 
-def _build_project_flow(meta: dict):
+def _project_model(meta: dict, path: Path, kind: str) -> nn.Module:
+    """Build the model a project-format file describes (weights not loaded yet)."""
     from .flows.linf import LINF, LINFConfig
+    from .flows.srflow import SRFlow, SRFlowConfig
+    from .priors.linf_lp import LINFLatentModule, LINFPriorConfig
+    from .priors.srflow_lp import SRFlowLatentModule, SRFlowPriorConfig
 
-    family = meta.get("family")
-    if family in ("linf", "linf-patch"):
-        return LINF(LINFConfig(**meta["config"]))
-    if family == "srflow":
-        from .flows.srflow import SRFlow, SRFlowConfig
-
-        return SRFlow(SRFlowConfig.from_dict(meta["config"]))
-    raise CheckpointError(f"unknown flow family {family!r} in flowsr-lp checkpoint")
+    if meta.get("kind") != kind:
+        other = {"flow": "--flow / load_flow", "prior": "--prior / load_prior"}.get(meta.get("kind"))
+        raise CheckpointError(f"{path}: a flowsr-lp {meta.get('kind')} checkpoint, not a "
+                              f"{'flow' if kind == 'flow' else 'latent module'}" + (f" (pass it as {other})" if other else ""))
+    builders = {
+        ("flow", "linf"): lambda c: LINF(LINFConfig(**c)),
+        ("flow", "linf-patch"): lambda c: LINF(LINFConfig(**c)),
+        ("flow", "srflow"): lambda c: SRFlow(SRFlowConfig.from_dict(c)),
+        ("prior", "linf-lp"): lambda c: LINFLatentModule(LINFPriorConfig.from_dict(c)),
+        ("prior", "srflow-lp"): lambda c: SRFlowLatentModule(SRFlowPriorConfig.from_dict(c)),
+    }
+    build = builders.get((kind, meta.get("family")))
+    if build is None:
+        raise CheckpointError(f"{path}: unknown {kind} family {meta.get('family')!r} in a flowsr-lp checkpoint")
+    return build(meta["config"])
 
 
 _FLOW_ADAPTERS: list[tuple[Callable[[Any], bool], Callable[[Any, Path], nn.Module]]] = []
@@ -177,10 +188,7 @@ def load_flow(path: str | Path, device: str | torch.device = "cpu", *, taps=None
     path = Path(path)
     ck, meta = read_checkpoint(path)
     if meta is not None:
-        if meta.get("kind") != "flow":
-            raise CheckpointError(f"{path}: a flowsr-lp {meta.get('kind')} checkpoint, not a flow"
-                                  + (" (pass it as --prior / load_prior)" if meta.get("kind") == "prior" else ""))
-        model = load_strict(_build_project_flow(meta), ck, f"a {meta.get('family')} flow", path)
+        model = load_strict(_project_model(meta, path, "flow"), ck, f"a {meta.get('family')} flow", path)
     else:
         if isinstance(ck, dict) and "prior_model" in ck:
             raise CheckpointError(f"{path}: a FlowSR-LP latent-module checkpoint, not a flow (pass it as --prior / load_prior)")
@@ -228,23 +236,10 @@ def _prior_from_official(spec: dict, path: Path):
 
 def load_prior(path: str | Path, device: str | torch.device = "cpu"):
     """Load a latent module (official `{'prior_model': ...}` or project format), eval mode."""
-    from .priors.linf_lp import LINFLatentModule, LINFPriorConfig
-    from .priors.srflow_lp import SRFlowLatentModule, SRFlowPriorConfig
-
     path = Path(path)
     ck, meta = read_checkpoint(path)
     if meta is not None:
-        if meta.get("kind") != "prior":
-            raise CheckpointError(f"{path}: a flowsr-lp {meta.get('kind')} checkpoint, not a latent module"
-                                  + (" (pass it as --flow / load_flow)" if meta.get("kind") == "flow" else ""))
-        family = meta.get("family")
-        if family == "linf-lp":
-            model = LINFLatentModule(LINFPriorConfig.from_dict(meta["config"]))
-        elif family == "srflow-lp":
-            model = SRFlowLatentModule(SRFlowPriorConfig.from_dict(meta["config"]))
-        else:
-            raise CheckpointError(f"{path}: unknown latent-module family {family!r}")
-        model = load_strict(model, ck, f"a {family} latent module", path)
+        model = load_strict(_project_model(meta, path, "prior"), ck, f"a {meta.get('family')} latent module", path)
     elif isinstance(ck, dict) and isinstance(ck.get("prior_model"), dict):
         model = _prior_from_official(ck["prior_model"], path)
     elif isinstance(ck, dict) and ("model" in ck or _is_srflow(ck)):
