@@ -58,3 +58,34 @@ def tiny_linf_prior(kind="unet", inputs="both", seed=0):
 
     torch.manual_seed(seed)
     return LINFLatentModule(LINFPriorConfig(inputs=inputs, **SMALL[kind])).eval()
+
+
+def natural_images(folder, n: int = 8, size: int = 96):
+    """n crops of scikit-image's bundled photos, written as PNGs (small training sets)."""
+    from pathlib import Path
+
+    from PIL import Image
+    from skimage import data as skdata
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    photos = [skdata.astronaut(), skdata.coffee(), skdata.chelsea(), skdata.rocket()]
+    for i in range(n):
+        img = photos[i % len(photos)]
+        r = (i // len(photos)) * size // 2
+        Image.fromarray(img[r:r + size, r:r + size]).save(folder / f"img{i}.png")
+    return folder
+
+
+def write_recipe(path, **sections) -> str:
+    import yaml
+
+    path.write_text(yaml.safe_dump(sections))
+    return str(path)
+
+
+def read_csv(path):
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))

@@ -101,3 +101,33 @@ def test_tau_zero_is_the_conditional_mean_and_beats_noise_on_log_p():
         _, lp_mean = flow.encode(mean, ctx)
         _, lp_noisy = flow.encode(noisy, ctx)
     assert lp_mean > lp_noisy  # the mode of a Gaussian is its most likely point
+
+
+@pytest.mark.parametrize("patch_size", [1, 3])
+@pytest.mark.parametrize("window", [(0, 0, 9, 12), (4, 7, 9, 9), (10, 2, 14, 20)])
+def test_a_window_is_the_same_as_cropping_the_whole_image(patch_size, window):
+    flow = tiny_linf(patch_size)
+    lr, H, W = torch.rand(2, 3, 8, 9), 24, 27
+    top, left, h, w = window
+    hr = torch.rand(2, 3, H, W)
+    with torch.no_grad():
+        full = flow.condition(lr, (H, W))
+        win = flow.condition(lr, (H, W), window)
+        assert win.out_size == (h, w)
+        z_win = flow.sample_latent(win, 0.7, torch.Generator().manual_seed(0))
+        back = flow.decode(flow.encode(hr[..., top:top + h, left:left + w], win)[0], win)
+        torch.testing.assert_close(back, hr[..., top:top + h, left:left + w], atol=1e-4, rtol=1e-4)
+        if top % patch_size == 0 and left % patch_size == 0:  # aligned: the same queries as the full grid
+            ps = patch_size
+            z_full = torch.zeros(flow.latent_shapes(full)[0])
+            z_full[..., top // ps: top // ps + z_win[0].shape[-2], left // ps: left // ps + z_win[0].shape[-1]] = z_win[0]
+            sr_full = flow.decode((z_full,), full)[..., top:top + h, left:left + w]
+            sr_win = flow.decode(z_win, win)
+            if h % ps == 0 and w % ps == 0:
+                torch.testing.assert_close(sr_win, sr_full, atol=1e-5, rtol=1e-5)
+            z0_full = flow.initial_prior(lr, full)[0]
+            z0_win = flow.initial_prior(lr, win)[0]
+            torch.testing.assert_close(z0_win, z0_full[..., top // ps: top // ps + z0_win.shape[-2],
+                                                       left // ps: left // ps + z0_win.shape[-1]], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="does not fit"):
+        flow.condition(lr, (H, W), (20, 0, 9, 9))

@@ -123,17 +123,13 @@ def _linf_from_official(ck: dict, path: Path, taps=None):
     return load_strict(LINF(cfg), spec["sd"], f"a {name} model with a {cfg.encoder} encoder", path)
 
 
-def _project_model(meta: dict, path: Path, kind: str) -> nn.Module:
-    """Build the model a project-format file describes (weights not loaded yet)."""
+def build_model(kind: str, family: str, config: dict) -> nn.Module:
+    """A new flow or latent module from its family name and config dict (random weights)."""
     from .flows.linf import LINF, LINFConfig
     from .flows.srflow import SRFlow, SRFlowConfig
     from .priors.linf_lp import LINFLatentModule, LINFPriorConfig
     from .priors.srflow_lp import SRFlowLatentModule, SRFlowPriorConfig
 
-    if meta.get("kind") != kind:
-        other = {"flow": "--flow / load_flow", "prior": "--prior / load_prior"}.get(meta.get("kind"))
-        raise CheckpointError(f"{path}: a flowsr-lp {meta.get('kind')} checkpoint, not a "
-                              f"{'flow' if kind == 'flow' else 'latent module'}" + (f" (pass it as {other})" if other else ""))
     builders = {
         ("flow", "linf"): lambda c: LINF(LINFConfig(**c)),
         ("flow", "linf-patch"): lambda c: LINF(LINFConfig(**c)),
@@ -141,10 +137,23 @@ def _project_model(meta: dict, path: Path, kind: str) -> nn.Module:
         ("prior", "linf-lp"): lambda c: LINFLatentModule(LINFPriorConfig.from_dict(c)),
         ("prior", "srflow-lp"): lambda c: SRFlowLatentModule(SRFlowPriorConfig.from_dict(c)),
     }
-    build = builders.get((kind, meta.get("family")))
+    build = builders.get((kind, family))
     if build is None:
-        raise CheckpointError(f"{path}: unknown {kind} family {meta.get('family')!r} in a flowsr-lp checkpoint")
-    return build(meta["config"])
+        known = sorted(f for k, f in builders if k == kind)
+        raise ValueError(f"unknown {kind} family {family!r} (expected one of {known})")
+    return build(config or {})
+
+
+def _project_model(meta: dict, path: Path, kind: str) -> nn.Module:
+    """Build the model a project-format file describes (weights not loaded yet)."""
+    if meta.get("kind") != kind:
+        other = {"flow": "--flow / load_flow", "prior": "--prior / load_prior"}.get(meta.get("kind"))
+        raise CheckpointError(f"{path}: a flowsr-lp {meta.get('kind')} checkpoint, not a "
+                              f"{'flow' if kind == 'flow' else 'latent module'}" + (f" (pass it as {other})" if other else ""))
+    try:
+        return build_model(kind, meta.get("family"), meta["config"])
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: {e}") from None
 
 
 _FLOW_ADAPTERS: list[tuple[Callable[[Any], bool], Callable[[Any, Path], nn.Module]]] = []

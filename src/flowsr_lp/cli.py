@@ -67,12 +67,49 @@ def _run_upscale(args) -> int:
     return upscale_files(args)
 
 
+def _add_train(sub, task: str) -> None:
+    what = "a flow by likelihood (LINF stage 1 / fine-tune, SRFlow)" if task == "flow" else \
+        "a latent module through a frozen flow (FlowSR-LP)"
+    p = sub.add_parser(f"train-{task}", help=f"train {what}",
+                       description=f"Train {what} from a YAML recipe (see configs/). Under torchrun it runs "
+                                   "distributed: torchrun --nproc_per_node N -m flowsr_lp " + f"train-{task} CONFIG")
+    p.add_argument("config", help="YAML recipe")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set optim.lr=2e-4 --set run.out=runs/x (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue from run.out/checkpoint.pt exactly where it stopped")
+    p.add_argument("--vgg-weights", help="torchvision VGG19 ImageNet weights file for the perceptual loss")
+    p.add_argument("--perceptual", choices=["vgg", "none"], help="perceptual loss (none: pixel L1 + latent L1)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the recipe's run.device, auto)")
+    p.set_defaults(func=lambda a: _run_train(a, task))
+
+
+def _run_train(args, task: str) -> int:
+    from .train.config import ConfigError, load_config
+    from .train.run import train
+    from .train.trainer import TrainingError
+
+    overrides = list(args.set)
+    if args.vgg_weights:
+        overrides.append(f"loss.vgg_weights={args.vgg_weights}")
+    if args.perceptual:
+        overrides.append(f"loss.perceptual={args.perceptual}")
+    if args.device:
+        overrides.append(f"run.device={args.device}")
+    try:
+        train(load_config(args.config, overrides, task), resume=args.resume)
+    except (ConfigError, TrainingError, FileNotFoundError) as e:
+        raise CLIError(str(e)) from None
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flowsr-lp", description="Flow-based super-resolution with learned priors "
                                      "(FlowSR-LP, CVPR 2024): LINF and SRFlow, sampling or learned prior.")
     parser.add_argument("--version", action="version", version=f"flowsr-lp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_upscale(sub)
+    _add_train(sub, "flow")
+    _add_train(sub, "prior")
     return parser
 
 

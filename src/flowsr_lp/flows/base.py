@@ -47,6 +47,10 @@ class Flow(nn.Module, abc.ABC):
     def latent_channels(self) -> tuple[int, ...]:
         """Channels of each latent part (what a latent module must predict)."""
 
+    @abc.abstractmethod
+    def nll(self, log_p: torch.Tensor, ctx) -> torch.Tensor:
+        """The flow's conventional training NLL per image from `encode`'s log p."""
+
     def default_tau(self, scale: float) -> float:
         """The temperature the flow's authors recommend at this scale."""
         return 0.8

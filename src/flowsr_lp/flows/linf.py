@@ -128,13 +128,20 @@ class AxisLookup:
 @dataclass
 class LINFContext:
     inp: torch.Tensor  # normalised LR, B x 3 x h x w
-    out_size: tuple[int, int]  # unpadded HR size
+    out_size: tuple[int, int]  # unpadded size of the HR region decoded (the window, or the image)
     lr_maps: torch.Tensor  # cat(coef, freq) channels-last, B x h x w x 2hd
     phase: torch.Tensor  # phase(cell * [h, w]), B x hd/2
     coord: torch.Tensor  # query coordinates, hq x wq x 2
     rows: list[AxisLookup]  # per row offset (-1, +1)
     cols: list[AxisLookup]  # per column offset (-1, +1)
     cond: torch.Tensor | None = None  # cached MLP output, B x hq x wq x 2DL
+    full_size: tuple[int, int] | None = None  # the whole HR image (differs from out_size for a window)
+    offset: tuple[int, int] = (0, 0)  # top-left of the window in the HR image
+
+    def crop(self, x: torch.Tensor) -> torch.Tensor:
+        """The window's part of a full-size HR map."""
+        (t, l), (h, w) = self.offset, self.out_size
+        return x[..., t : t + h, l : l + w]
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -184,35 +191,47 @@ class LINF(Flow):
     def latent_channels(self) -> tuple[int, ...]:
         return (self.dim,)
 
+    def nll(self, log_p: torch.Tensor, ctx: LINFContext) -> torch.Tensor:
+        """Nats per query (LINF's training loss)."""
+        hq, wq = ctx.grid_size
+        return -log_p / (hq * wq)
+
     def default_tau(self, scale: float) -> float:
         # LINF's recommended temperatures: 0.5 up to x4, 0.4 at x6, 0.2 at x8
         return 0.5 if scale <= 4 else 0.4 if scale <= 6 else 0.2
 
     # ---- conditioning ------------------------------------------------------------------
-    def query_coords(self, out_size: tuple[int, int]) -> torch.Tensor:
-        H, W = out_size
-        ps = self.config.patch_size
-        if ps == 1:
-            return coord_grid(pixel_centres(H), pixel_centres(W))
-        hq, wq = -(-H // ps), -(-W // ps)
-        c = ps // 2
-        rows = pixel_centres(H, hq * ps)[c::ps]
-        cols = pixel_centres(W, wq * ps)[c::ps]
+    def query_coords(self, full_size: tuple[int, int], window: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+        """Query coordinates (pixel or patch centres) of a window (top, left, h, w) of an
+        HR image of `full_size`; patches overhanging the image get extrapolated centres."""
+        H, W = full_size
+        top, left, h, w = window or (0, 0, H, W)
+        ps, c = self.config.patch_size, self.config.patch_size // 2
+        hq, wq = -(-h // ps), -(-w // ps)
+        rows = pixel_centres(H, top + hq * ps)[top + c :: ps]
+        cols = pixel_centres(W, left + wq * ps)[left + c :: ps]
         return coord_grid(rows, cols)
 
-    def condition(self, lr: torch.Tensor, out_size: tuple[int, int]) -> LINFContext:
+    def condition(self, lr: torch.Tensor, out_size: tuple[int, int],
+                  window: tuple[int, int, int, int] | None = None) -> LINFContext:
+        """`window` = (top, left, h, w) restricts the queries to part of the HR image (as in
+        FlowSR-LP's training crops); decode then returns that part only."""
         H, W = (int(s) for s in out_size)
         if H < 1 or W < 1:
             raise ValueError(f"output size must be positive, got {out_size}")
+        top, left, h_out, w_out = window or (0, 0, H, W)
+        if top < 0 or left < 0 or h_out < 1 or w_out < 1 or top + h_out > H or left + w_out > W:
+            raise ValueError(f"window {window} does not fit an output of {(H, W)}")
         inp = (lr - 0.5) / 0.5
         feat = self.encoder(inp)
         b, _, h, w = feat.shape
         lr_maps = torch.cat([self.coef(feat), self.freq(feat)], 1).permute(0, 2, 3, 1).contiguous()
         cell = torch.tensor([2 / H, 2 / W], device=feat.device, dtype=feat.dtype)
         phase = self.phase((cell * torch.tensor([h, w]).to(cell)).expand(b, 2))
-        coord = self.query_coords((H, W)).to(feat)
-        ctx = LINFContext(inp, (H, W), lr_maps, phase, coord,
-                          axis_lookups(coord[:, 0, 0], h), axis_lookups(coord[0, :, 1], w))
+        coord = self.query_coords((H, W), window).to(feat)
+        ctx = LINFContext(inp, (h_out, w_out), lr_maps, phase, coord,
+                          axis_lookups(coord[:, 0, 0], h), axis_lookups(coord[0, :, 1], w),
+                          full_size=(H, W), offset=(top, left))
         hq, wq = ctx.grid_size
         cond_bytes = b * hq * wq * 2 * self.dim * self.config.flow_layers * feat.element_size()
         if cond_bytes <= self.cache_bytes:
@@ -231,7 +250,9 @@ class LINF(Flow):
         hd = self.config.hidden_dim
         b, wq = ctx.inp.shape[0], ctx.grid_size[1]
         phase = ctx.phase[:, None, None, :]
-        feats = ctx.lr_maps.new_empty(b, r1 - r0, wq, 4 * hd)
+        # without autograd, the features are written in place into one buffer (no concat copy)
+        inplace = not (torch.is_grad_enabled() and ctx.lr_maps.requires_grad)
+        feats = ctx.lr_maps.new_empty(b, r1 - r0, wq, 4 * hd) if inplace else []
         rel_rows = [r.rel[r0:r1, None, None] for r in ctx.rows]
         rel_cols = [c.rel[None, :, None] for c in ctx.cols]
         areas = [(rr * rc).abs() + 1e-9 for rr in rel_rows for rc in rel_cols]
@@ -245,24 +266,28 @@ class LINF(Flow):
                 g = math.pi * (f_row * rel_rows[i] + f_col * rel_cols[j] + phase)
                 # each neighbour is weighted by the area of the diagonally opposite rectangle
                 cw = q_coef * (areas[3 - k // hd] / total)
-                torch.mul(torch.cos(g), cw[..., : hd // 2], out=feats[..., k : k + hd // 2])
-                torch.mul(torch.sin(g), cw[..., hd // 2 :], out=feats[..., k + hd // 2 : k + hd])
+                if inplace:
+                    torch.mul(torch.cos(g), cw[..., : hd // 2], out=feats[..., k : k + hd // 2])
+                    torch.mul(torch.sin(g), cw[..., hd // 2 :], out=feats[..., k + hd // 2 : k + hd])
+                else:
+                    feats += [torch.cos(g) * cw[..., : hd // 2], torch.sin(g) * cw[..., hd // 2 :]]
                 k += hd
+        if not inplace:
+            feats = torch.cat(feats, -1)
         x = feats
         for layer in self.layers:
             if isinstance(layer, nn.Conv2d):  # 1x1 convs in the checkpoint, linears here
                 x = F.linear(x, layer.weight.flatten(1), layer.bias)
             else:
-                x = F.relu(x, inplace=True)
+                x = F.relu(x, inplace=inplace)
         return x
 
     # ---- residual <-> latent --------------------------------------------------------------
     def _bilinear_base(self, ctx: LINFContext) -> torch.Tensor:
-        H, W = ctx.out_size
         if self.config.patch_size == 1:
             grid = ctx.coord.unsqueeze(0).expand(ctx.inp.shape[0], -1, -1, -1).flip(-1)
             return F.grid_sample(ctx.inp, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        return F.interpolate(ctx.inp, (H, W), mode="bilinear", align_corners=False)
+        return ctx.crop(F.interpolate(ctx.inp, ctx.full_size, mode="bilinear", align_corners=False))
 
     def _cond_view(self, cond: torch.Tensor) -> torch.Tensor:
         return cond.reshape(-1, self.config.flow_layers, 2, self.dim)
@@ -310,11 +335,11 @@ class LINF(Flow):
     def initial_prior(self, lr: torch.Tensor, ctx: LINFContext) -> Latent:
         """FlowSR-LP's initial prior: the bilinear-upsampled LR taken as a pseudo-HR; its
         residual against its own down-up copy is pushed through the flow forward."""
-        H, W = ctx.out_size
+        H, W = ctx.full_size
         h, w = ctx.inp.shape[-2:]
         up = F.interpolate(ctx.inp, (H, W), mode="bilinear", align_corners=False)
         up_down = F.interpolate(up, (h, w), mode="bilinear", align_corners=False)
-        m = up - F.interpolate(up_down, (H, W), mode="bilinear", align_corners=False)
+        m = ctx.crop(up - F.interpolate(up_down, (H, W), mode="bilinear", align_corners=False))
         z, _ = self.encode_patches(to_patches(m, self.config.patch_size, ctx.grid_size), ctx)
         return (z,)
 

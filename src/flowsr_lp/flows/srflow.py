@@ -107,6 +107,10 @@ class SRFlow(Flow):
     def latent_channels(self) -> tuple[int, ...]:
         return tuple(c for _, c, _, _ in self.latent_shapes(None))
 
+    def nll(self, log_p: torch.Tensor, ctx: SRFlowContext) -> torch.Tensor:
+        """Bits per HR pixel (SRFlow's training loss)."""
+        return nll_bits_per_pixel(log_p, ctx.out_size)
+
     def default_tau(self, scale: float) -> float:
         return 0.9  # SRFlow's default heat
 

@@ -1,0 +1,1 @@
+"""Training flows (by likelihood) and latent modules (through the frozen flow)."""

@@ -1,0 +1,126 @@
+"""Training recipes: YAML files merged over defaults, with `--set key.path=value` overrides.
+See configs/ for the paper's runs and the small CPU recipes."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+
+DEFAULTS: dict = {
+    "name": "",  # a label for logs and exported models
+    "task": None,  # "flow" | "prior"
+    "stage": "nll",  # flows: "nll" (LINF stage 1, SRFlow) | "finetune" (LINF stage 2)
+    "flow": {},  # {checkpoint: PATH} or {family: linf|linf-patch|srflow, config: {...}}
+    "prior": {},  # {family: linf-lp|srflow-lp, config: {...}}, optional checkpoint: PATH to start from
+    "data": {
+        "train": {"folders": [], "repeat": 1, "cache": False},
+        "crop": {"kind": "linf"},
+        "val": {"folders": [], "scale": 4, "max_images": 4},
+    },
+    "optim": {"lr": 1e-4, "betas": [0.9, 0.999], "batch_size": 16, "epochs": None, "iterations": None,
+              "milestones": [], "milestone_unit": "epoch", "gamma": 0.5, "grad_clip": None},
+    "loss": {"perceptual": "vgg", "vgg_weights": None, "latent_weight": 0.0, "pixel_weight": 0.0,
+             "nll_weight": 5e-4},
+    "run": {"out": "runs/default", "seed": 0, "workers": 0, "device": "auto", "amp": "none",
+            "channels_last": False, "sync_bn": True, "log_every": 10, "val_every": 0, "ckpt_every": 200,
+            "threads": None},
+}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+FREE_FORM = ("flow", "prior", "data.crop")  # sections whose keys depend on the model / recipe kind
+
+
+def merge(base: dict, over: dict, where: str = "") -> dict:
+    """`over` merged into a copy of `base`; unknown keys of the fixed sections are errors."""
+    out = copy.deepcopy(base)
+    free = any(where == f or where.startswith(f + ".") for f in FREE_FORM)
+    for k, v in (over or {}).items():
+        path = f"{where}.{k}" if where else k
+        if not free and k not in base:
+            raise ConfigError(f"unknown config key {path}")
+        out[k] = merge(out[k], v, path) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def set_key(cfg: dict, assignment: str) -> None:
+    """Apply `a.b.c=value` (value parsed as YAML: numbers, lists, booleans, null)."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set expects key=value, got {assignment!r}")
+    key, raw = assignment.split("=", 1)
+    node = cfg
+    *parents, last = key.strip().split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: {p} is not a section")
+    node[last] = _scalar(yaml.safe_load(raw))
+
+
+def _scalar(v):
+    """YAML 1.1 reads `1e-4` (no dot) as a string; take it as the number it means."""
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return v
+
+
+_NUMERIC = {"optim": ("lr", "gamma", "grad_clip"), "loss": ("latent_weight", "pixel_weight", "nll_weight")}
+
+
+def load_config(path: str | Path, overrides: list[str] = (), task: str | None = None) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    over: dict = {}
+    for a in overrides:
+        set_key(over, a)
+    cfg = merge(merge(DEFAULTS, raw), over)
+    if task is not None:
+        if cfg["task"] not in (None, task):
+            raise ConfigError(f"{path} is a {cfg['task']} recipe; use `flowsr-lp train-{cfg['task']}`")
+        cfg["task"] = task
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: dict) -> None:
+    for section, keys in _NUMERIC.items():
+        for k in keys:
+            v = _scalar(cfg[section][k])
+            if v is not None and not isinstance(v, (int, float)):
+                raise ConfigError(f"{section}.{k} must be a number, got {v!r}")
+            cfg[section][k] = v
+    cfg["optim"]["betas"] = [_scalar(b) for b in cfg["optim"]["betas"]]
+    if cfg["task"] not in ("flow", "prior"):
+        raise ConfigError("task must be 'flow' or 'prior'")
+    if not cfg["data"]["train"]["folders"]:
+        raise ConfigError("data.train.folders is empty: name the folders of HR training images")
+    o = cfg["optim"]
+    if (o["epochs"] is None) == (o["iterations"] is None):
+        raise ConfigError("give exactly one of optim.epochs and optim.iterations")
+    if o["milestone_unit"] not in ("epoch", "iteration", "fraction"):
+        raise ConfigError("optim.milestone_unit must be epoch, iteration or fraction")
+    if cfg["loss"]["perceptual"] not in ("vgg", "none"):
+        raise ConfigError("loss.perceptual must be 'vgg' or 'none'")
+    if cfg["task"] == "prior":
+        if not cfg["flow"].get("checkpoint"):
+            raise ConfigError("a prior is trained through a frozen flow: set flow.checkpoint")
+        if not cfg["prior"].get("family") and not cfg["prior"].get("checkpoint"):
+            raise ConfigError("set prior.family (linf-lp | srflow-lp) and prior.config, or prior.checkpoint")
+    elif not cfg["flow"].get("checkpoint") and not cfg["flow"].get("family"):
+        raise ConfigError("set flow.family and flow.config for a new flow, or flow.checkpoint to continue one")
+    if cfg["stage"] not in ("nll", "finetune"):
+        raise ConfigError("stage must be 'nll' or 'finetune'")
+    if cfg["run"]["amp"] not in ("none", "bf16", "fp16"):
+        raise ConfigError("run.amp must be none, bf16 or fp16")

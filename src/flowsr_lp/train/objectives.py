@@ -1,0 +1,112 @@
+"""Training objectives as modules: `forward(batch) -> (loss, {name: value})`. Wrapping the
+objective (not the model) in DistributedDataParallel keeps flows' non-`forward` methods
+(condition / encode / decode) inside one synchronised forward call."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _window_of(batch: dict) -> tuple | None:
+    w = batch.get("window")
+    return tuple(int(v) for v in w) if w is not None else None
+
+
+def _crop(hr: torch.Tensor, window) -> torch.Tensor:
+    if window is None:
+        return hr
+    t, l, h, w = window
+    return hr[..., t : t + h, l : l + w]
+
+
+class FlowNLL(nn.Module):
+    """Maximum likelihood (LINF stage 1, SRFlow): the flow's NLL of the HR given the LR."""
+
+    def __init__(self, flow):
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, batch: dict):
+        hr = batch["hr"]
+        ctx = self.flow.condition(batch["lr"], tuple(hr.shape[-2:]))
+        _, log_p = self.flow.encode(hr, ctx)
+        nll = self.flow.nll(log_p, ctx).mean()
+        return nll, {"nll": nll.detach()}
+
+
+class LINFFinetune(nn.Module):
+    """LINF's second stage: steps alternate between the NLL (weighted `nll_weight`) and a
+    pixel L1 + perceptual loss on the temperature-0 output (the conditional mean)."""
+
+    def __init__(self, flow, perceptual: nn.Module | None, nll_weight: float = 5e-4, perceptual_weight: float = 1.0):
+        super().__init__()
+        self.flow, self.perceptual = flow, perceptual
+        self.nll_weight, self.perceptual_weight = nll_weight, perceptual_weight
+
+    def forward(self, batch: dict):
+        hr = batch["hr"]
+        ctx = self.flow.condition(batch["lr"], tuple(hr.shape[-2:]))
+        if batch["step"] % 2 == 0:
+            _, log_p = self.flow.encode(hr, ctx)
+            nll = self.flow.nll(log_p, ctx).mean()
+            return self.nll_weight * nll, {"nll": nll.detach()}
+        sr = self.flow.decode(self.flow.sample_latent(ctx, 0.0), ctx)
+        l1 = (sr - hr).abs().mean()
+        loss, logs = l1, {"l1": l1.detach()}
+        if self.perceptual is not None:
+            p = self.perceptual(sr, hr)
+            loss = loss + self.perceptual_weight * p
+            logs["percep"] = p.detach()
+        return loss, logs
+
+
+class PriorObjective(nn.Module):
+    """FlowSR-LP: L = L_percep + lambda * L_latent (+ pixel L1 when asked), with the flow
+    frozen; gradients reach the latent module through the flow's inverse only."""
+
+    def __init__(self, flow, prior: nn.Module, perceptual: nn.Module | None, latent_weight: float = 0.0,
+                 pixel_weight: float = 0.0, autocast: str = "none"):
+        super().__init__()
+        self.prior = prior
+        self.flow = flow.eval().requires_grad_(False)
+        self.perceptual = perceptual
+        self.latent_weight, self.pixel_weight = latent_weight, pixel_weight
+        self.autocast = autocast
+
+    def train(self, mode: bool = True):  # the flow stays in eval mode whatever happens
+        super().train(mode)
+        self.flow.eval()
+        return self
+
+    def _amp(self, device: torch.device):
+        if self.autocast == "none" or device.type != "cuda":
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=torch.bfloat16 if self.autocast == "bf16" else torch.float16)
+
+    def forward(self, batch: dict):
+        lr, window = batch["lr"], _window_of(batch)
+        hr = _crop(batch["hr"], window)
+        with torch.no_grad():
+            ctx = self.flow.condition(lr, tuple(batch["hr"].shape[-2:]), **({"window": window} if window else {}))
+            z0 = self.flow.initial_prior(lr, ctx)
+            z_gt = self.flow.encode(hr, ctx)[0] if self.latent_weight > 0 else None
+        with self._amp(lr.device):
+            z_hat = self.prior(z0, lr)
+        z_hat = tuple(z.float() for z in z_hat)
+        sr = self.flow.decode(z_hat, ctx)  # the flow in float32: its inverse amplifies rounding
+        loss, logs = sr.new_zeros(()), {}
+        if self.perceptual is not None:
+            with self._amp(lr.device):
+                p = self.perceptual(sr, hr).float()
+            loss, logs["percep"] = loss + p, p.detach()
+        if self.pixel_weight > 0:
+            l1 = (sr - hr).abs().mean()
+            loss, logs["l1"] = loss + self.pixel_weight * l1, l1.detach()
+        if z_gt is not None:
+            lat = sum(F.l1_loss(a, b) for a, b in zip(z_hat, z_gt)) / len(z_gt)
+            loss, logs["latent"] = loss + self.latent_weight * lat, lat.detach()
+        logs["finite"] = torch.isfinite(sr).all().float()
+        return loss, logs

@@ -1,0 +1,100 @@
+"""Assemble a training run from a recipe: models, objective, perceptual loss, trainer."""
+from __future__ import annotations
+
+import sys
+
+import torch
+from torch import nn
+
+from ..checkpoints import CheckpointError, build_model, load_flow, load_prior, save_flow, save_prior
+from ..flows.layers import ActNorm
+from ..nets.vgg import PerceptualLoss, VGGWeightsMissing, load_vgg_state
+from ..pipeline import SuperResolver
+from .objectives import FlowNLL, LINFFinetune, PriorObjective
+from .trainer import Trainer, TrainingError, setup_distributed
+
+
+@torch.no_grad()
+def init_actnorms(flow, batch: dict) -> None:
+    """Glow's data-dependent ActNorm initialisation, for flows trained from scratch only."""
+    hooks = [m.register_forward_pre_hook(lambda m, args: m.initialize(args[0]))
+             for m in flow.modules() if isinstance(m, ActNorm)]
+    try:
+        hr = batch["hr"]
+        flow.encode(hr, flow.condition(batch["lr"], tuple(hr.shape[-2:])))
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _perceptual(cfg: dict, needed: bool):
+    """(module or None, label recorded in logs and checkpoints)."""
+    loss = cfg["loss"]
+    if not needed:
+        return None, "none (likelihood only)"
+    if loss["perceptual"] == "none":
+        if cfg["task"] == "flow":
+            return None, "none (pixel L1 only)"
+        return None, f"none (pixel L1 x{loss['pixel_weight']:g} + latent L1 x{loss['latent_weight']:g})"
+    try:
+        return PerceptualLoss(load_vgg_state(loss["vgg_weights"])), "vgg19-imagenet"
+    except VGGWeightsMissing as e:
+        raise TrainingError(str(e)) from None
+
+
+def train(cfg: dict, resume: bool = False) -> None:
+    run = cfg["run"]
+    if run["threads"]:
+        torch.set_num_threads(int(run["threads"]))
+    rank, world, device = setup_distributed(run["device"])
+    torch.manual_seed(run["seed"])
+    flow_spec, prior_spec, loss = cfg["flow"], cfg["prior"], cfg["loss"]
+    if cfg["task"] == "prior" and loss["perceptual"] == "none" and loss["pixel_weight"] == 0:
+        loss["pixel_weight"] = 1.0  # --perceptual none means pixel L1 (+ latent L1)
+        loss["latent_weight"] = loss["latent_weight"] or 0.1
+    needs_vgg = cfg["task"] == "prior" or cfg["stage"] == "finetune"
+    percep, label = _perceptual(cfg, needs_vgg)
+    try:
+        if flow_spec.get("checkpoint"):
+            flow = load_flow(flow_spec["checkpoint"], device=device, **({"taps": flow_spec["taps"]} if flow_spec.get("taps") else {}))
+        else:
+            flow = build_model("flow", flow_spec["family"], flow_spec.get("config", {})).to(device)
+    except (CheckpointError, ValueError, TypeError) as e:
+        raise TrainingError(f"flow: {e}") from None
+    if cfg["task"] == "flow":
+        flow.train()
+        objective = FlowNLL(flow) if cfg["stage"] == "nll" else LINFFinetune(flow, percep, loss["nll_weight"])
+        model, export = flow, save_flow
+        resolver = lambda: SuperResolver(flow)  # noqa: E731 - validated at tau 0
+    else:
+        try:
+            prior = (load_prior(prior_spec["checkpoint"], device=device) if prior_spec.get("checkpoint")
+                     else build_model("prior", prior_spec["family"], prior_spec.get("config", {})).to(device))
+            SuperResolver(flow, prior)  # refuses a prior that does not fit the flow
+        except (CheckpointError, ValueError, TypeError) as e:
+            raise TrainingError(f"prior: {e}") from None
+        if run["channels_last"] and device.type == "cuda":
+            prior = prior.to(memory_format=torch.channels_last)
+        prior.train()
+        objective = PriorObjective(flow, prior, percep, loss["latent_weight"], loss["pixel_weight"], run["amp"])
+        model, export = prior, save_prior
+        resolver = lambda: SuperResolver(flow, prior)  # noqa: E731
+    trainer = Trainer(cfg, model, objective, export, resolver, label=label, rank=rank, world=world,
+                      device=device, resume=resume)
+    if cfg["task"] == "flow" and not flow_spec.get("checkpoint") and trainer.step == 0 and \
+            any(isinstance(m, ActNorm) for m in flow.modules()):
+        init_actnorms(flow, {k: v.to(device) if torch.is_tensor(v) else v for k, v in trainer.batches[0].items()})
+        if world > 1:  # every rank starts from rank 0's initialisation
+            for p in flow.parameters():
+                torch.distributed.broadcast(p.data, 0)
+    if rank == 0:
+        print(f"training {cfg['task']} for {trainer.total} iterations ({trainer.per_epoch} per epoch), "
+              f"{sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6:.2f} M trainable parameters, "
+              f"perceptual loss: {label}, device {device}, {world} process(es)", file=sys.stderr)
+    path = trainer.run()
+    if rank == 0:
+        print(f"model written to {path}", file=sys.stderr)
+    if world > 1 and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+

@@ -1,0 +1,247 @@
+"""The training loop shared by `train-flow` and `train-prior`: reproducible batches, Adam with
+a multi-step schedule, progress bar, CSV + TensorBoard logs, periodic validation, atomic
+checkpoints with optimizer / scheduler / RNG state, exact resumption, and
+DistributedDataParallel under torchrun."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..data.batches import EpochBatches
+from ..data.crops import make_crops, min_image_side
+from ..data.folders import ImageFolder
+from ..images import atomic_write
+from .validate import Validator
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class TrainingError(RuntimeError):
+    """A problem with the recipe or its inputs, reported in one line."""
+
+
+def setup_distributed(device: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) for a plain run or a torchrun-launched one."""
+    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and world > 1:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return rank, world, dev
+
+
+def total_iterations(optim: dict, per_epoch: int) -> int:
+    return int(optim["iterations"]) if optim["iterations"] is not None else int(optim["epochs"]) * per_epoch
+
+
+def milestones_in_iterations(optim: dict, per_epoch: int, total: int) -> list[int]:
+    unit = optim["milestone_unit"]
+    scale = {"epoch": per_epoch, "iteration": 1, "fraction": total}[unit]
+    return sorted({round(m * scale) for m in optim["milestones"]})
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+class Trainer:
+    """`objective(batch) -> (loss, logs)` trained on the parameters of `model` (the module
+    saved in checkpoints and exported at the end with `export(model, path)`)."""
+
+    def __init__(self, cfg: dict, model: nn.Module, objective: nn.Module, export, resolver, *, label: str,
+                 rank: int = 0, world: int = 1, device: torch.device = torch.device("cpu"), resume: bool = False):
+        self.cfg, self.model, self.export, self.label, self.resolver = cfg, model, export, label, resolver
+        self.rank, self.world, self.device = rank, world, device
+        self.out = Path(cfg["run"]["out"])
+        run, optim = cfg["run"], cfg["optim"]
+        crops = make_crops(cfg["data"]["crop"])
+        train = cfg["data"]["train"]
+        images = ImageFolder(train["folders"], repeat=train["repeat"], cache=train["cache"], min_side=min_image_side(crops))
+        self.batches = EpochBatches(images, crops, optim["batch_size"], run["seed"], rank, world)
+        self.per_epoch = len(self.batches)
+        self.total = total_iterations(optim, self.per_epoch)
+        self.objective = objective.to(device)
+        if world > 1:
+            if device.type == "cuda" and run["sync_bn"]:
+                self.objective = nn.SyncBatchNorm.convert_sync_batchnorm(self.objective)
+            self.objective = nn.parallel.DistributedDataParallel(
+                self.objective, device_ids=[device.index] if device.type == "cuda" else None)
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(params, lr=optim["lr"], betas=tuple(optim["betas"]))
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            self.optimizer, milestones_in_iterations(optim, self.per_epoch, self.total), gamma=optim["gamma"])
+        self.step, self.elapsed, self.skipped = 0, 0.0, 0
+        if resume:
+            self._load(self.out / CHECKPOINT)
+        self.validator = Validator(cfg, device) if rank == 0 and cfg["data"]["val"]["folders"] and run["val_every"] else None
+        self.writer = None
+
+    # ---- checkpoints ------------------------------------------------------------------
+    def _state(self) -> dict:
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {"version": 1, "step": self.step, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "rng": rng,
+                "config": self.cfg, "perceptual": self.label, "elapsed": self.elapsed, "skipped": self.skipped}
+
+    def save(self) -> None:
+        if self.rank == 0:
+            state = self._state()
+            atomic_write(self.out / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+
+    def _load(self, path: Path) -> None:
+        if not path.is_file():
+            raise TrainingError(f"--resume: no checkpoint at {path}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise TrainingError(f"{path}: unreadable training checkpoint ({str(e).splitlines()[0][:120]})") from None
+        if state.get("perceptual") != self.label:
+            raise TrainingError(f"{path} was trained with perceptual loss {state.get('perceptual')!r}, "
+                                f"this run uses {self.label!r}: resume with the same loss")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.step, self.elapsed, self.skipped = state["step"], state["elapsed"], state.get("skipped", 0)
+
+    # ---- logs -------------------------------------------------------------------------
+    def _open_logs(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.yaml").write_text(yaml.safe_dump({**self.cfg, "perceptual_used": self.label}, sort_keys=False))
+        self._fields: dict[str, list[str]] = {}
+        for name in ("log.csv", "val.csv"):  # resuming: forget rows logged after the checkpoint
+            path = self.out / name
+            if not path.exists():
+                continue
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= self.step]
+            path.unlink()
+            if rows:
+                self._fields[name] = list(rows[0].keys())
+                with open(path, "w", newline="") as f:
+                    w = csv.DictWriter(f, self._fields[name])
+                    w.writeheader()
+                    w.writerows(rows)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.out / "tb"), purge_step=self.step or None)
+            self.writer.add_text("perceptual loss", self.label, self.step)
+        except ImportError:
+            tqdm.write("note: tensorboard is not installed; logging to CSV only "
+                       "(pip install 'flowsr-lp[train]' for TensorBoard)", file=sys.stderr)
+
+    def log(self, values: dict, name: str = "log.csv") -> None:
+        """Append a row to log.csv (training) or val.csv (validation), and to TensorBoard."""
+        row = {"step": self.step, "epoch": f"{self.step / self.per_epoch:.3f}",
+               **{k: f"{v:.6g}" if isinstance(v, float) else v for k, v in values.items()}}
+        path = self.out / name
+        fields = self._fields.get(name, [])
+        if not set(row) <= set(fields):  # a new column (e.g. the other step of LINF fine-tuning)
+            old = []
+            if path.exists():
+                with open(path, newline="") as f:
+                    old = list(csv.DictReader(f))
+            self._fields[name] = fields = fields + [k for k in row if k not in fields]
+            with open(path, "w", newline="") as f:
+                w = csv.DictWriter(f, fields)
+                w.writeheader()
+                w.writerows(old)
+        with open(path, "a", newline="") as f:
+            csv.DictWriter(f, fields).writerow(row)
+        if self.writer is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)):
+                    self.writer.add_scalar(k, v, self.step)
+
+    # ---- the loop ---------------------------------------------------------------------
+    def _gather(self, logs: dict) -> dict:
+        """Mean of each logged value over the processes."""
+        vals = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=self.device) for v in logs.values()])
+        if self.world > 1:
+            dist.all_reduce(vals)
+            vals /= self.world
+        return dict(zip(logs.keys(), vals.tolist()))
+
+    def run(self) -> Path | None:
+        run = self.cfg["run"]
+        if self.rank == 0:
+            self._open_logs()
+        bar = tqdm(total=self.total, initial=self.step, desc=f"train-{self.cfg['task']} [{self.label}]",
+                   disable=self.rank != 0, file=sys.stderr, dynamic_ncols=True)
+        self.objective.train()
+        t_last, s_last = time.perf_counter(), self.step
+        while self.step < self.total:
+            epoch, first = divmod(self.step, self.per_epoch)
+            self.batches.set_epoch(epoch)
+            loader = DataLoader(self.batches, batch_size=None, sampler=range(first, self.per_epoch),
+                                num_workers=run["workers"], pin_memory=self.device.type == "cuda")
+            for batch in loader:
+                t0 = time.perf_counter()
+                batch = _to(batch, self.device)
+                batch["step"] = self.step
+                loss, logs = self.objective(batch)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if not self._grads_finite():
+                    self.skipped += 1  # an exploding inverse or NaN: skip the update, keep the schedule
+                else:
+                    if self.cfg["optim"]["grad_clip"]:
+                        nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["optim"]["grad_clip"])
+                    self.optimizer.step()
+                self.scheduler.step()
+                self.step += 1
+                self.elapsed += time.perf_counter() - t0
+                bar.update(1)
+                if self.step % run["log_every"] == 0 or self.step == self.total:
+                    vals = self._gather({"loss": loss.detach(), **logs})
+                    now = time.perf_counter()
+                    vals.update(lr=self.scheduler.get_last_lr()[0], it_s=(self.step - s_last) / (now - t_last),
+                                skipped=self.skipped)
+                    t_last, s_last = now, self.step
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in vals.items() if k in ("loss", "nll", "percep", "l1", "latent")})
+                    if self.rank == 0:
+                        self.log(vals)
+                if self.validator is not None and (self.step % run["val_every"] == 0 or self.step == self.total):
+                    vals = self.validator(self.resolver())
+                    bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in vals.items()), file=sys.stderr)
+                    self.log(vals, "val.csv")
+                    self.objective.train()
+                if self.step % run["ckpt_every"] == 0 or self.step == self.total:
+                    self.save()
+                if self.step >= self.total:
+                    break
+        bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        if self.rank == 0:
+            path = self.export(self.model, self.out / "model.safetensors",
+                               training={"perceptual": self.label, "steps": self.step, "seconds": round(self.elapsed, 1),
+                                         "skipped_steps": self.skipped, "recipe": self.cfg.get("name", "")})
+            (self.out / "summary.json").write_text(json.dumps(
+                {"steps": self.step, "seconds": self.elapsed, "perceptual": self.label, "model": str(path),
+                 "skipped_steps": self.skipped}, indent=1))
+            return path
+        return None
+
+    def _grads_finite(self) -> bool:
+        return all(bool(torch.isfinite(p.grad).all()) for p in self.model.parameters() if p.grad is not None)

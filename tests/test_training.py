@@ -1,0 +1,216 @@
+"""Training: losses fall, the flow stays frozen, resumption is exact, DDP matches one process."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from flowsr_lp import load_flow, load_prior, save_flow
+from flowsr_lp.cli import main
+from flowsr_lp.data.batches import EpochBatches
+from flowsr_lp.data.crops import LINFCrops, LINFLPCrops, SRFlowCrops
+from flowsr_lp.data.folders import ImageFolder
+from flowsr_lp.train.config import ConfigError, load_config
+
+from helpers import natural_images, read_csv, tiny_linf, write_recipe
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return str(natural_images(tmp_path_factory.mktemp("imgs"), n=8, size=96))
+
+
+@pytest.fixture(scope="module")
+def flow_file(tmp_path_factory):
+    return str(save_flow(tiny_linf(3), tmp_path_factory.mktemp("flow") / "tiny.safetensors"))
+
+
+def prior_recipe(tmp_path, images, flow_file, out="run", iterations=24, generator="unet", **extra):
+    gen_cfg = {"unet": {"generator": "unet", "dim": 8, "depth": 2},
+               "edsr": {"generator": "edsr-baseline-latent", "dim": 8, "n_resblocks": 2}}[generator]
+    cfg = dict(task="prior", flow={"checkpoint": flow_file}, prior={"family": "linf-lp", "config": gen_cfg},
+               data={"train": {"folders": [images], "repeat": 4}, "crop": {"kind": "linf-lp", "lr_size": 24,
+                     "window": 24, "scale_min": 1, "scale_max": 3}},
+               optim={"batch_size": 4, "iterations": iterations, "lr": 2e-3},
+               loss={"perceptual": "none"},
+               run={"out": str(tmp_path / out), "log_every": 2, "ckpt_every": 4, "seed": 3})
+    for k, v in extra.items():
+        cfg[k].update(v)
+    return write_recipe(tmp_path / f"{out}.yaml", **cfg)
+
+
+def _falls(rows, key):
+    vals = [float(r[key]) for r in rows]
+    k = max(2, len(vals) // 4)
+    return sum(vals[-k:]) / k < sum(vals[:k]) / k
+
+
+def test_prior_training_loss_falls_and_flow_is_untouched(tmp_path, images, flow_file):
+    before = load_file(flow_file)
+    assert main(["train-prior", prior_recipe(tmp_path, images, flow_file, iterations=40)]) == 0
+    rows = read_csv(tmp_path / "run" / "log.csv")
+    assert len(rows) == 20 and _falls(rows, "loss")
+    after = load_file(flow_file)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    prior = load_prior(tmp_path / "run" / "model.safetensors")
+    assert prior.config.dim == 8
+    ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert ck["step"] == 40 and ck["perceptual"].startswith("none (pixel L1")
+    assert "perceptual_used: none (pixel L1" in (tmp_path / "run" / "config.yaml").read_text()
+
+
+def flow_recipe(tmp_path, images, family, config, crop, iterations=40, lr=1e-3):
+    return write_recipe(tmp_path / "flow.yaml", task="flow", flow={"family": family, "config": config},
+                        data={"train": {"folders": [images], "repeat": 4}, "crop": crop},
+                        optim={"batch_size": 4, "iterations": iterations, "lr": lr},
+                        run={"out": str(tmp_path / "run"), "log_every": 2, "ckpt_every": 20, "seed": 0})
+
+
+def test_linf_patch_flow_nll_falls(tmp_path, images):
+    cfg = {"encoder": "edsr-baseline", "encoder_args": {"n_resblocks": 1, "n_feats": 16}, "patch_size": 3,
+           "hidden_dim": 32, "flow_layers": 4}
+    path = flow_recipe(tmp_path, images, "linf-patch", cfg, {"kind": "linf", "lr_size": 16, "scale_min": 1, "scale_max": 4})
+    assert main(["train-flow", path]) == 0
+    rows = read_csv(tmp_path / "run" / "log.csv")
+    assert _falls(rows, "nll")
+    assert load_flow(tmp_path / "run" / "model.safetensors").kind == "linf-patch"
+
+
+def test_srflow_nll_falls_from_scratch(tmp_path, images):
+    cfg = {"scale": 4, "nf": 8, "nb": 2, "gc": 4, "K": 2, "taps": [0, 1], "hidden_channels": 16}
+    path = flow_recipe(tmp_path, images, "srflow", cfg, {"kind": "srflow", "hr_size": 32, "scale": 4}, lr=5e-4)
+    assert main(["train-flow", path]) == 0
+    rows = read_csv(tmp_path / "run" / "log.csv")
+    assert _falls(rows, "nll") and all(r["skipped"] == "0" for r in rows)
+
+
+def test_linf_finetune_alternates_nll_and_pixel_steps(tmp_path, images, flow_file):
+    path = write_recipe(tmp_path / "ft.yaml", task="flow", stage="finetune", flow={"checkpoint": flow_file},
+                        data={"train": {"folders": [images]}, "crop": {"kind": "linf", "lr_size": 16}},
+                        optim={"batch_size": 2, "iterations": 6, "lr": 5e-5}, loss={"perceptual": "none"},
+                        run={"out": str(tmp_path / "run"), "log_every": 1})
+    assert main(["train-flow", path]) == 0
+    rows = read_csv(tmp_path / "run" / "log.csv")
+    # batches 0, 2, 4 take the NLL step, 1, 3, 5 the L1 (+ perceptual) step; rows are logged after each
+    assert [bool(r["nll"]) for r in rows] == [True, False] * 3 and [bool(r["l1"]) for r in rows] == [False, True] * 3
+
+
+def _weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_resume_after_a_kill_ends_with_the_same_weights(tmp_path, images, flow_file):
+    full = prior_recipe(tmp_path, images, flow_file, out="full", iterations=16)
+    assert main(["train-prior", full]) == 0
+    cut = prior_recipe(tmp_path, images, flow_file, out="cut", iterations=16)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "flowsr_lp", "train-prior", cut, "--set", "run.ckpt_every=1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    ckpt = tmp_path / "cut" / "checkpoint.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill it once it has saved a checkpoint past step 5
+        if ckpt.exists():
+            try:
+                if torch.load(ckpt, weights_only=True)["step"] >= 5:
+                    break
+            except Exception:
+                pass
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(ckpt, weights_only=True)["step"]
+    assert 5 <= killed_at < 16, "the run should have been killed mid-way"
+    assert main(["train-prior", cut, "--resume", "--set", "run.ckpt_every=1"]) == 0
+    a, b = _weights(tmp_path / "full" / "checkpoint.pt"), _weights(ckpt)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [int(r["step"]) for r in read_csv(tmp_path / "cut" / "log.csv")]
+    assert steps == sorted(set(steps)) and steps[-1] == 16  # no duplicated rows after the resume
+
+
+def test_two_process_ddp_matches_one_process(tmp_path, images, flow_file):
+    """gloo on the CPU; the EDSR-baseline generator has no BatchNorm, whose per-process
+    statistics would differ by design (SyncBatchNorm is GPU-only in PyTorch)."""
+    single = prior_recipe(tmp_path, images, flow_file, out="one", iterations=6, generator="edsr")
+    double = prior_recipe(tmp_path, images, flow_file, out="two", iterations=6, generator="edsr")
+    assert main(["train-prior", single]) == 0
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+    r = subprocess.run(torchrun + ["-m", "flowsr_lp", "train-prior", double], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = _weights(tmp_path / "one" / "checkpoint.pt"), _weights(tmp_path / "two" / "checkpoint.pt")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=1e-4)
+    la, lb = read_csv(tmp_path / "one" / "log.csv"), read_csv(tmp_path / "two" / "log.csv")
+    assert [r["step"] for r in la] == [r["step"] for r in lb]
+    for ra, rb in zip(la, lb):
+        assert abs(float(ra["loss"]) - float(rb["loss"])) < 1e-4
+
+
+def test_missing_vgg_weights_stop_with_a_clear_message(tmp_path, images, flow_file, capsys, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-cache"))  # no cached weights; downloads fail offline
+    recipe = prior_recipe(tmp_path, images, flow_file, loss={"perceptual": "vgg", "vgg_weights": str(tmp_path / "nope.pth")})
+    assert main(["train-prior", recipe]) == 2
+    err = capsys.readouterr().err
+    assert "nope.pth: no such file" in err and "--perceptual none" in err and len(err.strip().splitlines()) == 1
+
+
+def test_perceptual_loss_with_given_vgg_weights(tmp_path, images, flow_file):
+    from torchvision.models import vgg19
+
+    torch.save(vgg19(weights=None).state_dict(), tmp_path / "vgg19.pth")  # random stand-in for the ImageNet file
+    recipe = prior_recipe(tmp_path, images, flow_file, iterations=4)
+    assert main(["train-prior", recipe, "--perceptual", "vgg", "--vgg-weights", str(tmp_path / "vgg19.pth")]) == 0
+    rows = read_csv(tmp_path / "run" / "log.csv")
+    assert all(float(r["percep"]) > 0 for r in rows)
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["perceptual"] == "vgg19-imagenet"
+
+
+def test_recipe_errors_are_clear(tmp_path, images, flow_file):
+    recipe = prior_recipe(tmp_path, images, flow_file)
+    with pytest.raises(ConfigError, match="unknown config key optim.learning_rate"):
+        load_config(recipe, ["optim.learning_rate=1"], "prior")
+    with pytest.raises(ConfigError, match="train-prior"):
+        load_config(recipe, [], "flow")
+    cfg = load_config(recipe, ["optim.lr=5e-4", "data.train.repeat=2"], "prior")
+    assert cfg["optim"]["lr"] == 5e-4 and cfg["data"]["train"]["repeat"] == 2
+
+
+@pytest.mark.parametrize("crops", [LINFCrops(16, 1, 4), LINFLPCrops(24, 24, 1, 3), SRFlowCrops(32, 4)])
+def test_batches_are_reproducible_and_ranks_split_the_global_batch(images, crops):
+    folder = ImageFolder([images], repeat=2)
+    full = EpochBatches(folder, crops, batch_size=4, seed=7)
+    again = EpochBatches(folder, crops, batch_size=4, seed=7)
+    parts = [EpochBatches(folder, crops, batch_size=4, seed=7, rank=r, world=2) for r in range(2)]
+    for b in (0, 3):
+        x, y = full[b], again[b]
+        assert torch.equal(x["hr"], y["hr"]) and torch.equal(x["lr"], y["lr"])
+        assert torch.equal(torch.cat([p[b]["hr"] for p in parts]), x["hr"])
+        assert x["hr"].shape[-1] == round(x["lr"].shape[-1] * x["scale"]) or "window" in x
+    assert not torch.equal(full[0]["hr"], full[1]["hr"])
+    full.set_epoch(1)
+    assert not torch.equal(full[0]["hr"], again[0]["hr"])
+
+
+@pytest.mark.parametrize("recipe", sorted((__import__("pathlib").Path(__file__).parents[1] / "configs").rglob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_recipes_are_valid(recipe):
+    cfg = load_config(recipe)
+    assert cfg["task"] in ("flow", "prior") and cfg["name"] == recipe.stem
+
+
+def test_unreachable_download_names_the_way_out(monkeypatch):
+    from urllib.error import URLError
+
+    from torchvision.models import VGG19_Weights
+
+    from flowsr_lp.nets.vgg import VGGWeightsMissing, load_vgg_state
+
+    def offline(*a, **k):
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(type(VGG19_Weights.IMAGENET1K_V1), "get_state_dict", offline)
+    with pytest.raises(VGGWeightsMissing, match="--vgg-weights PATH.*--perceptual none"):
+        load_vgg_state(None)
