@@ -89,3 +89,23 @@ def read_csv(path):
 
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def blocky_linf():
+    """A tiny 3x3 LINF whose sampled residual patches are nearly constant inside a patch and
+    independent across patches: the textbook source of grid artifacts."""
+    flow = tiny_linf(3)
+    with torch.no_grad():
+        for lin in flow.imnet.linears:
+            lin._weight.copy_(torch.eye(27))
+            lin.bias.zero_()
+        last = flow.layers[-1]
+        last.weight.zero_()
+        last.bias.zero_()  # scale = sigmoid(2) + 1e-4 everywhere, shift 0
+        mix = torch.zeros(27, 27)  # each pixel of a patch = the patch's mean + a little of its own
+        for c in range(3):
+            mix[c * 9:(c + 1) * 9, c * 9:(c + 1) * 9] = 1.0
+        smooth = mix + 0.2 * torch.eye(27)
+        flow.imnet.last._weight.copy_(torch.linalg.inv(smooth))  # decode applies its inverse
+        flow.imnet.last.bias.zero_()
+    return flow

@@ -102,6 +102,53 @@ def _run_train(args, task: str) -> int:
     return 0
 
 
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="measure a flow (and prior) on data sets: PSNR, SSIM, LPIPS, LR-PSNR, %%Inf, grid",
+                       description="Evaluate sampling at each --tau (with --runs seeds) and the learned prior on data "
+                                   "sets, at several scales. Writes results.csv, summary.json, table.md and report.html. "
+                                   "Under torchrun the images are split over the processes.")
+    p.add_argument("--flow", required=True)
+    p.add_argument("--prior")
+    p.add_argument("--taps", type=lambda t: [int(x) for x in t.split(",")], default=None, help="SRFlow RRDB taps")
+    p.add_argument("--data", nargs="+", required=True, metavar="NAME_OR_FOLDER",
+                   help="Set5, Set14, B100, Urban100, DIV2K (looked up in $FLOWSR_LP_DATA, ./data, ./data/benchmark) "
+                        "or folders of HR images (or holding HR/ and LR_bicubic/X*)")
+    p.add_argument("--scales", nargs="+", type=float, default=[4.0])
+    p.add_argument("--tau", nargs="+", type=float, default=[0.8], help="sampling temperatures (default 0.8)")
+    p.add_argument("--runs", type=int, default=1, help="samples per image and temperature (for %%Inf, diversity)")
+    p.add_argument("--protocol", choices=["linf", "srflow"], default="linf",
+                   help="linf: float PSNR (Y on benchmarks, RGB on DIV2K, shave = scale), MATLAB SSIM; "
+                        "srflow: uint8 images, RGB PSNR, skimage SSIM")
+    p.add_argument("--lr-source", choices=["auto", "make", "folder"], default="auto",
+                   help="official LR files where present (auto), always MATLAB-bicubic from HR (make), or files only")
+    p.add_argument("--seed", type=int, default=0, help="run r samples with seed + r (recorded in the outputs)")
+    p.add_argument("--max-images", type=int, default=None)
+    p.add_argument("--no-lpips", action="store_true", help="skip LPIPS (needs AlexNet ImageNet weights)")
+    p.add_argument("--alexnet-weights", help="torchvision AlexNet ImageNet weights file for LPIPS")
+    p.add_argument("--report-images", type=int, default=2, help="images per data set and scale shown as crops")
+    p.add_argument("-o", "--out", default="eval", help="output folder (default ./eval)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=lambda a: __import__("flowsr_lp.evaluate", fromlist=["run_cli"]).run_cli(a))
+
+
+def _add_temperature_map(sub) -> None:
+    p = sub.add_parser("temperature-map", help="per-region best sampling temperature of an image (the paper's Fig. 2)",
+                       description="Downscale IMAGE (the ground truth) by --scale, decode one noise draw at every "
+                                   "temperature, and search each region's best temperature for the whole-image metric.")
+    p.add_argument("image")
+    p.add_argument("--flow", required=True)
+    p.add_argument("--taps", type=lambda t: [int(x) for x in t.split(",")], default=None, help="SRFlow RRDB taps")
+    p.add_argument("--scale", type=float, default=4.0)
+    p.add_argument("--taus", nargs="+", type=float, default=None, help="temperature grid (default 0, 0.1, ..., 1)")
+    p.add_argument("--region", type=int, default=24, help="region side in HR pixels (default 24: on LINF's 3x3 grid)")
+    p.add_argument("--metric", choices=["lpips", "psnr", "l1"], default="lpips")
+    p.add_argument("--alexnet-weights", help="AlexNet ImageNet weights for LPIPS")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--out", default="temperature-map")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=lambda a: __import__("flowsr_lp.temperature", fromlist=["run_cli"]).run_cli(a))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flowsr-lp", description="Flow-based super-resolution with learned priors "
                                      "(FlowSR-LP, CVPR 2024): LINF and SRFlow, sampling or learned prior.")
@@ -110,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_upscale(sub)
     _add_train(sub, "flow")
     _add_train(sub, "prior")
+    _add_evaluate(sub)
+    _add_temperature_map(sub)
     return parser
 
 

@@ -1,4 +1,7 @@
-"""Fidelity metrics (PSNR, SSIM, LR-consistency PSNR) matching the LINF and SRFlow protocols."""
+"""SR metrics under the protocols of the papers we compare with (see each module)."""
 from .fidelity import lr_psnr, psnr, ssim, to_uint8_like_srflow
+from .generative import diversity, grid_score, inf_rate
+from .perceptual import LPIPSUnavailable, lpips
 
-__all__ = ["psnr", "ssim", "lr_psnr", "to_uint8_like_srflow"]
+__all__ = ["diversity", "grid_score", "inf_rate", "lpips", "LPIPSUnavailable", "lr_psnr", "psnr", "ssim",
+           "to_uint8_like_srflow"]

@@ -11,7 +11,8 @@ from ..flows.layers import ActNorm
 from ..nets.vgg import PerceptualLoss, VGGWeightsMissing, load_vgg_state
 from ..pipeline import SuperResolver
 from .objectives import FlowNLL, LINFFinetune, PriorObjective
-from .trainer import Trainer, TrainingError, setup_distributed
+from ..distributed import finish, setup_distributed
+from .trainer import Trainer, TrainingError
 
 
 @torch.no_grad()
@@ -94,7 +95,6 @@ def train(cfg: dict, resume: bool = False) -> None:
     path = trainer.run()
     if rank == 0:
         print(f"model written to {path}", file=sys.stderr)
-    if world > 1 and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    finish(world)
 
 

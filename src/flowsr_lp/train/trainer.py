@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,20 +28,6 @@ CHECKPOINT = "checkpoint.pt"
 
 class TrainingError(RuntimeError):
     """A problem with the recipe or its inputs, reported in one line."""
-
-
-def setup_distributed(device: str) -> tuple[int, int, torch.device]:
-    """(rank, world size, device) for a plain run or a torchrun-launched one."""
-    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and world > 1:
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return rank, world, dev
 
 
 def total_iterations(optim: dict, per_epoch: int) -> int:

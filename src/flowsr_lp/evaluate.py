@@ -1,0 +1,255 @@
+"""`flowsr-lp evaluate`: the paper's protocols over data sets, scales, temperatures and the
+learned prior; per-image rows, means, %Inf over repeated runs, diversity and grid score,
+written as CSV, JSON, a Markdown table and an HTML report (see report.py)."""
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .data.folders import find_images, load_rgb_uint8
+from .data.resize import imresize, modcrop
+from .metrics import grid_score, lpips, lr_psnr, psnr, ssim, to_uint8_like_srflow
+from .metrics.perceptual import lpips_model
+from .priors.tiling import predict_latent
+
+DATA_ROOTS_ENV = "FLOWSR_LP_DATA"
+METRICS = ("psnr", "ssim", "lpips", "lr_psnr", "grid")
+
+
+@dataclass
+class Dataset:
+    name: str
+    hr: Path
+    lr: Path | None  # folder holding X2/X3/X4 ... subfolders of official LR images, if any
+
+    def lr_file(self, stem: str, scale: float) -> Path | None:
+        if self.lr is None or scale != int(scale):
+            return None
+        folder = self.lr / f"X{int(scale)}"
+        for cand in (f"{stem}x{int(scale)}", stem):
+            for ext in (".png", ".PNG", ".bmp", ".jpg"):
+                if (folder / (cand + ext)).is_file():
+                    return folder / (cand + ext)
+        return None
+
+
+def data_roots() -> list[Path]:
+    roots = [Path(p) for p in os.environ.get(DATA_ROOTS_ENV, "").split(os.pathsep) if p]
+    return roots + [Path("data"), Path("data") / "benchmark", Path(__file__).resolve().parents[3] / "shared" / "data"]
+
+
+def resolve_dataset(spec: str) -> Dataset:
+    """A folder (of HR images, or holding HR/ and LR_bicubic/), or a set name looked up in
+    $FLOWSR_LP_DATA, ./data, ./data/benchmark (the layout `flowsr-lp data prepare` writes)."""
+    p = Path(spec)
+    if p.is_dir():
+        if (p / "HR").is_dir():
+            return Dataset(p.name, p / "HR", p / "LR_bicubic" if (p / "LR_bicubic").is_dir() else None)
+        return Dataset(p.name, p, None)
+    if spec.upper().startswith("DIV2K"):
+        for root in data_roots():
+            if (root / "DIV2K" / "DIV2K_valid_HR").is_dir():
+                lr = root / "DIV2K" / "DIV2K_valid_LR_bicubic"
+                return Dataset("DIV2K", root / "DIV2K" / "DIV2K_valid_HR", lr if lr.is_dir() else None)
+    for root in data_roots():
+        if (root / spec / "HR").is_dir():
+            return resolve_dataset(str(root / spec))
+    tried = ", ".join(str(r) for r in data_roots())
+    raise FileNotFoundError(f"data set {spec!r} not found (looked for a folder, and for {spec}/HR under {tried}); "
+                            f"`flowsr-lp data download {spec} --prepare` fetches the public ones")
+
+
+def make_pair(path: Path, ds: Dataset, scale: float, lr_source: str) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(HR float in [0,1], LR float in [0,1], where the LR came from). HR is modcropped so
+    that the LR size times the scale is an integer."""
+    hr = load_rgb_uint8(path)
+    s_int = int(scale) if scale == int(scale) else None
+    if s_int:
+        hr = modcrop(hr, s_int)
+    lr_path = ds.lr_file(path.stem, scale) if lr_source in ("auto", "folder") else None
+    if lr_path is not None:
+        lr = load_rgb_uint8(lr_path)
+        if tuple(lr.shape[-2:]) != (hr.shape[-2] // s_int, hr.shape[-1] // s_int):
+            raise ValueError(f"{lr_path}: LR size {tuple(lr.shape[-2:])} does not match HR {tuple(hr.shape[-2:])} / {s_int}")
+        return hr.float() / 255, lr.float() / 255, "file"
+    if lr_source == "folder":
+        raise FileNotFoundError(f"no official LR x{scale:g} image for {path.name} in {ds.lr}")
+    lr_size = (round(hr.shape[-2] / scale), round(hr.shape[-1] / scale))
+    lr = imresize(hr, out_size=lr_size)  # uint8 in, uint8 out: an LR image, as files store it
+    return hr.float() / 255, lr.float() / 255, "matlab-bicubic"
+
+
+@dataclass
+class EvalOptions:
+    data: list[str]
+    scales: list[float] = field(default_factory=lambda: [4.0])
+    taus: list[float] = field(default_factory=lambda: [0.8])
+    runs: int = 1
+    protocol: str = "linf"  # linf | srflow
+    seed: int = 0
+    use_lpips: bool = True
+    alexnet_weights: str | None = None
+    max_images: int | None = None
+    lr_source: str = "auto"  # auto | make | folder
+    report_images: int = 2
+
+
+def protocol_metrics(sr: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor, scale: float, dataset: str,
+                     opts: EvalOptions) -> dict:
+    """Metrics of one finite SR (1 x 3 x H x W) under the chosen protocol."""
+    s = int(math.ceil(scale))
+    if opts.protocol == "srflow":  # SRFlow's Measure: uint8 (truncated), full RGB, skimage SSIM
+        q = to_uint8_like_srflow(sr)
+        hq = to_uint8_like_srflow(hr)
+        out = {"psnr": psnr(q, hq).item(), "ssim": ssim(q, hq, kind="skimage").item(),
+               "lr_psnr": lr_psnr(q.double() / 255, lr, scale).item()}
+        img, ref = q.float() / 255, hq.float() / 255
+    else:  # LINF / LINF-LP: floats; Y channel on benchmarks, RGB on DIV2K; shave = scale
+        y = not dataset.upper().startswith("DIV2K")
+        out = {"psnr": psnr(sr, hr, shave=s, y_channel=y).item(), "ssim": ssim(sr, hr, kind="matlab").item(),
+               "lr_psnr": lr_psnr(sr, lr, scale, shave=s).item()}
+        img, ref = sr, hr
+    out["grid"] = grid_score(sr, lr).item()
+    if opts.use_lpips:
+        out["lpips"] = lpips(img, ref, opts.alexnet_weights).item()
+    return out
+
+
+def evaluate(flow, prior, opts: EvalOptions, out_dir: Path, rank: int = 0, world: int = 1, progress: bool = True):
+    """Rows (one per image, scale, method and run) and report crops for this process's share
+    of the images; rank r takes images i with i % world == r."""
+    from .report import save_crops
+
+    device = next(flow.parameters()).device
+    fixed = getattr(flow, "fixed_scale", None)
+    rows, notes, crops = [], [], []
+    if opts.use_lpips:
+        lpips_model(device, opts.alexnet_weights)  # fail now, not after hours of work
+    scales = [s for s in opts.scales if fixed is None or s == fixed]
+    if fixed is not None and len(scales) < len(opts.scales):
+        notes.append(f"{flow.kind} is a fixed-scale x{fixed} flow: scales {[s for s in opts.scales if s != fixed]} skipped")
+    jobs = []
+    for spec in opts.data:
+        ds = resolve_dataset(spec)
+        files = find_images([ds.hr])[: opts.max_images]
+        jobs += [(ds, i, f, s) for i, f in enumerate(files) for s in scales]
+    mine = [j for j in jobs if j[1] % world == rank]
+    bar = tqdm(mine, desc="evaluate", unit="img", disable=not progress or rank != 0, file=sys.stderr)
+    methods = [(f"tau={t:g}", t) for t in opts.taus] + ([("LP", None)] if prior is not None else [])
+    with torch.no_grad():
+        for ds, i, path, scale in bar:
+            bar.set_postfix_str(f"{ds.name} x{scale:g} {path.name}")
+            hr, lr, lr_from = make_pair(path, ds, scale, opts.lr_source)
+            hr, lr = hr[None].to(device), lr[None].to(device)
+            ctx = flow.condition(lr, tuple(hr.shape[-2:]))
+            shown = {}
+            for method, tau in methods:
+                n_runs = opts.runs if tau is not None and tau > 0 else 1
+                samples = []
+                for r in range(n_runs):
+                    seed = opts.seed + r
+                    if tau is None:
+                        latent = predict_latent(prior, flow.initial_prior(lr, ctx), lr, max_pixels=1 << 20)
+                    else:
+                        latent = flow.sample_latent(ctx, tau, torch.Generator().manual_seed(seed))
+                    sr = flow.decode(latent, ctx)
+                    finite = bool(torch.isfinite(sr).all())
+                    row = {"dataset": ds.name, "image": path.stem, "scale": scale, "method": method,
+                           "tau": "" if tau is None else tau, "run": r, "seed": "" if tau is None else seed,
+                           "lr_source": lr_from, "finite": finite}
+                    if finite:
+                        sr = sr.clamp(0, 1)
+                        row.update(protocol_metrics(sr, hr, lr, scale, ds.name, opts))
+                        samples.append(sr)
+                        if r == 0:
+                            shown[method] = sr
+                    rows.append(row)
+                if len(samples) > 1:
+                    div = torch.stack(samples).std(0).mean().item()
+                    for row in rows[-n_runs:]:
+                        row["diversity"] = div
+            if i < opts.report_images:
+                crops.append(save_crops(out_dir, ds.name, path.stem, scale, hr, lr, shown))
+    return rows, notes, crops
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Means per (dataset, scale, method): metrics averaged over finite runs of an image,
+    then over images; %Inf = share of runs that exploded."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], float(r["scale"]), r["method"]), []).append(r)
+    out = []
+    for (ds, scale, method), rs in groups.items():
+        per_image: dict[str, list[dict]] = {}
+        for r in rs:
+            per_image.setdefault(r["image"], []).append(r)
+        entry = {"dataset": ds, "scale": scale, "method": method, "images": len(per_image), "runs": len(rs),
+                 "inf_rate": 100.0 * sum(not r["finite"] for r in rs) / len(rs)}
+        for m in METRICS + ("diversity",):
+            vals = []
+            for img_rows in per_image.values():
+                v = [float(r[m]) for r in img_rows if r["finite"] and r.get(m, "") not in ("", None)]
+                if v:
+                    vals.append(sum(v) / len(v))
+            entry[m] = sum(vals) / len(vals) if vals else None
+        out.append(entry)
+    order = {m: k for k, m in enumerate(dict.fromkeys(r["method"] for r in rows))}
+    return sorted(out, key=lambda e: (e["dataset"], e["scale"], order[e["method"]]))
+
+
+def run_cli(args) -> int:
+    """`flowsr-lp evaluate`; under torchrun the images are sharded over the processes and
+    rank 0 merges the rows and writes the report."""
+    import platform
+    import time
+
+    from . import __version__
+    from .checkpoints import load_flow, load_prior
+    from .cli import CLIError
+    from .distributed import finish, gather_objects, setup_distributed
+    from .metrics import LPIPSUnavailable
+    from .pipeline import SuperResolver
+    from .report import write_outputs
+
+    rank, world, device = setup_distributed(args.device)
+    opts = EvalOptions(data=args.data, scales=args.scales, taus=args.tau, runs=args.runs, protocol=args.protocol,
+                       seed=args.seed, use_lpips=not args.no_lpips, alexnet_weights=args.alexnet_weights,
+                       max_images=args.max_images, lr_source=args.lr_source, report_images=args.report_images)
+    if args.runs < 1 or any(s <= 0 for s in args.scales) or any(t < 0 for t in args.tau):
+        raise CLIError("--runs must be >= 1, --scales positive and --tau non-negative")
+    out = Path(args.out)
+    try:
+        flow = load_flow(args.flow, device=device, **({"taps": args.taps} if args.taps else {}))
+        prior = load_prior(args.prior, device=device) if args.prior else None
+        SuperResolver(flow, prior)
+        t0 = time.time()
+        rows, notes, crops = evaluate(flow, prior, opts, out, rank, world)
+    except (FileNotFoundError, ValueError, LPIPSUnavailable) as e:
+        raise CLIError(str(e).splitlines()[0]) from None
+    parts = gather_objects((rows, notes, crops), world)
+    finish(world)
+    if rank != 0:
+        return 0
+    rows = [r for p in parts for r in p[0]]
+    notes = list(dict.fromkeys(n for p in parts for n in p[1]))
+    crops = [c for p in parts for c in p[2]]
+    if not opts.use_lpips:
+        notes.append("LPIPS not computed (--no-lpips)")
+    summary = summarise(rows)
+    meta = {"description": f"{flow.kind} flow {args.flow}" + (f" with learned prior {args.prior}" if prior else "")
+            + f", {opts.protocol} protocol", "flow": str(args.flow), "prior": str(args.prior or ""),
+            "options": asdict(opts), "seeds": {f"tau run {r}": opts.seed + r for r in range(opts.runs)},
+            "processes": world, "device": str(device), "seconds": round(time.time() - t0, 1),
+            "flowsr_lp": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "command": " ".join(sys.argv)}
+    paths = write_outputs(out, rows, summary, crops, meta, notes, f"FlowSR-LP evaluation: {meta['description']}")
+    print(paths["markdown"].read_text())
+    print("written: " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
+    return 0

@@ -1,0 +1,64 @@
+"""LPIPS (Zhang et al. 2018) as the SR papers report it: the `lpips` package, AlexNet
+backbone, linear layers v0.1, inputs scaled to [-1, 1]. The package ships its linear
+layers; the AlexNet ImageNet weights come from torchvision (cache or download) or a file
+the user names. Without them we stop with a clear message rather than report a number."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+ALEXNET_HELP = ("LPIPS needs torchvision's AlexNet ImageNet weights (alexnet-owt-7be5be79.pth, from "
+                "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth): pass --alexnet-weights PATH, set "
+                "FLOWSR_LP_ALEXNET=PATH, or put the file in ~/.cache/torch/hub/checkpoints/; or evaluate with --no-lpips")
+
+_MODELS: dict = {}
+
+
+class LPIPSUnavailable(RuntimeError):
+    pass
+
+
+def _alexnet_state(path: str | Path | None) -> dict:
+    path = path or os.environ.get("FLOWSR_LP_ALEXNET")
+    if path:
+        if not Path(path).is_file():
+            raise LPIPSUnavailable(f"{path}: no such file. " + ALEXNET_HELP)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    from torchvision.models import AlexNet_Weights
+
+    try:
+        return AlexNet_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
+    except Exception as e:  # offline, proxy, hash mismatch
+        raise LPIPSUnavailable(f"{type(e).__name__}: {str(e)[:100]}. " + ALEXNET_HELP) from None
+
+
+def lpips_model(device: torch.device | str = "cpu", alexnet_weights: str | Path | None = None):
+    """The LPIPS(alex, v0.1) network with ImageNet AlexNet features; cached per device/file."""
+    key = (str(device), str(alexnet_weights or os.environ.get("FLOWSR_LP_ALEXNET", "")))
+    if key not in _MODELS:
+        try:
+            import lpips as lpips_pkg
+        except ImportError:
+            raise LPIPSUnavailable("the `lpips` package is not installed (pip install lpips)") from None
+        state = _alexnet_state(alexnet_weights)
+        model = lpips_pkg.LPIPS(net="alex", version="0.1", pnet_rand=True, verbose=False)  # no download here
+        feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+        for name, module in model.net.named_modules():  # slices keep torchvision's layer indices
+            idx = name.rsplit(".", 1)[-1]
+            if f"{idx}.weight" in feats and name.startswith("slice"):
+                module.weight.data.copy_(feats[f"{idx}.weight"])
+                module.bias.data.copy_(feats[f"{idx}.bias"])
+        _MODELS[key] = model.eval().requires_grad_(False).to(device)
+    return _MODELS[key]
+
+
+@torch.no_grad()
+def lpips(sr: torch.Tensor, hr: torch.Tensor, alexnet_weights: str | Path | None = None) -> torch.Tensor:
+    """B x 3 x H x W in [0, 1] -> (B,) LPIPS distances (lower is better)."""
+    if sr.shape != hr.shape:
+        raise ValueError(f"shape mismatch: {tuple(sr.shape)} vs {tuple(hr.shape)}")
+    model = lpips_model(sr.device, alexnet_weights)
+    d = model(sr.float().clamp(0, 1) * 2 - 1, hr.float() * 2 - 1)
+    return d.flatten().double()

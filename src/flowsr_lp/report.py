@@ -1,0 +1,181 @@
+"""Evaluation outputs: results.csv, summary.json, table.md laid out like the paper's tables,
+and report.html with image crops and a perception-distortion plot."""
+from __future__ import annotations
+
+import csv
+import html
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .images import write_png
+
+COLUMNS = ("psnr", "ssim", "lpips", "lr_psnr", "inf_rate", "grid", "diversity")
+HEADERS = {"psnr": "PSNR (↑)", "ssim": "SSIM (↑)", "lpips": "LPIPS (↓)", "lr_psnr": "LR-PSNR (↑)",
+           "inf_rate": "%Inf (↓)", "grid": "Grid (↓)", "diversity": "Diversity"}
+DIGITS = {"psnr": 2, "ssim": 4, "lpips": 3, "lr_psnr": 2, "inf_rate": 1, "grid": 3, "diversity": 4}
+
+
+def _fmt(v, key) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{DIGITS[key]}f}"
+
+
+def detail_window(hr: torch.Tensor, size: int) -> tuple[int, int]:
+    """Top-left of the size x size HR window with the most gradient energy (a textured crop)."""
+    g = hr[0].mean(0)
+    e = (g.diff(dim=0).abs()[:, :-1] + g.diff(dim=1).abs()[:-1]).unsqueeze(0).unsqueeze(0)
+    size = min(size, e.shape[-2], e.shape[-1])
+    pooled = F.avg_pool2d(e, size, stride=max(1, size // 4))
+    idx = int(pooled.flatten().argmax())
+    return (idx // pooled.shape[-1]) * max(1, size // 4), (idx % pooled.shape[-1]) * max(1, size // 4)
+
+
+def save_crops(out_dir: Path, dataset: str, image: str, scale: float, hr, lr, shown: dict) -> dict:
+    """Write HR / bicubic / per-method crops of one image; return their relative paths."""
+    size = 96
+    top, left = detail_window(hr, size)
+    folder = Path(out_dir) / "crops"
+    tag = f"{dataset}_{image}_x{scale:g}".replace("/", "_")
+    bicubic = F.interpolate(lr, size=hr.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)
+    panels = {"HR": hr, "bicubic": bicubic, **shown}
+    entry = {"dataset": dataset, "image": image, "scale": scale, "panels": {}}
+    for name, img in panels.items():
+        crop = img[0, :, top : top + size, left : left + size]
+        crop = F.interpolate(crop[None], scale_factor=2, mode="nearest")[0]  # easier to see
+        fname = f"{tag}_{name.replace('=', '')}.png"
+        write_png(crop.cpu(), folder / fname)
+        entry["panels"][name] = f"crops/{fname}"
+    return entry
+
+
+def write_rows(rows: list[dict], path: Path) -> None:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, keys)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def markdown(summary: list[dict]) -> str:
+    """One table per data set and scale (rows: methods; columns: metrics, as the paper's
+    Tables 1/3), then, for each metric, a Table-2-like grid of methods x (data set, scale)."""
+    out = []
+    groups: dict[tuple, list[dict]] = {}
+    for e in summary:
+        groups.setdefault((e["dataset"], e["scale"]), []).append(e)
+    for (ds, scale), es in groups.items():
+        cols = [c for c in COLUMNS if any(e.get(c) is not None for e in es)]
+        out.append(f"### {ds} x{scale:g} ({es[0]['images']} images)\n")
+        out.append("| Method | " + " | ".join(HEADERS[c] for c in cols) + " |")
+        out.append("|---|" + "---|" * len(cols))
+        for e in es:
+            out.append(f"| {e['method']} | " + " | ".join(_fmt(e.get(c), c) for c in cols) + " |")
+        out.append("")
+    if len(groups) > 1:
+        keys = list(groups)
+        methods = list(dict.fromkeys(e["method"] for e in summary))
+        for metric in ("psnr", "lpips"):
+            if not any(e.get(metric) is not None for e in summary):
+                continue
+            out.append(f"### {HEADERS[metric]} across data sets and scales\n")
+            out.append("| Method | " + " | ".join(f"{d} x{s:g}" for d, s in keys) + " |")
+            out.append("|---|" + "---|" * len(keys))
+            for m in methods:
+                vals = [next((e.get(metric) for e in groups[k] if e["method"] == m), None) for k in keys]
+                out.append(f"| {m} | " + " | ".join(_fmt(v, metric) for v in vals) + " |")
+            out.append("")
+    return "\n".join(out)
+
+
+def perception_distortion_plot(summary: list[dict], path: Path) -> str:
+    """PSNR (distortion) against LPIPS (perception; the grid score when LPIPS is absent)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x_key = "lpips" if any(e.get("lpips") is not None for e in summary) else "grid"
+    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=110)
+    groups: dict[tuple, list[dict]] = {}
+    for e in summary:
+        groups.setdefault((e["dataset"], e["scale"]), []).append(e)
+    for (ds, scale), es in groups.items():
+        taus = [e for e in es if e["method"].startswith("tau") and e.get(x_key) is not None and e.get("psnr") is not None]
+        line = ax.plot([e[x_key] for e in taus], [e["psnr"] for e in taus], "o-", label=f"{ds} x{scale:g}: tau")
+        for e in taus:
+            ax.annotate(e["method"][4:], (e[x_key], e["psnr"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        for e in es:
+            if not e["method"].startswith("tau") and e.get(x_key) is not None and e.get("psnr") is not None:
+                ax.plot(e[x_key], e["psnr"], "*", ms=13, color=line[0].get_color(), label=f"{ds} x{scale:g}: {e['method']}")
+    ax.set_xlabel(("LPIPS" if x_key == "lpips" else "grid-artifact score") + " (lower is better)")
+    ax.set_ylabel("PSNR (dB, higher is better)")
+    ax.set_title("Perception-distortion")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return x_key
+
+
+_LOAD_CHECK = """<script>
+window.addEventListener('load', () => {
+  const imgs = [...document.images];
+  const ok = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
+  document.body.dataset.imagesLoaded = ok + '/' + imgs.length;
+});
+</script>"""
+
+
+def write_html(path: Path, title: str, summary: list[dict], crops: list[dict], meta: dict, plot: str | None,
+               x_key: str, notes: list[str]) -> None:
+    esc = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>"
+             "body{font-family:sans-serif;margin:24px;color:#222} table{border-collapse:collapse;margin:8px 0 20px}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right} th{background:#f3f3f3}"
+             "td:first-child{text-align:left} figure{display:inline-block;margin:4px;text-align:center}"
+             "figure img{image-rendering:pixelated;border:1px solid #999} figcaption{font-size:12px}"
+             ".note{color:#855}</style></head><body>",
+             f"<h1>{esc(title)}</h1>", f"<p>{esc(meta.get('description', ''))}</p>"]
+    for n in notes:
+        parts.append(f"<p class='note'>{esc(n)}</p>")
+    groups: dict[tuple, list[dict]] = {}
+    for e in summary:
+        groups.setdefault((e["dataset"], e["scale"]), []).append(e)
+    for (ds, scale), es in groups.items():
+        cols = [c for c in COLUMNS if any(e.get(c) is not None for e in es)]
+        parts.append(f"<h2>{esc(ds)} ×{scale:g}</h2><table><tr><th>Method</th>"
+                     + "".join(f"<th>{esc(HEADERS[c])}</th>" for c in cols) + "</tr>")
+        for e in es:
+            parts.append(f"<tr><td>{esc(e['method'])}</td>" + "".join(f"<td>{_fmt(e.get(c), c)}</td>" for c in cols) + "</tr>")
+        parts.append("</table>")
+    if plot:
+        parts.append(f"<h2>Perception-distortion</h2><img src='{esc(plot)}' alt='perception-distortion plot'>"
+                     + ("" if x_key == "lpips" else "<p class='note'>LPIPS was not computed; the x axis is the grid score.</p>"))
+    if crops:
+        parts.append("<h2>Crops (nearest-neighbour x2)</h2>")
+        for c in crops:
+            parts.append(f"<h3>{esc(c['dataset'])} / {esc(c['image'])} ×{c['scale']:g}</h3><div>")
+            for name, src in c["panels"].items():
+                parts.append(f"<figure><img src='{esc(src)}' alt='{esc(name)}'><figcaption>{esc(name)}</figcaption></figure>")
+            parts.append("</div>")
+    parts.append("<h2>Run</h2><pre>" + esc(json.dumps(meta, indent=1)) + "</pre>")
+    parts.append(_LOAD_CHECK + "</body></html>")
+    path.write_text("\n".join(parts), encoding="utf-8")
+
+
+def write_outputs(out_dir: Path, rows: list[dict], summary: list[dict], crops: list[dict], meta: dict,
+                  notes: list[str], title: str) -> dict:
+    """All evaluation outputs; returns their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": out_dir / "results.csv", "json": out_dir / "summary.json", "markdown": out_dir / "table.md",
+             "html": out_dir / "report.html", "plot": out_dir / "perception_distortion.png"}
+    write_rows(rows, paths["csv"])
+    paths["json"].write_text(json.dumps({"meta": meta, "notes": notes, "summary": summary}, indent=1))
+    paths["markdown"].write_text(f"## {title}\n\n" + markdown(summary))
+    x_key = perception_distortion_plot(summary, paths["plot"])
+    write_html(paths["html"], title, summary, crops, meta, paths["plot"].name, x_key, notes)
+    return paths

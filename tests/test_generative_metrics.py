@@ -1,0 +1,75 @@
+"""%Inf, diversity, the grid-artifact score and LPIPS."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from flowsr_lp import SuperResolver
+from flowsr_lp.metrics import LPIPSUnavailable, diversity, grid_score, inf_rate, lpips
+
+from helpers import blocky_linf, tiny_srflow
+
+
+def test_inf_rate_catches_a_forced_nan():
+    flow = tiny_srflow(4)
+    res = SuperResolver(flow)
+    lr = torch.rand(1, 3, 6, 6)
+    outs = [res.upscale(lr, scale=4, tau=0.5, generator=torch.Generator().manual_seed(s)) for s in range(3)]
+    assert inf_rate(outs) == 0
+    outs.append(res.upscale(lr, scale=4, tau=1e30, generator=torch.Generator().manual_seed(9)))  # explodes
+    assert inf_rate(outs) == 0.25
+    forced = outs[0].clone()
+    forced[0, 1, 3, 3] = float("nan")
+    assert inf_rate([forced, outs[1]]) == 0.5
+
+
+def test_diversity_is_zero_for_a_deterministic_method():
+    x = torch.rand(1, 3, 8, 8)
+    assert diversity(torch.stack([x, x, x])).item() == 0
+    assert diversity(torch.stack([x, torch.rand_like(x)])).item() > 0.1
+
+
+def _photo(size=96):
+    from skimage import data as sk
+
+    return torch.from_numpy(sk.astronaut()[100:100 + size, 100:100 + size]).permute(2, 0, 1).float()[None] / 255
+
+
+def test_grid_score_flags_independently_sampled_patches():
+    hr = _photo()
+    lr = F.interpolate(hr, scale_factor=0.25, mode="bicubic", antialias=True).clamp(0, 1)
+    res = SuperResolver(blocky_linf())
+    sampled = res.upscale(lr, (96, 96), tau=0.8, generator=torch.Generator().manual_seed(0)).clamp(0, 1)
+    mean = res.upscale(lr, (96, 96), tau=0.0).clamp(0, 1)
+    smooth = F.interpolate(lr, size=(96, 96), mode="bicubic", align_corners=False).clamp(0, 1)
+    g_sampled, g_mean, g_smooth, g_photo = (grid_score(x, lr).item() for x in (sampled, mean, smooth, hr))
+    assert g_sampled > 3 * max(g_mean, g_smooth, g_photo)
+    for g in (g_mean, g_smooth, g_photo):
+        assert 0.7 < g < 1.3
+    assert 0.9 < grid_score(torch.rand(2, 3, 60, 60)).mean().item() < 1.1  # per-pixel noise has no grid
+    shifted = grid_score(sampled[..., 1:, 1:], lr=None).item()  # off the grid the jumps are not at borders
+    assert shifted < 0.5 * g_sampled
+
+
+def test_lpips_with_given_alexnet_weights(tmp_path):
+    from torchvision.models import alexnet
+
+    torch.manual_seed(0)
+    torch.save(alexnet(weights=None).state_dict(), tmp_path / "alexnet.pth")  # random stand-in
+    a, b = torch.rand(2, 3, 48, 48), torch.rand(2, 3, 48, 48)
+    d = lpips(a, b, tmp_path / "alexnet.pth")
+    assert d.shape == (2,) and (d > 0).all()
+    assert lpips(a, a, tmp_path / "alexnet.pth").abs().max() < 1e-6
+
+
+def test_lpips_without_weights_says_how_to_get_them(tmp_path, monkeypatch):
+    from urllib.error import URLError
+
+    from torchvision.models import AlexNet_Weights
+
+    monkeypatch.delenv("FLOWSR_LP_ALEXNET", raising=False)
+    monkeypatch.setattr(type(AlexNet_Weights.IMAGENET1K_V1), "get_state_dict",
+                        lambda *a, **k: (_ for _ in ()).throw(URLError("offline")))
+    with pytest.raises(LPIPSUnavailable, match="--alexnet-weights PATH"):
+        lpips(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32))
+    with pytest.raises(LPIPSUnavailable, match="no such file"):
+        lpips(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32), tmp_path / "missing.pth")
