@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub, "prior")
     _add_evaluate(sub)
     _add_temperature_map(sub)
+    from .datasets import add_parser as add_data_parser
+
+    add_data_parser(sub)
     return parser
 
 
