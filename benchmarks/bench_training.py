@@ -41,7 +41,8 @@ def image_folder(tmp: Path) -> ImageFolder:
 
 def throughput(objective, params, batches, device, steps, amp="none"):
     opt = torch.optim.Adam(params, lr=1e-4)
-    data = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in batches[i].items()} for i in range(steps + 2)]
+    data = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in batches[i % len(batches)].items()}
+            for i in range(steps + 2)]
     times = []
     for i, batch in enumerate(data):
         batch["step"] = i

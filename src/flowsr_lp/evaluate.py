@@ -98,6 +98,7 @@ class EvalOptions:
     max_images: int | None = None
     lr_source: str = "auto"  # auto | make | folder
     report_images: int = 2
+    label: str = ""  # prefixed to method names ("LINF tau=0.8"), to put several flows in one report
 
 
 def protocol_metrics(sr: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor, scale: float, dataset: str,
@@ -141,7 +142,8 @@ def evaluate(flow, prior, opts: EvalOptions, out_dir: Path, rank: int = 0, world
         jobs += [(ds, i, f, s) for i, f in enumerate(files) for s in scales]
     mine = [j for j in jobs if j[1] % world == rank]
     bar = tqdm(mine, desc="evaluate", unit="img", disable=not progress or rank != 0, file=sys.stderr)
-    methods = [(f"tau={t:g}", t) for t in opts.taus] + ([("LP", None)] if prior is not None else [])
+    pre = f"{opts.label} " if opts.label else ""
+    methods = [(f"{pre}tau={t:g}", t) for t in opts.taus] + ([(f"{pre}LP", None)] if prior is not None else [])
     with torch.no_grad():
         for ds, i, path, scale in bar:
             bar.set_postfix_str(f"{ds.name} x{scale:g} {path.name}")

@@ -131,7 +131,8 @@ window.addEventListener('load', () => {
 
 
 def write_html(path: Path, title: str, summary: list[dict], crops: list[dict], meta: dict, plot: str | None,
-               x_key: str, notes: list[str]) -> None:
+               x_key: str, notes: list[str], extra: list[tuple[str, str]] = ()) -> None:
+    """`extra`: (heading, trusted HTML) sections appended after the crops."""
     esc = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>"
              "body{font-family:sans-serif;margin:24px;color:#222} table{border-collapse:collapse;margin:8px 0 20px}"
@@ -162,13 +163,15 @@ def write_html(path: Path, title: str, summary: list[dict], crops: list[dict], m
             for name, src in c["panels"].items():
                 parts.append(f"<figure><img src='{esc(src)}' alt='{esc(name)}'><figcaption>{esc(name)}</figcaption></figure>")
             parts.append("</div>")
+    for heading, body in extra:
+        parts.append(f"<h2>{esc(heading)}</h2>{body}")
     parts.append("<h2>Run</h2><pre>" + esc(json.dumps(meta, indent=1)) + "</pre>")
     parts.append(_LOAD_CHECK + "</body></html>")
     path.write_text("\n".join(parts), encoding="utf-8")
 
 
 def write_outputs(out_dir: Path, rows: list[dict], summary: list[dict], crops: list[dict], meta: dict,
-                  notes: list[str], title: str) -> dict:
+                  notes: list[str], title: str, extra: list[tuple[str, str]] = ()) -> dict:
     """All evaluation outputs; returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out_dir / "results.csv", "json": out_dir / "summary.json", "markdown": out_dir / "table.md",
@@ -177,5 +180,5 @@ def write_outputs(out_dir: Path, rows: list[dict], summary: list[dict], crops: l
     paths["json"].write_text(json.dumps({"meta": meta, "notes": notes, "summary": summary}, indent=1))
     paths["markdown"].write_text(f"## {title}\n\n" + markdown(summary))
     x_key = perception_distortion_plot(summary, paths["plot"])
-    write_html(paths["html"], title, summary, crops, meta, paths["plot"].name, x_key, notes)
+    write_html(paths["html"], title, summary, crops, meta, paths["plot"].name, x_key, notes, extra)
     return paths

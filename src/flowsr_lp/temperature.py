@@ -98,6 +98,42 @@ def heat_map(taus_map: torch.Tensor, hr: torch.Tensor, path: Path, metric: str) 
     plt.close(fig)
 
 
+def temperature_map(flow, hr_u8: torch.Tensor, scale: float, taus: list[float], region: int, metric: str,
+                    seed: int = 0, alexnet_weights=None, device="cpu", progress: bool = True) -> dict:
+    """Search the best temperature per region of one HR image (uint8 3 x H x W); the result
+    holds the map, the composite image and the scores."""
+    scale = getattr(flow, "fixed_scale", None) or scale
+    s = int(scale) if float(scale).is_integer() else 1
+    hr_u8 = modcrop(hr_u8, 2 * s if getattr(flow, "fixed_scale", None) else s)
+    lr = imresize(hr_u8, out_size=(round(hr_u8.shape[-2] / scale), round(hr_u8.shape[-1] / scale))).float() / 255
+    hr = (hr_u8.float() / 255)[None].to(device)
+    with torch.no_grad():
+        srs = decode_at_temperatures(flow, lr[None].to(device), tuple(hr.shape[-2:]), taus, seed)
+        choice, composite, best = best_temperatures(srs, hr, region, metric, alexnet_weights, progress)
+        singles = [score(srs[k:k + 1], hr, metric, alexnet_weights) for k in range(len(taus))]
+    sign = -1 if metric == "psnr" else 1  # report PSNR as PSNR
+    k_best = min(range(len(taus)), key=lambda k: singles[k])
+    taus_map = torch.tensor(taus)[choice]
+    return {"scale": scale, "metric": metric, "region": region, "seed": seed, "taus": taus,
+            "per_temperature": {f"{t:g}": sign * v for t, v in zip(taus, singles)},
+            "best_single_tau": taus[k_best], "best_single_score": sign * singles[k_best],
+            "per_region_score": sign * best, "map": taus_map.tolist(),
+            "_hr": hr.cpu(), "_composite": composite.cpu()}
+
+
+def save_temperature_map(result: dict, out: Path) -> dict:
+    """temperature_map.png (heat map), composite.png, temperature_map.csv / .json."""
+    out.mkdir(parents=True, exist_ok=True)
+    taus_map = torch.tensor(result["map"])
+    heat_map(taus_map, result["_hr"], out / "temperature_map.png", result["metric"])
+    write_png(result["_composite"], out / "composite.png")
+    with open(out / "temperature_map.csv", "w", newline="") as f:
+        csv.writer(f).writerows([[f"{t:g}" for t in row] for row in taus_map.tolist()])
+    summary = {k: v for k, v in result.items() if not k.startswith("_")}
+    (out / "temperature_map.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
 def run_cli(args) -> int:
     from .checkpoints import load_flow
     from .cli import CLIError
@@ -109,36 +145,13 @@ def run_cli(args) -> int:
     try:
         flow = load_flow(args.flow, device=args.device, **({"taps": args.taps} if args.taps else {}))
         hr_u8 = load_rgb_uint8(Path(args.image))
+        result = temperature_map(flow, hr_u8, args.scale, taus, args.region, args.metric, args.seed,
+                                 args.alexnet_weights, args.device)
+    except LPIPSUnavailable as e:
+        raise CLIError(f"{e} (or use --metric psnr)") from None
     except (FileNotFoundError, ValueError, OSError) as e:
         raise CLIError(str(e).splitlines()[0]) from None
-    scale = getattr(flow, "fixed_scale", None) or args.scale
-    s = int(scale) if float(scale).is_integer() else 1
-    hr_u8 = modcrop(hr_u8, 2 * s if getattr(flow, "fixed_scale", None) else s)
-    lr = imresize(hr_u8, out_size=(round(hr_u8.shape[-2] / scale), round(hr_u8.shape[-1] / scale))).float() / 255
-    hr = (hr_u8.float() / 255)[None].to(args.device)
-    lr = lr[None].to(args.device)
-    with torch.no_grad():
-        srs = decode_at_temperatures(flow, lr, tuple(hr.shape[-2:]), taus, args.seed)
-        try:
-            choice, composite, best = best_temperatures(srs, hr, args.region, args.metric, args.alexnet_weights)
-            singles = [score(srs[k:k + 1], hr, args.metric, args.alexnet_weights) for k in range(len(taus))]
-        except LPIPSUnavailable as e:
-            raise CLIError(f"{e} (or use --metric psnr)") from None
-    taus_map = torch.tensor(taus)[choice]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    heat_map(taus_map, hr.cpu(), out / "temperature_map.png", args.metric)
-    write_png(composite.cpu(), out / "composite.png")
-    with open(out / "temperature_map.csv", "w", newline="") as f:
-        csv.writer(f).writerows([[f"{t:g}" for t in row] for row in taus_map.tolist()])
-    sign = -1 if args.metric == "psnr" else 1  # report PSNR as PSNR
-    k_best = min(range(len(taus)), key=lambda k: singles[k])
-    summary = {"image": str(args.image), "flow": str(args.flow), "scale": scale, "metric": args.metric,
-               "region": args.region, "seed": args.seed, "taus": taus,
-               "per_temperature": {f"{t:g}": sign * v for t, v in zip(taus, singles)},
-               "best_single_tau": taus[k_best], "best_single_score": sign * singles[k_best],
-               "per_region_score": sign * best, "map": taus_map.tolist()}
-    (out / "temperature_map.json").write_text(json.dumps(summary, indent=1))
-    print(f"{args.metric}: best single tau {taus[k_best]:g} -> {sign * singles[k_best]:.4f}; "
-          f"per-region temperatures -> {sign * best:.4f} (map in {out / 'temperature_map.png'})")
+    summary = save_temperature_map({**result, "image": str(args.image), "flow": str(args.flow)}, Path(args.out))
+    print(f"{args.metric}: best single tau {summary['best_single_tau']:g} -> {summary['best_single_score']:.4f}; "
+          f"per-region temperatures -> {summary['per_region_score']:.4f} (map in {Path(args.out) / 'temperature_map.png'})")
     return 0
