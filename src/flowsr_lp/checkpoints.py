@@ -131,8 +131,8 @@ def build_model(kind: str, family: str, config: dict) -> nn.Module:
     from .priors.srflow_lp import SRFlowLatentModule, SRFlowPriorConfig
 
     builders = {
-        ("flow", "linf"): lambda c: LINF(LINFConfig(**c)),
-        ("flow", "linf-patch"): lambda c: LINF(LINFConfig(**c)),
+        ("flow", "linf"): lambda c: LINF(LINFConfig.from_dict(c)),
+        ("flow", "linf-patch"): lambda c: LINF(LINFConfig.from_dict(c)),
         ("flow", "srflow"): lambda c: SRFlow(SRFlowConfig.from_dict(c)),
         ("prior", "linf-lp"): lambda c: LINFLatentModule(LINFPriorConfig.from_dict(c)),
         ("prior", "srflow-lp"): lambda c: SRFlowLatentModule(SRFlowPriorConfig.from_dict(c)),

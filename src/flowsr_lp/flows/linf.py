@@ -9,12 +9,13 @@ public interface in [0, 1].
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..model_config import ModelConfig
 from ..nets.edsr import EDSRBaseline
 from ..nets.rrdb import RRDBNet
 from .base import Flow, Latent
@@ -24,16 +25,13 @@ _LOG_2PI = math.log(2 * math.pi)
 
 
 @dataclass
-class LINFConfig:
+class LINFConfig(ModelConfig):
     encoder: str = "edsr-baseline"  # "edsr-baseline" | "rrdb"
     encoder_args: dict = field(default_factory=dict)  # n_resblocks/n_feats/res_scale | nf/nb/gc
     patch_size: int = 1  # 1 (`linf`) or 3 (`linf-patch`)
     flow_layers: int = 10
     num_layer: int = 3
     hidden_dim: int = 256
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def build_encoder(name: str, args: dict) -> nn.Module:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..model_config import ModelConfig
 from ..nets.rrdb import RRDBNet
 from .base import Flow, Latent
 from .layers import FlowStep, Split2d, Squeeze, gaussian_log_p
@@ -19,7 +20,7 @@ RELEASED_TAPS = {4: (1, 8, 15, 22), 8: (1, 3, 5, 7)}
 
 
 @dataclass
-class SRFlowConfig:
+class SRFlowConfig(ModelConfig):
     scale: int = 4  # 4 or 8
     nf: int = 64
     nb: int = 23
@@ -37,16 +38,9 @@ class SRFlowConfig:
     def cond_channels(self) -> int:
         return self.nf * (1 + len(self.taps))
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["taps"] = list(self.taps)
-        return d
-
     @classmethod
     def from_dict(cls, d: dict) -> "SRFlowConfig":
-        d = dict(d)
-        d["taps"] = tuple(d.get("taps", RELEASED_TAPS[d.get("scale", 4)]))
-        return cls(**d)
+        return super().from_dict({"taps": RELEASED_TAPS[d.get("scale", 4)], **d})
 
     def validate(self) -> "SRFlowConfig":
         if self.scale not in (4, 8):

@@ -2,12 +2,13 @@
 generator (UNet by default; EDSR-baseline or Swin-T as in the paper's ablation)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..model_config import ModelConfig
 from ..nets.dense import DenseBlock5
 from ..nets.edsr import ResBlock
 from ..nets.swin import SwinStage
@@ -18,7 +19,7 @@ INPUTS = ("both", "prior", "lr")
 
 
 @dataclass
-class LINFPriorConfig:
+class LINFPriorConfig(ModelConfig):
     generator: str = "unet"
     in_chans: int = 27  # latent channels: 3 x 3 x 3 for the 3x3 patch flows
     inputs: str = "both"  # the paper's Table 5 ablation: both, initial prior only, LR only
@@ -37,18 +38,6 @@ class LINFPriorConfig:
         """Feature width the generator sees, whatever the inputs."""
         return 2 * self.embed_dim if self.generator == "swin_latent" else self.dim
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["depths"], d["num_heads"] = list(self.depths), list(self.num_heads)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "LINFPriorConfig":
-        d = dict(d)
-        for k in ("depths", "num_heads"):
-            if k in d:
-                d[k] = tuple(d[k])
-        return cls(**d)
 
 
 class LINFLatentModule(nn.Module):

@@ -3,33 +3,24 @@ dense-block encoder, a UNet and a 1x1 output conv. Optionally (ours, off by defa
 official checkpoint loads) each branch also sees the LR image."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..model_config import ModelConfig
 from ..nets.dense import DenseBlock5
 from ..nets.unet import OutConv, unet_forward, unet_layers
 
 
 @dataclass
-class SRFlowPriorConfig:
+class SRFlowPriorConfig(ModelConfig):
     dim: int = 64
     depth: int = 3
     latent_channels: tuple[int, ...] = (6, 96)  # SRFlow 4x: (eps, z)
     with_lr: bool = False
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["latent_channels"] = list(self.latent_channels)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SRFlowPriorConfig":
-        d = dict(d)
-        d["latent_channels"] = tuple(d.get("latent_channels", (6, 96)))
-        return cls(**d)
 
 
 class SRFlowLatentModule(nn.Module):
