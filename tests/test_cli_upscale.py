@@ -48,6 +48,7 @@ def test_anisotropic_size_and_single_output_file(tmp_path, capsys, flow_file):
     code, err = run([src, "--flow", flow_file, "--size", "25x19", "-o", tmp_path / "out.png"], capsys)
     assert code == 0, err
     assert Image.open(tmp_path / "out.png").size == (19, 25)
+    assert (tmp_path / "out.png").stat().st_mode & 0o644 == 0o644  # usual permissions, not mkstemp's 0600
     code, err = run([src, "--flow", flow_file, "--scale", "2,3.5", "-o", tmp_path / "o"], capsys)
     assert code == 0 and Image.open(tmp_path / "o" / "a.png").size == (42, 20)
 

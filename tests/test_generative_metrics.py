@@ -42,12 +42,14 @@ def test_grid_score_flags_independently_sampled_patches():
     mean = res.upscale(lr, (96, 96), tau=0.0).clamp(0, 1)
     smooth = F.interpolate(lr, size=(96, 96), mode="bicubic", align_corners=False).clamp(0, 1)
     g_sampled, g_mean, g_smooth, g_photo = (grid_score(x, lr).item() for x in (sampled, mean, smooth, hr))
-    assert g_sampled > 3 * max(g_mean, g_smooth, g_photo)
+    assert g_sampled > 10  # gray levels
     for g in (g_mean, g_smooth, g_photo):
-        assert 0.7 < g < 1.3
-    assert 0.9 < grid_score(torch.rand(2, 3, 60, 60)).mean().item() < 1.1  # per-pixel noise has no grid
+        assert abs(g) < 1.5
+    assert abs(grid_score(torch.rand(2, 3, 60, 60)).mean().item()) < 2  # per-pixel noise has no grid
+    noisy = (smooth + 0.2 * torch.randn_like(smooth)).clamp(0, 1)  # noise does not hide the seams
+    assert grid_score((sampled + noisy) / 2, lr).item() > 0.3 * g_sampled  # half the seams, plus noise
     shifted = grid_score(sampled[..., 1:, 1:], lr=None).item()  # off the grid the jumps are not at borders
-    assert shifted < 0.5 * g_sampled
+    assert shifted < 0.2 * g_sampled
 
 
 def test_lpips_with_given_alexnet_weights(tmp_path):

@@ -214,3 +214,12 @@ def test_unreachable_download_names_the_way_out(monkeypatch):
     monkeypatch.setattr(type(VGG19_Weights.IMAGENET1K_V1), "get_state_dict", offline)
     with pytest.raises(VGGWeightsMissing, match="--vgg-weights PATH.*--perceptual none"):
         load_vgg_state(None)
+
+
+def test_gradient_loss_term_is_logged_and_labelled(tmp_path, images, flow_file):
+    recipe = prior_recipe(tmp_path, images, flow_file, iterations=4, loss={"perceptual": "none", "gradient_weight": 1.0})
+    assert main(["train-prior", recipe]) == 0
+    rows = read_csv(tmp_path / "run" / "log.csv")
+    assert all(float(r["grad"]) > 0 for r in rows)
+    label = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["perceptual"]
+    assert label == "none (pixel L1 x1 + latent L1 x0.1 + gradient L1 x1)"

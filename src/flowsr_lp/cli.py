@@ -156,7 +156,7 @@ def _add_demo(sub) -> None:
                                    "Writes an HTML report with metrics, crops and a temperature map.")
     p.add_argument("-o", "--out", default="demo", help="output folder (default ./demo)")
     p.add_argument("--images", type=int, default=3, help="number of photos (1-4, default 3)")
-    p.add_argument("--size", type=int, default=192, help="HR crop size in pixels (default 192)")
+    p.add_argument("--size", type=int, default=288, help="HR crop size in pixels (default 288)")
     p.add_argument("--runs", type=int, default=10, help="draws per temperature (default 10)")
     p.add_argument("--alexnet-weights", help="AlexNet ImageNet weights, for LPIPS")
     p.add_argument("--device", default="cpu")

@@ -31,7 +31,7 @@ def sample_photos(folder: Path, n: int, size: int) -> list[Path]:
     """Centre crops (size x size, a multiple of 12) of scikit-image's bundled photos."""
     from skimage import data as sk
 
-    photos = {"astronaut": sk.astronaut, "coffee": sk.coffee, "chelsea": sk.chelsea, "rocket": sk.rocket}
+    photos = {"chelsea": sk.chelsea, "astronaut": sk.astronaut, "coffee": sk.coffee, "rocket": sk.rocket}
     size -= size % 12
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -50,7 +50,7 @@ def training_record(path: Path) -> dict:
     return (meta or {}).get("training", {})
 
 
-def run_demo(out: Path, images: int = 3, size: int = 192, runs: int = 10, device: str = "cpu",
+def run_demo(out: Path, images: int = 3, size: int = 288, runs: int = 10, device: str = "cpu",
              alexnet_weights: str | None = None, progress: bool = True) -> dict:
     t0 = time.time()
     out = Path(out)
@@ -62,7 +62,9 @@ def run_demo(out: Path, images: int = 3, size: int = 192, runs: int = 10, device
         lpips_model(device, alexnet_weights)
     except LPIPSUnavailable as e:
         use_lpips = False
-        notes.append(f"LPIPS not shown: {str(e).split('. ')[0]} (see --alexnet-weights).")
+        notes.append("LPIPS not shown: AlexNet's ImageNet weights are not available here (offline?); "
+                     "pass --alexnet-weights PATH (torchvision's alexnet-owt-7be5be79.pth) to add it. "
+                     f"({str(e).split('. ')[0]})")
     notes.append("The bundled models were trained on the CPU without the VGG19 perceptual loss (its ImageNet weights "
                  "were not available): latent modules with pixel L1 + 0.1 latent L1. The paper's loss: " + RETRAIN)
     setups = [("LINF", "linf-small", "linf-small-lp", [3.0, 4.0], [0.0, 0.4, 0.8]),

@@ -177,7 +177,7 @@ def evaluate(flow, prior, opts: EvalOptions, out_dir: Path, rank: int = 0, world
                     for row in rows[-n_runs:]:
                         row["diversity"] = div
             if i < opts.report_images:
-                crops.append(save_crops(out_dir, ds.name, path.stem, scale, hr, lr, shown))
+                crops.append(save_crops(out_dir, ds.name, path.stem, scale, hr, lr, shown, opts.label))
     return rows, notes, crops
 
 

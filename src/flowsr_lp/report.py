@@ -6,6 +6,7 @@ import csv
 import html
 import json
 import math
+import re
 from pathlib import Path
 
 import torch
@@ -33,19 +34,19 @@ def detail_window(hr: torch.Tensor, size: int) -> tuple[int, int]:
     return (idx // pooled.shape[-1]) * max(1, size // 4), (idx % pooled.shape[-1]) * max(1, size // 4)
 
 
-def save_crops(out_dir: Path, dataset: str, image: str, scale: float, hr, lr, shown: dict) -> dict:
+def save_crops(out_dir: Path, dataset: str, image: str, scale: float, hr, lr, shown: dict, label: str = "") -> dict:
     """Write HR / bicubic / per-method crops of one image; return their relative paths."""
     size = 96
     top, left = detail_window(hr, size)
     folder = Path(out_dir) / "crops"
-    tag = f"{dataset}_{image}_x{scale:g}".replace("/", "_")
+    tag = f"{label}_{dataset}_{image}_x{scale:g}".strip("_").replace("/", "_").replace(" ", "_")
     bicubic = F.interpolate(lr, size=hr.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)
     panels = {"HR": hr, "bicubic": bicubic, **shown}
-    entry = {"dataset": dataset, "image": image, "scale": scale, "panels": {}}
+    entry = {"dataset": dataset, "image": image, "scale": scale, "label": label, "panels": {}}
     for name, img in panels.items():
         crop = img[0, :, top : top + size, left : left + size]
         crop = F.interpolate(crop[None], scale_factor=2, mode="nearest")[0]  # easier to see
-        fname = f"{tag}_{name.replace('=', '')}.png"
+        fname = f"{tag}_{name.replace('=', '').replace(' ', '_')}.png"
         write_png(crop.cpu(), folder / fname)
         entry["panels"][name] = f"crops/{fname}"
     return entry
@@ -98,18 +99,22 @@ def perception_distortion_plot(summary: list[dict], path: Path) -> str:
     import matplotlib.pyplot as plt
 
     x_key = "lpips" if any(e.get("lpips") is not None for e in summary) else "grid"
-    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=110)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
     groups: dict[tuple, list[dict]] = {}
-    for e in summary:
-        groups.setdefault((e["dataset"], e["scale"]), []).append(e)
-    for (ds, scale), es in groups.items():
-        taus = [e for e in es if e["method"].startswith("tau") and e.get(x_key) is not None and e.get("psnr") is not None]
-        line = ax.plot([e[x_key] for e in taus], [e["psnr"] for e in taus], "o-", label=f"{ds} x{scale:g}: tau")
+    for e in summary:  # one curve per data set, scale and flow ("LINF tau=0.8" -> flow "LINF")
+        flow = re.sub(r"\s*(tau=\S+|LP)$", "", e["method"])
+        groups.setdefault((e["dataset"], e["scale"], flow), []).append(e)
+    for (ds, scale, flow), es in groups.items():
+        es = [e for e in es if e.get(x_key) is not None and e.get("psnr") is not None]
+        name = f"{ds} x{scale:g}" + (f" {flow}" if flow else "")
+        taus = [e for e in es if "tau=" in e["method"]]
+        line = ax.plot([e[x_key] for e in taus], [e["psnr"] for e in taus], "o-", label=f"{name}: tau")
         for e in taus:
-            ax.annotate(e["method"][4:], (e[x_key], e["psnr"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            ax.annotate(e["method"].split("tau=")[1], (e[x_key], e["psnr"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7)
         for e in es:
-            if not e["method"].startswith("tau") and e.get(x_key) is not None and e.get("psnr") is not None:
-                ax.plot(e[x_key], e["psnr"], "*", ms=13, color=line[0].get_color(), label=f"{ds} x{scale:g}: {e['method']}")
+            if "tau=" not in e["method"]:
+                ax.plot(e[x_key], e["psnr"], "*", ms=13, color=line[0].get_color(), label=f"{name}: learned prior")
     ax.set_xlabel(("LPIPS" if x_key == "lpips" else "grid-artifact score") + " (lower is better)")
     ax.set_ylabel("PSNR (dB, higher is better)")
     ax.set_title("Perception-distortion")
@@ -159,7 +164,8 @@ def write_html(path: Path, title: str, summary: list[dict], crops: list[dict], m
     if crops:
         parts.append("<h2>Crops (nearest-neighbour x2)</h2>")
         for c in crops:
-            parts.append(f"<h3>{esc(c['dataset'])} / {esc(c['image'])} ×{c['scale']:g}</h3><div>")
+            flow = f"{esc(c['label'])}: " if c.get("label") else ""
+            parts.append(f"<h3>{flow}{esc(c['dataset'])} / {esc(c['image'])} ×{c['scale']:g}</h3><div>")
             for name, src in c["panels"].items():
                 parts.append(f"<figure><img src='{esc(src)}' alt='{esc(name)}'><figcaption>{esc(name)}</figcaption></figure>")
             parts.append("</div>")

@@ -73,22 +73,25 @@ class LINFLPCrops:
     """FlowSR-LP's LINF-LP crops: an HR crop of round(lr_size * s) resized (PIL bicubic) to
     an lr_size^2 LR; the losses use a `window`^2 HR window of the crop (one offset per
     batch). As upstream, the LR branch sees the whole LR while the window covers part of
-    the crop."""
+    the crop, so the two are misaligned unless s is close to window / lr_size.
+    `window: null` is our aligned variant: the loss covers the whole crop, as at test time
+    (the latent map then grows with s)."""
 
     lr_size: int = 96
-    window: int = 96
+    window: int | None = 96
     scale_min: float = 1.0
     scale_max: float = 4.0
 
     def __call__(self, images, min_side: int, gen: torch.Generator, item_gens) -> dict:
-        lo = max(self.scale_min, self.window / self.lr_size)
+        lo = max(self.scale_min, (self.window or 0) / self.lr_size)
         s = _uniform(gen, lo, max(lo, min(self.scale_max, min_side / self.lr_size)))
         size = round(self.lr_size * s)
-        top, left = _randint(gen, size - self.window), _randint(gen, size - self.window)
+        win = self.window or size
+        top, left = _randint(gen, size - win), _randint(gen, size - win)
         hrs = [augment(random_crop(img, size, g), g) for img, g in zip(images, item_gens)]
         lrs = [pil_bicubic(hr.contiguous(), self.lr_size) for hr in hrs]
         return {"lr": to_float(torch.stack(lrs)), "hr": to_float(torch.stack(hrs)),
-                "window": (top, left, self.window, self.window), "scale": size / self.lr_size}
+                "window": (top, left, win, win), "scale": size / self.lr_size}
 
 
 @dataclass
@@ -120,5 +123,5 @@ def min_image_side(crops) -> int:
     if isinstance(crops, SRFlowCrops):
         return crops.hr_size
     if isinstance(crops, LINFLPCrops):
-        return max(crops.window, round(crops.lr_size * crops.scale_min))
+        return max(crops.window or 0, round(crops.lr_size * crops.scale_min))
     return round(crops.lr_size * crops.scale_min)

@@ -26,16 +26,18 @@ def diversity(samples: torch.Tensor) -> torch.Tensor:
 
 
 def grid_score(sr: torch.Tensor, lr: torch.Tensor | None = None, period: int = 3) -> torch.Tensor:
-    """How much the image jumps across the borders of a `period`-pixel patch grid, relative
-    to how much it changes between neighbouring pixels inside the patches.
+    """Grid artifacts: how many gray levels (of 255) more the image jumps between
+    neighbouring pixels across the borders of a `period`-pixel patch grid than between
+    neighbours inside the patches.
 
     Computed on the residual against the bilinear upsampling of `lr` (the part the flow
-    generates), or on the image itself without `lr`. For each image:
-    score = mean |x[i+1] - x[i]| over pairs that straddle a patch border (i = k*period - 1)
-            / mean |x[i+1] - x[i]| over pairs inside a patch, rows and columns together.
-    Images without a grid (natural photos, smooth images, per-pixel noise) score about 1;
-    LINF's independently sampled 3x3 patches score well above 1 (see tests). B x 3 x H x W
-    in [0, 1] -> (B,) float64."""
+    generates), or on the image itself without `lr`:
+    score = 255 * (mean |x[i+1] - x[i]| over pairs straddling a border (i = k*period - 1)
+                   - mean |x[i+1] - x[i]| over pairs inside a patch), rows and columns together.
+    Images without a grid - natural photos, smooth images, per-pixel noise - score about 0;
+    independently sampled 3x3 patches score well above (see tests). A difference, not a
+    ratio: a ratio would score a noisy image with strong seams near 1 (its inside jumps are
+    large too) and a smooth image with faint seams high. B x 3 x H x W in [0, 1] -> (B,)."""
     x = sr.double()
     if lr is not None:
         x = x - F.interpolate(lr.double(), size=sr.shape[-2:], mode="bilinear", align_corners=False)
@@ -47,5 +49,4 @@ def grid_score(sr: torch.Tensor, lr: torch.Tensor | None = None, period: int = 3
         sel = (lambda m: d[..., m]) if dim == -1 else (lambda m: d[..., m, :])
         border.append(sel(at_border).flatten(1))
         inner.append(sel(~at_border).flatten(1))
-    b, i = torch.cat(border, 1).mean(1), torch.cat(inner, 1).mean(1)
-    return b / i.clamp_min(1e-12)
+    return 255.0 * (torch.cat(border, 1).mean(1) - torch.cat(inner, 1).mean(1))

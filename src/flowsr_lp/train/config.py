@@ -21,7 +21,7 @@ DEFAULTS: dict = {
     "optim": {"lr": 1e-4, "betas": [0.9, 0.999], "batch_size": 16, "epochs": None, "iterations": None,
               "milestones": [], "milestone_unit": "epoch", "gamma": 0.5, "grad_clip": None},
     "loss": {"perceptual": "vgg", "vgg_weights": None, "latent_weight": 0.0, "pixel_weight": 0.0,
-             "nll_weight": 5e-4},
+             "gradient_weight": 0.0, "nll_weight": 5e-4},
     "run": {"out": "runs/default", "seed": 0, "workers": 0, "device": "auto", "amp": "none",
             "channels_last": False, "sync_bn": True, "log_every": 10, "val_every": 0, "ckpt_every": 200,
             "threads": None},
@@ -71,7 +71,8 @@ def _scalar(v):
     return v
 
 
-_NUMERIC = {"optim": ("lr", "gamma", "grad_clip"), "loss": ("latent_weight", "pixel_weight", "nll_weight")}
+_NUMERIC = {"optim": ("lr", "gamma", "grad_clip"),
+            "loss": ("latent_weight", "pixel_weight", "gradient_weight", "nll_weight")}
 
 
 def load_config(path: str | Path, overrides: list[str] = (), task: str | None = None) -> dict:

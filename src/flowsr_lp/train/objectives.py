@@ -64,16 +64,16 @@ class LINFFinetune(nn.Module):
 
 
 class PriorObjective(nn.Module):
-    """FlowSR-LP: L = L_percep + lambda * L_latent (+ pixel L1 when asked), with the flow
+    """FlowSR-LP: L = L_percep + lambda * L_latent (+ pixel / gradient L1 when asked), with the flow
     frozen; gradients reach the latent module through the flow's inverse only."""
 
     def __init__(self, flow, prior: nn.Module, perceptual: nn.Module | None, latent_weight: float = 0.0,
-                 pixel_weight: float = 0.0, autocast: str = "none"):
+                 pixel_weight: float = 0.0, autocast: str = "none", gradient_weight: float = 0.0):
         super().__init__()
         self.prior = prior
         self.flow = flow.eval().requires_grad_(False)
         self.perceptual = perceptual
-        self.latent_weight, self.pixel_weight = latent_weight, pixel_weight
+        self.latent_weight, self.pixel_weight, self.gradient_weight = latent_weight, pixel_weight, gradient_weight
         self.autocast = autocast
 
     def train(self, mode: bool = True):  # the flow stays in eval mode whatever happens
@@ -105,6 +105,9 @@ class PriorObjective(nn.Module):
         if self.pixel_weight > 0:
             l1 = (sr - hr).abs().mean()
             loss, logs["l1"] = loss + self.pixel_weight * l1, l1.detach()
+        if self.gradient_weight > 0:  # L1 between image gradients: seams the HR lacks cost extra
+            g = sum((sr.diff(dim=d) - hr.diff(dim=d)).abs().mean() for d in (-1, -2))
+            loss, logs["grad"] = loss + self.gradient_weight * g, g.detach()
         if z_gt is not None:
             lat = sum(F.l1_loss(a, b) for a, b in zip(z_hat, z_gt)) / len(z_gt)
             loss, logs["latent"] = loss + self.latent_weight * lat, lat.detach()

@@ -4,7 +4,6 @@ from __future__ import annotations
 import sys
 
 import torch
-from torch import nn
 
 from ..checkpoints import CheckpointError, build_model, load_flow, load_prior, save_flow, save_prior
 from ..flows.layers import ActNorm
@@ -36,7 +35,8 @@ def _perceptual(cfg: dict, needed: bool):
     if loss["perceptual"] == "none":
         if cfg["task"] == "flow":
             return None, "none (pixel L1 only)"
-        return None, f"none (pixel L1 x{loss['pixel_weight']:g} + latent L1 x{loss['latent_weight']:g})"
+        grad = f" + gradient L1 x{loss['gradient_weight']:g}" if loss["gradient_weight"] else ""
+        return None, f"none (pixel L1 x{loss['pixel_weight']:g} + latent L1 x{loss['latent_weight']:g}{grad})"
     try:
         return PerceptualLoss(load_vgg_state(loss["vgg_weights"])), "vgg19-imagenet"
     except VGGWeightsMissing as e:
@@ -77,7 +77,8 @@ def train(cfg: dict, resume: bool = False) -> None:
         if run["channels_last"] and device.type == "cuda":
             prior = prior.to(memory_format=torch.channels_last)
         prior.train()
-        objective = PriorObjective(flow, prior, percep, loss["latent_weight"], loss["pixel_weight"], run["amp"])
+        objective = PriorObjective(flow, prior, percep, loss["latent_weight"], loss["pixel_weight"], run["amp"],
+                                   loss["gradient_weight"])
         model, export = prior, save_prior
         resolver = lambda: SuperResolver(flow, prior)  # noqa: E731
     trainer = Trainer(cfg, model, objective, export, resolver, label=label, rank=rank, world=world,
