@@ -41,7 +41,8 @@ class Dataset:
 
 def data_roots() -> list[Path]:
     roots = [Path(p) for p in os.environ.get(DATA_ROOTS_ENV, "").split(os.pathsep) if p]
-    return roots + [Path("data"), Path("data") / "benchmark", Path(__file__).resolve().parents[3] / "shared" / "data"]
+    checkout_shared = Path(__file__).resolve().parents[3] / "shared" / "data"  # beside a source checkout
+    return roots + [Path("data"), Path("data") / "benchmark", checkout_shared]
 
 
 def resolve_dataset(spec: str) -> Dataset:
