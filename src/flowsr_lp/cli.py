@@ -25,6 +25,14 @@ def parse_scale(text: str) -> float | tuple[float, float]:
     return vals[0] if len(vals) == 1 else (vals[0], vals[1])
 
 
+def parse_taps(text: str) -> list[int]:
+    """SRFlow's RRDB tap indices: '1,8,15,22'."""
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid taps {text!r} (expected comma-separated block indices)") from None
+
+
 def parse_size(text: str) -> tuple[int, int]:
     m = re.fullmatch(r"\s*(\d+)\s*[xX,]\s*(\d+)\s*", text)
     if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
@@ -40,7 +48,7 @@ def _add_upscale(sub) -> None:
     p.add_argument("--flow", help="flow checkpoint (official LINF/SRFlow or flowsr-lp .safetensors); "
                                   "default: the bundled small LINF model")
     p.add_argument("--prior", help="latent-module checkpoint; its prediction replaces the sampled latent")
-    p.add_argument("--taps", type=lambda t: [int(x) for x in t.split(",")], default=None,
+    p.add_argument("--taps", type=parse_taps, default=None,
                    help="SRFlow only: RRDB block indices the flow conditions on, e.g. 1,8,15,22 "
                         "(default: the released models' ones)")
     g = p.add_mutually_exclusive_group()
@@ -109,7 +117,7 @@ def _add_evaluate(sub) -> None:
                                    "Under torchrun the images are split over the processes.")
     p.add_argument("--flow", required=True)
     p.add_argument("--prior")
-    p.add_argument("--taps", type=lambda t: [int(x) for x in t.split(",")], default=None, help="SRFlow RRDB taps")
+    p.add_argument("--taps", type=parse_taps, default=None, help="SRFlow RRDB taps")
     p.add_argument("--data", nargs="+", required=True, metavar="NAME_OR_FOLDER",
                    help="Set5, Set14, B100, Urban100, DIV2K (looked up in $FLOWSR_LP_DATA, ./data, ./data/benchmark) "
                         "or folders of HR images (or holding HR/ and LR_bicubic/X*)")
@@ -137,7 +145,7 @@ def _add_temperature_map(sub) -> None:
                                    "temperature, and search each region's best temperature for the whole-image metric.")
     p.add_argument("image")
     p.add_argument("--flow", required=True)
-    p.add_argument("--taps", type=lambda t: [int(x) for x in t.split(",")], default=None, help="SRFlow RRDB taps")
+    p.add_argument("--taps", type=parse_taps, default=None, help="SRFlow RRDB taps")
     p.add_argument("--scale", type=float, default=4.0)
     p.add_argument("--taus", nargs="+", type=float, default=None, help="temperature grid (default 0, 0.1, ..., 1)")
     p.add_argument("--region", type=int, default=24, help="region side in HR pixels (default 24: on LINF's 3x3 grid)")

@@ -229,7 +229,7 @@ def run_cli(args) -> int:
         raise CLIError("--runs must be >= 1, --scales positive and --tau non-negative")
     out = Path(args.out)
     try:
-        flow = load_flow(args.flow, device=device, **({"taps": args.taps} if args.taps else {}))
+        flow = load_flow(args.flow, device=device, taps=args.taps)
         prior = load_prior(args.prior, device=device) if args.prior else None
         SuperResolver(flow, prior)
         t0 = time.time()

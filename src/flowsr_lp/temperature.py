@@ -143,7 +143,7 @@ def run_cli(args) -> int:
     if any(t < 0 for t in taus) or args.region < 1 or args.scale <= 0:
         raise CLIError("temperatures must be >= 0, --region >= 1 and --scale > 0")
     try:
-        flow = load_flow(args.flow, device=args.device, **({"taps": args.taps} if args.taps else {}))
+        flow = load_flow(args.flow, device=args.device, taps=args.taps)
         hr_u8 = load_rgb_uint8(Path(args.image))
         result = temperature_map(flow, hr_u8, args.scale, taus, args.region, args.metric, args.seed,
                                  args.alexnet_weights, args.device)

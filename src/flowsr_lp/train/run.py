@@ -57,7 +57,7 @@ def train(cfg: dict, resume: bool = False) -> None:
     percep, label = _perceptual(cfg, needs_vgg)
     try:
         if flow_spec.get("checkpoint"):
-            flow = load_flow(flow_spec["checkpoint"], device=device, **({"taps": flow_spec["taps"]} if flow_spec.get("taps") else {}))
+            flow = load_flow(flow_spec["checkpoint"], device=device, taps=flow_spec.get("taps"))
         else:
             flow = build_model("flow", flow_spec["family"], flow_spec.get("config", {})).to(device)
     except (CheckpointError, ValueError, TypeError) as e:
