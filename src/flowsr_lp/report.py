@@ -52,6 +52,18 @@ def save_crops(out_dir: Path, dataset: str, image: str, scale: float, hr, lr, sh
     return entry
 
 
+def by_set(summary: list[dict]) -> dict[tuple, list[dict]]:
+    """Summary entries grouped by (data set, scale), in order."""
+    groups: dict[tuple, list[dict]] = {}
+    for e in summary:
+        groups.setdefault((e["dataset"], e["scale"]), []).append(e)
+    return groups
+
+
+def shown_columns(entries: list[dict]) -> list[str]:
+    return [c for c in COLUMNS if any(e.get(c) is not None for e in entries)]
+
+
 def write_rows(rows: list[dict], path: Path) -> None:
     keys = list(dict.fromkeys(k for r in rows for k in r))
     with open(path, "w", newline="") as f:
@@ -64,11 +76,9 @@ def markdown(summary: list[dict]) -> str:
     """One table per data set and scale (rows: methods; columns: metrics, as the paper's
     Tables 1/3), then, for each metric, a Table-2-like grid of methods x (data set, scale)."""
     out = []
-    groups: dict[tuple, list[dict]] = {}
-    for e in summary:
-        groups.setdefault((e["dataset"], e["scale"]), []).append(e)
+    groups = by_set(summary)
     for (ds, scale), es in groups.items():
-        cols = [c for c in COLUMNS if any(e.get(c) is not None for e in es)]
+        cols = shown_columns(es)
         out.append(f"### {ds} x{scale:g} ({es[0]['images']} images)\n")
         out.append("| Method | " + " | ".join(HEADERS[c] for c in cols) + " |")
         out.append("|---|" + "---|" * len(cols))
@@ -148,11 +158,8 @@ def write_html(path: Path, title: str, summary: list[dict], crops: list[dict], m
              f"<h1>{esc(title)}</h1>", f"<p>{esc(meta.get('description', ''))}</p>"]
     for n in notes:
         parts.append(f"<p class='note'>{esc(n)}</p>")
-    groups: dict[tuple, list[dict]] = {}
-    for e in summary:
-        groups.setdefault((e["dataset"], e["scale"]), []).append(e)
-    for (ds, scale), es in groups.items():
-        cols = [c for c in COLUMNS if any(e.get(c) is not None for e in es)]
+    for (ds, scale), es in by_set(summary).items():
+        cols = shown_columns(es)
         parts.append(f"<h2>{esc(ds)} ×{scale:g}</h2><table><tr><th>Method</th>"
                      + "".join(f"<th>{esc(HEADERS[c])}</th>" for c in cols) + "</tr>")
         for e in es:

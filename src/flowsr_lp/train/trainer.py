@@ -40,6 +40,13 @@ def milestones_in_iterations(optim: dict, per_epoch: int, total: int) -> list[in
     return sorted({round(m * scale) for m in optim["milestones"]})
 
 
+def _write_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fields)
+        w.writeheader()
+        w.writerows(rows)
+
+
 def _to(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
@@ -122,10 +129,7 @@ class Trainer:
             path.unlink()
             if rows:
                 self._fields[name] = list(rows[0].keys())
-                with open(path, "w", newline="") as f:
-                    w = csv.DictWriter(f, self._fields[name])
-                    w.writeheader()
-                    w.writerows(rows)
+                _write_csv(path, self._fields[name], rows)
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -147,10 +151,7 @@ class Trainer:
                 with open(path, newline="") as f:
                     old = list(csv.DictReader(f))
             self._fields[name] = fields = fields + [k for k in row if k not in fields]
-            with open(path, "w", newline="") as f:
-                w = csv.DictWriter(f, fields)
-                w.writeheader()
-                w.writerows(old)
+            _write_csv(path, fields, old)
         with open(path, "a", newline="") as f:
             csv.DictWriter(f, fields).writerow(row)
         if self.writer is not None:
