@@ -102,12 +102,16 @@ def write_png(img: torch.Tensor, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"))
 
 
+def images_in(folder: Path, recursive: bool = False) -> list[Path]:
+    """Image files (by suffix) in a folder, sorted."""
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def list_images(inputs: list[str | Path]) -> list[Path]:
-    """Expand folders (non-recursive, sorted, image suffixes only); files pass as given."""
+    """Expand folders (non-recursive); files pass as given, so a missing one is reported
+    with the others still processed."""
     out: list[Path] = []
     for item in map(Path, inputs):
-        if item.is_dir():
-            out += sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            out.append(item)
+        out += images_in(item) if item.is_dir() else [item]
     return out

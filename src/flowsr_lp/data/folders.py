@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..images import IMAGE_SUFFIXES
+from ..images import images_in
 
 
 def find_images(sources: list[str | Path]) -> list[Path]:
@@ -18,7 +18,7 @@ def find_images(sources: list[str | Path]) -> list[Path]:
     files: list[Path] = []
     for src in map(Path, sources):
         if src.is_dir():
-            files += sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            files += images_in(src, recursive=True)
         elif src.is_file():
             files.append(src)
         else:
