@@ -38,6 +38,13 @@ def assert_ref(actual, expected, atol=1e-4, rtol=1e-4, msg=""):
     torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol, msg=lambda m: f"{msg}: {m}")
 
 
+@pytest.fixture
+def no_grad():
+    """Reference comparisons need no autograd graph."""
+    with torch.no_grad():
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_threads():
     torch.manual_seed(0)

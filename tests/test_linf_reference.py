@@ -10,10 +10,7 @@ from conftest import REFERENCE, assert_ref, load_vectors, need
 PATCH_MODELS = ["linf-patch-edsr-baseline", "linf-patch-rrdb-nb2"]
 
 
-@pytest.fixture(autouse=True)
-def _no_grad():
-    with torch.no_grad():
-        yield
+pytestmark = pytest.mark.usefixtures("no_grad")
 
 
 def _setup(name):

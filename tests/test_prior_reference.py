@@ -10,10 +10,7 @@ from flowsr_lp.priors import linf_lp, srflow_lp
 from conftest import REFERENCE, assert_ref, load_vectors, need
 
 
-@pytest.fixture(autouse=True)
-def _no_grad():
-    with torch.no_grad():
-        yield
+pytestmark = pytest.mark.usefixtures("no_grad")
 
 
 @pytest.mark.parametrize("name", ["linf-patch-edsr-baseline", "linf-patch-rrdb-nb2"])

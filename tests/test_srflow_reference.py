@@ -12,10 +12,7 @@ from flowsr_lp.flows.srflow import nll_bits_per_pixel
 from conftest import REFERENCE, assert_ref, load_vectors, need
 
 
-@pytest.fixture(autouse=True)
-def _no_grad():
-    with torch.no_grad():
-        yield
+pytestmark = pytest.mark.usefixtures("no_grad")
 
 
 def _setup(name):
