@@ -2,7 +2,6 @@
 import json
 
 import pytest
-import torch
 
 from flowsr_lp import SuperResolver, load_flow, load_prior
 from flowsr_lp.priors import linf_lp, srflow_lp

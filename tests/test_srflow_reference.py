@@ -3,7 +3,6 @@ import json
 import math
 
 import pytest
-import torch
 
 from flowsr_lp import load_flow
 from flowsr_lp.flows.layers import gaussian_log_p
