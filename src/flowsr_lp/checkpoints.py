@@ -28,8 +28,7 @@ EXPECTED_FLOW = ("an official LINF checkpoint ({'model': {'name': 'linf'|'linf-p
                  "an SRFlow state dict, or a flowsr-lp .safetensors flow")
 
 
-class CheckpointError(ValueError):
-    """A file that is not the checkpoint the caller expected."""
+from .errors import CheckpointError  # noqa: F401  (re-exported)
 
 
 def _is_safetensors(path: Path) -> bool:

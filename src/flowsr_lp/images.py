@@ -13,8 +13,7 @@ from PIL import Image, UnidentifiedImageError
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"}
 
 
-class ImageError(ValueError):
-    """An input that is not a readable image."""
+from .errors import ImageError  # noqa: F401  (re-exported)
 
 
 def _png_bit_depth(path: Path) -> int | None:

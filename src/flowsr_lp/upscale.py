@@ -13,8 +13,7 @@ from .images import IMAGE_SUFFIXES, ImageError, list_images, read_image, write_p
 from .pipeline import SuperResolver, finite_mask, output_size
 
 
-class ExplodingInverse(RuntimeError):
-    """The flow's reverse pass produced inf/NaN for every draw that was tried."""
+from .errors import ExplodingInverse  # noqa: F401  (re-exported)
 
 
 def load_models(flow_path, prior_path, device, taps=None):

@@ -28,8 +28,7 @@ DEFAULTS: dict = {
 }
 
 
-class ConfigError(ValueError):
-    pass
+from ..errors import ConfigError  # noqa: F401  (re-exported)
 
 
 FREE_FORM = ("flow", "prior", "data.crop")  # sections whose keys depend on the model / recipe kind

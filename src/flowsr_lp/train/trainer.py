@@ -26,8 +26,7 @@ from .validate import Validator
 CHECKPOINT = "checkpoint.pt"
 
 
-class TrainingError(RuntimeError):
-    """A problem with the recipe or its inputs, reported in one line."""
+from ..errors import TrainingError  # noqa: F401  (re-exported)
 
 
 def total_iterations(optim: dict, per_epoch: int) -> int:
