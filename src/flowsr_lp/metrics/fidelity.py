@@ -18,6 +18,7 @@ in [0, 255], compute in float64 and return a float64 tensor of shape (B,).
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -128,12 +129,32 @@ def ssim(sr: torch.Tensor, hr: torch.Tensor, kind: str = "matlab") -> torch.Tens
     return s.flatten(1).mean(dim=1)
 
 
-def lr_psnr(sr: torch.Tensor, lr: torch.Tensor, scale: float, shave: int | None = None) -> torch.Tensor:
-    """LR-consistency PSNR: downscale ``sr`` with MATLAB bicubic (``imresize`` by 1/scale, to
-    ``lr``'s size) and compare with ``lr`` on RGB. A perfectly consistent SR output scores
-    inf. ``shave=None`` means 0: the LR image has no border the SR model could not see.
+def _downscale_factors(sr_hw, lr_hw, scale) -> tuple[float, float]:
+    """Per-axis factors taking ``sr`` to ``lr``'s size: the nominal 1/scale where the sizes
+    are exact multiples (integer scales on modcropped images: the official protocol, bit for
+    bit), else the real ratio lr/sr (a non-integer scale's LR has a rounded size)."""
+    scales = tuple(scale) if isinstance(scale, (tuple, list)) else (scale, scale)
+    if len(scales) != 2 or not all(isinstance(s, numbers.Real) and not isinstance(s, bool)
+                                   and math.isfinite(s) and s > 0 for s in scales):
+        raise ValueError(f"scale must be a positive number or (sh, sw), got {scale!r}")
+    out = []
+    for n_sr, n_lr, s in zip(sr_hw, lr_hw, scales):
+        if abs(n_sr / s - n_lr) > 1:
+            raise ValueError(f"sr size {tuple(sr_hw)} is not lr size {tuple(lr_hw)} times the scale {scale}")
+        out.append(1.0 / s if n_lr * s == n_sr else n_lr / n_sr)
+    return out[0], out[1]
+
+
+def lr_psnr(sr: torch.Tensor, lr: torch.Tensor, scale: float | tuple[float, float],
+            shave: int | None = None) -> torch.Tensor:
+    """LR-consistency PSNR: downscale ``sr`` to ``lr``'s size with MATLAB bicubic and compare
+    with ``lr`` on RGB. A perfectly consistent SR output scores inf. ``scale`` is a number or
+    (sh, sw); at non-integer scales the LR size was rounded, so the real size ratio is used
+    (see ``_downscale_factors``). ``shave=None`` means 0: the LR image has no border the SR
+    model could not see.
     """
     if sr.dim() != lr.dim() or sr.shape[:-2] != lr.shape[:-2]:
         raise ValueError(f"shape mismatch: sr {tuple(sr.shape)} vs lr {tuple(lr.shape)}")
-    down = imresize(_unit(sr), scale=1.0 / scale, out_size=tuple(lr.shape[-2:]))
+    factors = _downscale_factors(sr.shape[-2:], lr.shape[-2:], scale)
+    down = imresize(_unit(sr), scale=factors, out_size=tuple(lr.shape[-2:]))
     return psnr(down, _unit(lr), shave=shave or 0)
