@@ -2,18 +2,34 @@
 atomically, so a failed or interrupted run never leaves a half-written file."""
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
 import os
+import re
+import signal
 import tempfile
+import threading
+import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"}
 
 
 from .errors import ImageError  # noqa: F401  (re-exported)
+
+logger = logging.getLogger(__name__)
+
+
+#: decoding refuses images whose header declares more pixels than this (float32 RGB of
+#: 2^27 pixels is 1.5 GB); pass max_pixels=None to lift it
+MAX_DECODE_PIXELS = 1 << 27
 
 
 def _png_bit_depth(path: Path) -> int | None:
@@ -24,25 +40,92 @@ def _png_bit_depth(path: Path) -> int | None:
     return None
 
 
-def read_image(path: str | Path) -> tuple[torch.Tensor, list[str]]:
-    """Return (3 x H x W float32 tensor in [0, 1], notes on conversions made)."""
-    path = Path(path)
+def _unreadable(path: Path, e: BaseException) -> ImageError:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+    return ImageError(f"{path}: not a readable image ({first})")
+
+
+@contextmanager
+def _open(path: Path):
+    """PIL image opened lazily (header only); every failure becomes a one-line ImageError.
+    Our own pixel limit replaces PIL's decompression-bomb guard."""
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
-    notes: list[str] = []
     try:
-        with Image.open(path) as im:
-            im.load()
-            if getattr(im, "n_frames", 1) > 1:
-                notes.append(f"{im.n_frames}-frame image: using the first frame")
-            arr = _to_rgb_array(im, notes)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{path}: not a readable image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path}: {str(e).splitlines()[0]}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
+        raise _unreadable(path, e) from None
+    with im:
+        yield im
+
+
+def _check_pixels(path: Path, w: int, h: int, max_pixels: int | None) -> None:
+    if w < 1 or h < 1:
+        raise ImageError(f"{path}: empty image ({w}x{h})")
+    if max_pixels is not None and w * h > max_pixels:
+        raise ImageError(f"{path}: {w}x{h} is {w * h / 1e6:.1f} MP, over the limit of {max_pixels / 1e6:.1f} MP "
+                         "for decoding an image")
+
+
+def image_size(path: str | Path, max_pixels: int | None = None) -> tuple[int, int]:
+    """(H, W) as displayed (EXIF orientation applied), from the header only: nothing is
+    decoded. With `max_pixels`, a larger image is an ImageError."""
+    path = Path(path)
+    with _open(path) as im:
+        w, h = im.size
+        _check_pixels(path, w, h, max_pixels)
+        return (w, h) if _orientation(im) in (5, 6, 7, 8) else (h, w)
+
+
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag (1: as stored; 2-8: flipped and/or rotated)."""
+    try:
+        return int(im.getexif().get(ExifTags.Base.Orientation, 1))
+    except Exception:  # a damaged EXIF block: show the pixels as stored
+        return 1
+
+
+def _decode(path: Path, notes: list[str], max_pixels: int | None) -> np.ndarray:
+    """H x W x 3: uint8 for 8-bit images, float32 in [0, 1] for deeper ones."""
+    with _open(path) as im:
+        _check_pixels(path, *im.size, max_pixels)  # before any pixel is decoded
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im.load()
+                if getattr(im, "n_frames", 1) > 1:
+                    notes.append(f"{im.n_frames}-frame image: using the first frame")
+                if _orientation(im) in range(2, 9):
+                    ImageOps.exif_transpose(im, in_place=True)
+                    notes.append("turned upright as its EXIF orientation says")
+            return _to_rgb_array(im, notes)
+        except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+            raise _unreadable(path, e) from None
+
+
+def read_image(path: str | Path, max_pixels: int | None = MAX_DECODE_PIXELS) -> tuple[torch.Tensor, list[str]]:
+    """Return (3 x H x W float32 tensor in [0, 1], notes on conversions made). The header's
+    size is checked against ``max_pixels`` before decoding."""
+    path = Path(path)
+    notes: list[str] = []
+    arr = _decode(path, notes, max_pixels)
     if _png_bit_depth(path) == 16 and not any("16-bit" in n for n in notes):
         notes.append("16-bit colour PNG read at 8-bit precision")
-    if arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise ImageError(f"{path}: empty image")
+    arr = arr.astype(np.float32) / 255.0 if arr.dtype == np.uint8 else arr
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))), notes
+
+
+def load_rgb_uint8(path: str | Path, max_pixels: int | None = MAX_DECODE_PIXELS) -> torch.Tensor:
+    """3 x H x W uint8 RGB, through the same decoder as `read_image` (16-bit images rounded
+    to 8 bits, EXIF orientation applied, size checked before decoding)."""
+    arr = _decode(Path(path), [], max_pixels)
+    if arr.dtype != np.uint8:
+        arr = np.round(arr * 255.0).astype(np.uint8)
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
 def _to_rgb_array(im: Image.Image, notes: list[str]) -> np.ndarray:
@@ -67,7 +150,7 @@ def _to_rgb_array(im: Image.Image, notes: list[str]) -> np.ndarray:
     elif mode != "RGB":
         notes.append(f"{mode} image converted to RGB")
         im = im.convert("RGB")
-    return np.asarray(im, dtype=np.float32) / 255.0
+    return np.asarray(im, dtype=np.uint8)
 
 
 def to_uint8(img: torch.Tensor) -> np.ndarray:
@@ -76,12 +159,86 @@ def to_uint8(img: torch.Tensor) -> np.ndarray:
     return a.permute(1, 2, 0).cpu().numpy()
 
 
+_PENDING: set[str] = set()  # temporary files being written now (removed if SIGTERM arrives)
+_SWEPT: set[Path] = set()  # folders already cleared of stale temporary files by this process
+_TMP_NAME = re.compile(r"^\..+\.(?P<pid>\d+)-[a-z0-9_]+\.part$")  # .NAME.PID-RANDOM.part
+_LEGACY_TMP_NAME = re.compile(r"^\..+\.(png|pt|safetensors)\.[a-z0-9_]{8}\.part$")  # .NAME.RANDOM.part (no pid)
+_STALE_SECONDS = 3600.0
+
+
+def _on_sigterm(signum, frame, previous=signal.SIG_DFL):
+    """Remove our half-written files, then die of SIGTERM as we would have without us."""
+    for tmp in list(_PENDING):
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    _PENDING.clear()
+    if callable(previous):
+        previous(signum, frame)
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _install_sigterm_cleanup() -> None:
+    """SIGINT already raises KeyboardInterrupt (cleaned up below); SIGTERM kills at once, so
+    catch it while a file is being written. Only the main thread may set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    current = signal.getsignal(signal.SIGTERM)
+    if current in (signal.SIG_IGN, None) or getattr(current, "func", None) is _on_sigterm:
+        return
+    signal.signal(signal.SIGTERM, functools.partial(_on_sigterm, previous=current))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_parts(folder: Path) -> list[Path]:
+    """Delete temporary files of our naming left in `folder` by a process that died while
+    writing (its pid is gone and the file is untouched for a minute; files of the older
+    pid-less naming after an hour). Returns what was removed."""
+    removed = []
+    now = time.time()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for e in entries:
+        m = _TMP_NAME.match(e.name)
+        if not (m or _LEGACY_TMP_NAME.match(e.name)) or str(Path(folder) / e.name) in _PENDING:
+            continue
+        try:
+            age = now - e.stat(follow_symlinks=False).st_mtime
+            stale = (age > 60 and not _alive(int(m["pid"]))) if m else age > _STALE_SECONDS
+            if stale and e.is_file(follow_symlinks=False):
+                os.unlink(e.path)
+                removed.append(Path(e.path))
+        except OSError:
+            continue
+    return removed
+
+
 def atomic_write(path: str | Path, write) -> Path:
-    """Call `write(tmp_path)` then rename onto `path`; on any error nothing is left behind."""
+    """Call `write(tmp_path)` then rename onto `path`; on any error, Ctrl-C or SIGTERM nothing
+    is left behind. The first write into a folder also clears stale temporary files there."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    folder = path.parent.resolve()
+    if folder not in _SWEPT:
+        _SWEPT.add(folder)
+        for stale in remove_stale_parts(folder):
+            logger.info("removed %s, left by an interrupted run", stale)
+    _install_sigterm_cleanup()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".part", dir=path.parent)
     os.close(fd)
+    _PENDING.add(tmp)
     try:
         write(tmp)
         umask = os.umask(0)
@@ -92,6 +249,8 @@ def atomic_write(path: str | Path, write) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    finally:
+        _PENDING.discard(tmp)
     return path
 
 

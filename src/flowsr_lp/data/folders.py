@@ -1,16 +1,14 @@
-"""Image-folder datasets of HR images (PNG/JPEG ...), decoded to uint8 tensors, with an
-optional in-memory cache and a repeat factor (an "epoch" then visits each image `repeat`
-times, as the SR literature counts DIV2K x20)."""
+"""Image-folder datasets of HR images (PNG/JPEG ...), decoded to uint8 tensors by the package's
+one image reader (`flowsr_lp.images`), with an optional in-memory cache and a repeat factor
+(an "epoch" then visits each image `repeat` times, as the SR literature counts DIV2K x20)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
-from ..images import images_in
+from ..images import MAX_DECODE_PIXELS, image_size, images_in, load_rgb_uint8
 
 
 def find_images(sources: list[str | Path]) -> list[Path]:
@@ -28,11 +26,6 @@ def find_images(sources: list[str | Path]) -> list[Path]:
     return files
 
 
-def load_rgb_uint8(path: Path) -> torch.Tensor:
-    with Image.open(path) as im:
-        return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).contiguous()
-
-
 class ImageFolder(Dataset):
     """HR images as 3 x H x W uint8 tensors; index i is image i % n_images."""
 
@@ -41,8 +34,7 @@ class ImageFolder(Dataset):
         self.sizes: list[tuple[int, int]] = []
         self.files: list[Path] = []
         for f in files:
-            with Image.open(f) as im:  # header only: cheap
-                w, h = im.size
+            h, w = image_size(f, MAX_DECODE_PIXELS)  # header only: unreadable or huge files fail before training
             if min(h, w) >= min_side:
                 self.files.append(f)
                 self.sizes.append((h, w))
