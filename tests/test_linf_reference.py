@@ -54,8 +54,9 @@ def test_initial_prior_matches_official(name):
     assert_ref(log_p0.flatten(), v["log_p_initial"], msg="initial prior log p")
 
 
-def test_pixel_model_matches_official():
-    flow, v, lr, ctx = _setup("linf-edsr-baseline")
+@pytest.mark.parametrize("name", ["linf-edsr-baseline", "linf-rdn-small", "linf-swinir-small"])
+def test_pixel_model_matches_official(name):
+    flow, v, lr, ctx = _setup(name)
     H, W = v["hr"].shape[-2:]
     assert flow.kind == "linf"
     assert_ref(ctx.coord, v["coord"][0], msg="pixel-centre coordinates (scale 3 x 3.5)")

@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .images import atomic_write
+from .nets import rdn, swinir
 
 FORMAT = "flowsr-lp"
 EXPECTED_FLOW = ("an official LINF checkpoint ({'model': {'name': 'linf'|'linf-patch', ...}}), "
@@ -98,6 +99,25 @@ def save_module(model: nn.Module, path: str | Path, kind: str, family: str, conf
 
 
 # ---- flows ------------------------------------------------------------------------------
+#: LINF encoders whose sizes are read off the weights (released checkpoints declare none)
+_SIZED_ENCODERS = {"rdn": rdn, "swinir": swinir}
+
+
+def _sized_encoder_args(name: str, declared: dict, sd: dict, path: Path) -> dict:
+    """Encoder sizes from the state dict's shapes, checked against any the checkpoint
+    declares, before anything is allocated; sizes neither tells keep the released ones."""
+    module = _SIZED_ENCODERS[name]
+    try:
+        declared = module.official_args(declared)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    found = module.args_from_state_dict({k[8:]: v for k, v in sd.items() if k.startswith("encoder.")})
+    for k, v in declared.items():
+        if k in found and found[k] != v:
+            raise CheckpointError(f"{path}: encoder_spec.args say {name} {k}={v} but the weights have {found[k]}")
+    return {**declared, **found}
+
+
 def _linf_from_official(ck: dict, path: Path, taps=None):
     from .flows.linf import LINF, LINFConfig
 
@@ -109,11 +129,16 @@ def _linf_from_official(ck: dict, path: Path, taps=None):
         raise CheckpointError(f"{path}: model name {name!r} is not supported (expected 'linf' or 'linf-patch')")
     enc = args.get("encoder_spec", {})
     keep = {"edsr-baseline": ("n_resblocks", "n_feats", "res_scale"), "rrdb": ("nf", "nb", "gc")}
-    if enc.get("name") not in keep:
-        raise CheckpointError(f"{path}: LINF encoder {enc.get('name')!r} is not supported (expected 'edsr-baseline' or 'rrdb')")
+    if enc.get("name") in _SIZED_ENCODERS:
+        encoder_args = _sized_encoder_args(enc["name"], enc.get("args", {}), spec["sd"], path)
+    elif enc.get("name") in keep:
+        encoder_args = {k: v for k, v in enc.get("args", {}).items() if k in keep[enc["name"]]}
+    else:
+        raise CheckpointError(f"{path}: LINF encoder {enc.get('name')!r} is not supported "
+                              f"(expected one of {sorted([*keep, *_SIZED_ENCODERS])})")
     cfg = LINFConfig(
         encoder=enc["name"],
-        encoder_args={k: v for k, v in enc.get("args", {}).items() if k in keep[enc["name"]]},
+        encoder_args=encoder_args,
         patch_size=int(args.get("patch_size", 1)) if name == "linf-patch" else 1,
         flow_layers=int(args.get("flow_layers", 10)),
         num_layer=int(args.get("num_layer", 3)),

@@ -17,7 +17,9 @@ from torch import nn
 
 from ..model_config import ModelConfig
 from ..nets.edsr import EDSRBaseline
+from ..nets.rdn import RDN
 from ..nets.rrdb import RRDBNet
+from ..nets.swinir import SwinIR
 from .base import Flow, Latent
 from .layers import InvertibleLinear, inverse_f64
 
@@ -26,20 +28,22 @@ _LOG_2PI = math.log(2 * math.pi)
 
 @dataclass
 class LINFConfig(ModelConfig):
-    encoder: str = "edsr-baseline"  # "edsr-baseline" | "rrdb"
-    encoder_args: dict = field(default_factory=dict)  # n_resblocks/n_feats/res_scale | nf/nb/gc
+    encoder: str = "edsr-baseline"  # one of ENCODERS
+    encoder_args: dict = field(default_factory=dict)  # keyword arguments of the encoder class
     patch_size: int = 1  # 1 (`linf`) or 3 (`linf-patch`)
     flow_layers: int = 10
     num_layer: int = 3
     hidden_dim: int = 256
 
 
+#: LINF's encoders by their official names; each has an `out_dim` attribute
+ENCODERS = {"edsr-baseline": EDSRBaseline, "rrdb": RRDBNet, "rdn": RDN, "swinir": SwinIR}
+
+
 def build_encoder(name: str, args: dict) -> nn.Module:
-    if name == "edsr-baseline":
-        return EDSRBaseline(**args)
-    if name == "rrdb":
-        return RRDBNet(**args)
-    raise ValueError(f"unknown LINF encoder {name!r} (expected 'edsr-baseline' or 'rrdb')")
+    if name not in ENCODERS:
+        raise ValueError(f"unknown LINF encoder {name!r} (expected one of {sorted(ENCODERS)})")
+    return ENCODERS[name](**args)
 
 
 def pixel_centres(n: int, count: int | None = None) -> torch.Tensor:
@@ -222,6 +226,8 @@ class LINF(Flow):
             raise ValueError(f"window {window} does not fit an output of {(H, W)}")
         inp = (lr - 0.5) / 0.5
         feat = self.encoder(inp)
+        # the local part runs on the feature grid, which SwinIR pads to a window multiple
+        # (not cropped upstream); coord / cell and the bilinear base keep the unpadded sizes
         b, _, h, w = feat.shape
         lr_maps = torch.cat([self.coef(feat), self.freq(feat)], 1).permute(0, 2, 3, 1).contiguous()
         cell = torch.tensor([2 / H, 2 / W], device=feat.device, dtype=feat.dtype)
@@ -347,4 +353,6 @@ RELEASED = {
     "linf-edsr-baseline": LINFConfig(encoder="edsr-baseline", patch_size=1),
     "linf-patch-edsr-baseline": LINFConfig(encoder="edsr-baseline", patch_size=3),
     "linf-patch-rrdb": LINFConfig(encoder="rrdb", encoder_args={"nb": 23}, patch_size=3),
+    "linf-rdn": LINFConfig(encoder="rdn", patch_size=1),
+    "linf-swinir": LINFConfig(encoder="swinir", patch_size=1),
 }
