@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -67,22 +69,74 @@ def strip_prefix(sd: dict, prefix: str = "module.") -> dict:
     return sd
 
 
-def load_strict(model: nn.Module, sd: dict, what: str, path: Path) -> nn.Module:
-    """Strict load with a one-line summary of any mismatch."""
-    own = model.state_dict()
+def _mismatch(own: dict, sd: dict) -> list[str]:
+    """What differs between a model's state dict (or its shapes) and a file's, one phrase each."""
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     shapes = [k for k in own if k in sd and tuple(own[k].shape) != tuple(sd[k].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-        if shapes:
-            k = shapes[0]
-            parts.append(f"{len(shapes)} shape mismatches (e.g. {k}: file {list(sd[k].shape)} "
-                         f"vs model {list(own[k].shape)})")
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+    if shapes:
+        k = shapes[0]
+        parts.append(f"{len(shapes)} shape mismatches (e.g. {k}: file {list(sd[k].shape)} vs model {list(own[k].shape)})")
+    return parts
+
+
+def _build_on_meta(build: Callable[[], nn.Module], sd: dict, what: str, path: Path) -> None:
+    """Build the declared model without memory (device "meta") and compare its shapes with
+    the file's before anything real is allocated; a declared config that would register far
+    more parameters than the file holds tensors is stopped while it is being built."""
+    limit, count, me = 4 * len(sd) + 64, [0], threading.get_ident()
+
+    def guard(module, name, param):
+        if threading.get_ident() == me:
+            count[0] += 1
+            if count[0] > limit:
+                raise CheckpointError(f"{path}: its config declares a model with over {limit} parameter tensors, "
+                                      f"but the file holds {len(sd)}: it does not match {what}")
+
+    handle = nn.modules.module.register_module_parameter_registration_hook(guard)
+    try:
+        with torch.device("meta"):
+            own = build().state_dict()
+    except CheckpointError:
+        raise
+    except Exception as e:  # absurd or mistyped sizes: overflow, negative dims, wrong types ...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise CheckpointError(f"{path}: its config cannot describe {what} ({first})") from None
+    finally:
+        handle.remove()
+    parts = _mismatch(own, sd)
+    if parts:
+        raise CheckpointError(f"{path}: does not match {what}: " + "; ".join(parts))
+
+
+@contextmanager
+def _malformed_fields(path: Path):
+    """Fields of an official checkpoint of the wrong type or missing: one line, not a traceback."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:120]
+        raise CheckpointError(f"{path}: malformed checkpoint fields ({type(e).__name__}: {first})") from None
+
+
+def load_strict(model: nn.Module | Callable[[], nn.Module], sd: dict, what: str, path: Path) -> nn.Module:
+    """Strict load with a one-line summary of any mismatch. Given a builder instead of a
+    module, the declared sizes are checked against the file's shapes before the model is
+    built (`_build_on_meta`)."""
+    if not isinstance(sd, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in sd.items()):
+        raise CheckpointError(f"{path}: the weights of {what} are not a state dict of named tensors")
+    if not isinstance(model, nn.Module):
+        _build_on_meta(model, sd, what, path)
+        model = model()
+    parts = _mismatch(model.state_dict(), sd)
+    if parts:
         raise CheckpointError(f"{path}: does not match {what}: " + "; ".join(parts))
     model.load_state_dict(sd, strict=True)
     return model
@@ -144,7 +198,7 @@ def _linf_from_official(ck: dict, path: Path, taps=None):
         num_layer=int(args.get("num_layer", 3)),
         hidden_dim=int(args.get("hidden_dim", 256)),
     )
-    return load_strict(LINF(cfg), spec["sd"], f"a {name} model with a {cfg.encoder} encoder", path)
+    return load_strict(lambda: LINF(cfg), spec["sd"], f"a {name} model with a {cfg.encoder} encoder", path)
 
 
 def build_model(kind: str, family: str, config: dict) -> nn.Module:
@@ -168,16 +222,15 @@ def build_model(kind: str, family: str, config: dict) -> nn.Module:
     return build(config or {})
 
 
-def _project_model(meta: dict, path: Path, kind: str) -> nn.Module:
-    """Build the model a project-format file describes (weights not loaded yet)."""
+def _project_model(meta: dict, path: Path, kind: str) -> Callable[[], nn.Module]:
+    """A builder of the model a project-format file describes (see `load_strict`)."""
     if meta.get("kind") != kind:
         other = {"flow": "--flow / load_flow", "prior": "--prior / load_prior"}.get(meta.get("kind"))
         raise CheckpointError(f"{path}: a flowsr-lp {meta.get('kind')} checkpoint, not a "
                               f"{'flow' if kind == 'flow' else 'latent module'}" + (f" (pass it as {other})" if other else ""))
-    try:
-        return build_model(kind, meta.get("family"), meta["config"])
-    except (ValueError, TypeError) as e:
-        raise CheckpointError(f"{path}: {e}") from None
+    if not isinstance(meta.get("config"), dict):
+        raise CheckpointError(f"{path}: flowsr-lp metadata without a config record")
+    return lambda: build_model(kind, meta.get("family"), meta["config"])  # built by load_strict, after checks
 
 
 _FLOW_ADAPTERS: list[tuple[Callable[[Any], bool], Callable[[Any, Path], nn.Module]]] = []
@@ -210,7 +263,7 @@ def _srflow_from_state_dict(ck: dict, path: Path, taps=None):
         cfg = config_from_state_dict(sd, taps=taps)
     except (KeyError, ValueError, IndexError) as e:
         raise CheckpointError(f"{path}: SRFlow state dict: {e}") from None
-    return load_strict(SRFlow(cfg), sd, f"an SRFlow x{cfg.scale} model (nb {cfg.nb}, K {cfg.K}, L {cfg.L})", path)
+    return load_strict(lambda: SRFlow(cfg), sd, f"an SRFlow x{cfg.scale} model (nb {cfg.nb}, K {cfg.K}, L {cfg.L})", path)
 
 
 def load_flow(path: str | Path, device: str | torch.device = "cpu", *, taps=None):
@@ -227,7 +280,8 @@ def load_flow(path: str | Path, device: str | torch.device = "cpu", *, taps=None
             raise CheckpointError(f"{path}: a FlowSR-LP latent-module checkpoint, not a flow (pass it as --prior / load_prior)")
         for detect, build in _FLOW_ADAPTERS:
             if detect(ck):
-                model = build(ck, path, taps=taps)
+                with _malformed_fields(path):
+                    model = build(ck, path, taps=taps)
                 break
         else:
             raise CheckpointError(f"{path}: unrecognised checkpoint layout; expected {EXPECTED_FLOW}")
@@ -254,7 +308,7 @@ def _prior_from_official(spec: dict, path: Path):
         cfg = SRFlowPriorConfig(dim=int(args.get("dim", 64)), depth=int(args.get("depth", 3)),
                                 latent_channels=tuple(sd[f"input_proj{i}.conv1.weight"].shape[1] for i in range(n)),
                                 with_lr="lr_proj0.conv1.weight" in sd or "lr_proj0.0.weight" in sd)
-        return load_strict(SRFlowLatentModule(cfg), sd, "an SRFlow-LP UNet latent module", path)
+        return load_strict(lambda: SRFlowLatentModule(cfg), sd, "an SRFlow-LP UNet latent module", path)
     generator = {"unet": "unet", "edsr-baseline-latent": "edsr-baseline-latent", "swin_latent": "swin_latent"}.get(name)
     if generator is None:
         raise CheckpointError(f"{path}: latent module {name!r} is not supported "
@@ -264,7 +318,7 @@ def _prior_from_official(spec: dict, path: Path):
              "window_size", "mlp_ratio"}
     cfg = LINFPriorConfig.from_dict({"generator": generator, **{k: v for k, v in args.items() if k in known},
                                      "inputs": "both" if has_prior == has_lr else "prior" if has_prior else "lr"})
-    return load_strict(LINFLatentModule(cfg), sd, f"a LINF-LP latent module with a {generator} generator", path)
+    return load_strict(lambda: LINFLatentModule(cfg), sd, f"a LINF-LP latent module with a {generator} generator", path)
 
 
 def load_prior(path: str | Path, device: str | torch.device = "cpu"):
@@ -274,7 +328,8 @@ def load_prior(path: str | Path, device: str | torch.device = "cpu"):
     if meta is not None:
         model = load_strict(_project_model(meta, path, "prior"), ck, f"a {meta.get('family')} latent module", path)
     elif isinstance(ck, dict) and isinstance(ck.get("prior_model"), dict):
-        model = _prior_from_official(ck["prior_model"], path)
+        with _malformed_fields(path):
+            model = _prior_from_official(ck["prior_model"], path)
     elif isinstance(ck, dict) and ("model" in ck or _is_srflow(ck)):
         raise CheckpointError(f"{path}: a flow checkpoint, not a latent module (pass it as --flow / load_flow)")
     else:
