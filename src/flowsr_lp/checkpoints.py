@@ -23,6 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from .hub.resolve import resolve
 from .images import atomic_write
 from .nets import rdn, swinir
 
@@ -270,8 +271,9 @@ def load_flow(path: str | Path, device: str | torch.device = "cpu", *, taps=None
     """Load a flow from any supported checkpoint; returns it in eval mode on `device`.
 
     `taps`: the RRDB block indices an SRFlow model conditions on, which a state dict cannot
-    tell (only their number); default: the released models' ones for that scale."""
-    path = Path(path)
+    tell (only their number); default: the released models' ones for that scale.
+    `path`: a file, a registry name (`flowsr-lp models`), an http(s) URL or hf://owner/repo/file."""
+    path = resolve(path, "flow")
     ck, meta = read_checkpoint(path)
     if meta is not None:
         model = load_strict(_project_model(meta, path, "flow"), ck, f"a {meta.get('family')} flow", path)
@@ -322,8 +324,9 @@ def _prior_from_official(spec: dict, path: Path):
 
 
 def load_prior(path: str | Path, device: str | torch.device = "cpu"):
-    """Load a latent module (official `{'prior_model': ...}` or project format), eval mode."""
-    path = Path(path)
+    """Load a latent module (official `{'prior_model': ...}` or project format), eval mode.
+    `path`: a file, a registry name, an http(s) URL or hf://owner/repo/file."""
+    path = resolve(path, "prior")
     ck, meta = read_checkpoint(path)
     if meta is not None:
         model = load_strict(_project_model(meta, path, "prior"), ck, f"a {meta.get('family')} latent module", path)

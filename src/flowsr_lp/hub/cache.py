@@ -1,0 +1,111 @@
+"""Where downloaded models live, and how a cached file is checked.
+
+Layout under `$FLOWSR_LP_HOME` (default: the user's cache folder, e.g. ~/.cache/flowsr-lp):
+`models/FILE` (registry entries), `archives/FILE` (archives that hold them), `urls/KEY/FILE`
+(files loaded by http(s) URL), `checksums.json` (sha256 recorded on first download where no
+hash is published) and `.locks/`. A file appears under its final name only once its checksum
+holds; a pinned checksum is checked again every time the file is used.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..errors import DownloadError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock; concurrent first downloads are not coordinated there
+    fcntl = None
+
+log = logging.getLogger("flowsr_lp.hub")
+RECORD = "checksums.json"
+CHUNK = 1 << 20
+
+
+def home() -> Path:
+    """The cache root: $FLOWSR_LP_HOME, else the platform's user cache folder + flowsr-lp."""
+    if os.environ.get("FLOWSR_LP_HOME"):
+        return Path(os.environ["FLOWSR_LP_HOME"]).expanduser()
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Caches"
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "flowsr-lp"
+
+
+def digests(path: Path) -> dict[str, str]:
+    """{'sha256': hex, 'git-sha1': hex} of a file, in one pass (git-sha1: the git blob id,
+    sha1 of b'blob <size>\\0' + content)."""
+    sha256, blob = hashlib.sha256(), hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            sha256.update(chunk)
+            blob.update(chunk)
+    return {"sha256": sha256.hexdigest(), "git-sha1": blob.hexdigest()}
+
+
+def _key(path: Path, root: Path) -> str:
+    return path.resolve().relative_to(root.resolve()).as_posix()
+
+
+def recorded(path: Path, root: Path | None = None) -> str | None:
+    """The 'sha256:<hex>' recorded for a cached file on its first download, or None."""
+    root = root or home()
+    try:
+        table = json.loads((root / RECORD).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise DownloadError(f"{root / RECORD}: unreadable ({e}); fix or delete it") from None
+    entry = table.get(_key(path, root))
+    return f"sha256:{entry['sha256']}" if entry else None
+
+
+def record(path: Path, sha256: str, source: str, root: Path | None = None) -> None:
+    """Remember the sha256 of a first download (trust on first use) and say so."""
+    root = root or home()
+    try:
+        table = json.loads((root / RECORD).read_text())
+    except FileNotFoundError:
+        table = {}
+    table[_key(path, root)] = {"sha256": sha256, "source": source,
+                               "recorded": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    tmp = root / (RECORD + ".tmp")
+    tmp.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, root / RECORD)
+    log.warning("%s: no published checksum; recorded sha256 %s (unverified: later uses are checked against it)",
+                path.name, sha256)
+
+
+def check(path: Path, expected: str, what: str) -> None:
+    """Raise DownloadError unless `path` has the checksum `expected` ('<algorithm>:<hex>')."""
+    algo, _, want = expected.partition(":")
+    got = digests(path)[algo]
+    if got != want.lower():
+        raise DownloadError(f"{what}: {algo} mismatch: expected {want}, got {got}")
+
+
+@contextlib.contextmanager
+def locked(path: Path):
+    """Hold an exclusive lock named after `path` (other processes wait; e.g. torchrun ranks)."""
+    root = home()
+    locks = root / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    with open(locks / (_key(path, root).replace("/", "__") + ".lock"), "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
