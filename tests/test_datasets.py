@@ -2,7 +2,6 @@
 small fake archives under the real file names, then `prepare` into the standard layout. No internet."""
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -17,9 +16,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from flowsr_lp import datasets
-from flowsr_lp.cli import CLIError
-from flowsr_lp.datasets import DataError, download, fetch, prepare, registry
+from flowsr_lp.cli import main
+from flowsr_lp.datasets import fetch, registry
+from flowsr_lp.datasets.fetch import download
+from flowsr_lp.datasets.registry import DataError
+from flowsr_lp.datasets.unpack import prepare
 
 SETS = ("Set5", "Set14", "B100", "Urban100")
 
@@ -129,16 +130,7 @@ def _fast_retries(monkeypatch):
 
 
 def cli(argv: list[str]) -> int:
-    """What cli.main does with the `data` parser: one line and exit 2 on CLIError."""
-    parser = argparse.ArgumentParser(prog="flowsr-lp")
-    datasets.add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except CLIError as e:
-        import sys
-        print(f"flowsr-lp: error: {e}", file=sys.stderr)
-        return 2
+    return main(argv)
 
 
 def table(out: str) -> dict[str, list[str]]:

@@ -23,16 +23,18 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from .errors import CheckpointError
+from .flows.linf import LINF, LINFConfig
+from .flows.srflow import SRFlow, SRFlowConfig, config_from_state_dict
 from .hub.resolve import resolve
 from .images import atomic_write
 from .nets import rdn, swinir
+from .priors.linf_lp import LINFLatentModule, LINFPriorConfig
+from .priors.srflow_lp import SRFlowLatentModule, SRFlowPriorConfig
 
 FORMAT = "flowsr-lp"
 EXPECTED_FLOW = ("an official LINF checkpoint ({'model': {'name': 'linf'|'linf-patch', ...}}), "
                  "an SRFlow state dict, or a flowsr-lp .safetensors flow")
-
-
-from .errors import CheckpointError  # noqa: F401  (re-exported)
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -174,8 +176,6 @@ def _sized_encoder_args(name: str, declared: dict, sd: dict, path: Path) -> dict
 
 
 def _linf_from_official(ck: dict, path: Path, taps=None):
-    from .flows.linf import LINF, LINFConfig
-
     if taps is not None:
         raise CheckpointError(f"{path}: RRDB taps only apply to SRFlow checkpoints, this is a LINF one")
     spec = ck["model"]
@@ -204,11 +204,6 @@ def _linf_from_official(ck: dict, path: Path, taps=None):
 
 def build_model(kind: str, family: str, config: dict) -> nn.Module:
     """A new flow or latent module from its family name and config dict (random weights)."""
-    from .flows.linf import LINF, LINFConfig
-    from .flows.srflow import SRFlow, SRFlowConfig
-    from .priors.linf_lp import LINFLatentModule, LINFPriorConfig
-    from .priors.srflow_lp import SRFlowLatentModule, SRFlowPriorConfig
-
     builders = {
         ("flow", "linf"): lambda c: LINF(LINFConfig.from_dict(c)),
         ("flow", "linf-patch"): lambda c: LINF(LINFConfig.from_dict(c)),
@@ -257,8 +252,6 @@ def _is_srflow(ck) -> bool:
 
 @flow_adapter(_is_srflow)
 def _srflow_from_state_dict(ck: dict, path: Path, taps=None):
-    from .flows.srflow import SRFlow, config_from_state_dict
-
     sd = strip_prefix(ck)
     try:
         cfg = config_from_state_dict(sd, taps=taps)
@@ -301,9 +294,6 @@ EXPECTED_PRIOR = ("a FlowSR-LP latent-module checkpoint ({'prior_model': {'name'
 
 
 def _prior_from_official(spec: dict, path: Path):
-    from .priors.linf_lp import LINFLatentModule, LINFPriorConfig
-    from .priors.srflow_lp import SRFlowLatentModule, SRFlowPriorConfig
-
     name, args, sd = spec.get("name"), dict(spec.get("args", {})), spec.get("sd", {})
     if name == "unet" and any(k.startswith("input_proj0.") for k in sd):  # SRFlow-LP: one branch per latent
         n = len({k.split(".")[0] for k in sd if re.match(r"input_proj\d+\.", k)})

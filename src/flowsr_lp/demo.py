@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from .checkpoints import load_flow, load_prior, read_checkpoint
+from .data.folders import load_rgb_uint8
 from .evaluate import EvalOptions, evaluate, summarise
 from .metrics import LPIPSUnavailable
 from .metrics.perceptual import lpips_model
@@ -84,8 +85,6 @@ def run_demo(out: Path, images: int = 3, size: int = 288, runs: int = 10, device
     # the temperature map (Fig. 2) of the first photo, with the LINF flow
     flow = load_flow(bundled_path("linf-small"), device=device)
     metric = "lpips" if use_lpips else "psnr"
-    from .data.folders import load_rgb_uint8
-
     tmap = temperature_map(flow, load_rgb_uint8(photos[0]), 4.0, [round(0.1 * k, 1) for k in range(11)], 24,
                            metric, 0, alexnet_weights, device, progress=False)
     tsum = save_temperature_map(tmap, out / "temperature")
@@ -102,18 +101,3 @@ def run_demo(out: Path, images: int = 3, size: int = 288, runs: int = 10, device
                           extra=[("Temperature map", tmap_html)])
     (out / "demo.json").write_text(json.dumps({"summary": summary, "temperature_map": tsum, "notes": notes}, indent=1))
     return {"summary": summary, "paths": paths, "seconds": time.time() - t0, "notes": notes}
-
-
-def run_cli(args) -> int:
-    from .cli import CLIError
-
-    missing = [n for n in BUNDLED if not bundled_path(n).is_file()]
-    if missing:
-        raise CLIError(f"bundled models missing from the installation: {', '.join(missing)}")
-    res = run_demo(Path(args.out), args.images, args.size, args.runs, args.device, args.alexnet_weights,
-                   progress=not args.quiet)
-    print(res["paths"]["markdown"].read_text())
-    for n in res["notes"]:
-        print(f"note: {n}", file=sys.stderr)
-    print(f"report: {res['paths']['html']} ({res['seconds']:.0f} s)", file=sys.stderr)
-    return 0

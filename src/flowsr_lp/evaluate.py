@@ -14,9 +14,11 @@ from tqdm import tqdm
 
 from .data.folders import find_images, load_rgb_uint8
 from .data.resize import imresize, modcrop
+from .errors import ImageError
 from .metrics import grid_score, lpips, lr_psnr, psnr, ssim, to_uint8_like_srflow
 from .metrics.perceptual import lpips_model
 from .priors.tiling import predict_latent
+from .report import save_crops
 
 DATA_ROOTS_ENV = "FLOWSR_LP_DATA"
 METRICS = ("psnr", "ssim", "lpips", "lr_psnr", "grid")
@@ -77,7 +79,7 @@ def make_pair(path: Path, ds: Dataset, scale: float, lr_source: str) -> tuple[to
     if lr_path is not None:
         lr = load_rgb_uint8(lr_path)
         if tuple(lr.shape[-2:]) != (hr.shape[-2] // s_int, hr.shape[-1] // s_int):
-            raise ValueError(f"{lr_path}: LR size {tuple(lr.shape[-2:])} does not match HR {tuple(hr.shape[-2:])} / {s_int}")
+            raise ImageError(f"{lr_path}: LR size {tuple(lr.shape[-2:])} does not match HR {tuple(hr.shape[-2:])} / {s_int}")
         return hr.float() / 255, lr.float() / 255, "file"
     if lr_source == "folder":
         raise FileNotFoundError(f"no official LR x{scale:g} image for {path.name} in {ds.lr}")
@@ -126,8 +128,6 @@ def protocol_metrics(sr: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor, scale
 def evaluate(flow, prior, opts: EvalOptions, out_dir: Path, rank: int = 0, world: int = 1, progress: bool = True):
     """Rows (one per image, scale, method and run) and report crops for this process's share
     of the images; rank r takes images i with i % world == r."""
-    from .report import save_crops
-
     device = next(flow.parameters()).device
     fixed = getattr(flow, "fixed_scale", None)
     rows, notes, crops = [], [], []
@@ -205,54 +205,3 @@ def summarise(rows: list[dict]) -> list[dict]:
         out.append(entry)
     order = {m: k for k, m in enumerate(dict.fromkeys(r["method"] for r in rows))}
     return sorted(out, key=lambda e: (e["dataset"], e["scale"], order[e["method"]]))
-
-
-def run_cli(args) -> int:
-    """`flowsr-lp evaluate`; under torchrun the images are sharded over the processes and
-    rank 0 merges the rows and writes the report."""
-    import platform
-    import time
-
-    from . import __version__
-    from .checkpoints import load_flow, load_prior
-    from .cli import CLIError
-    from .distributed import finish, gather_objects, setup_distributed
-    from .metrics import LPIPSUnavailable
-    from .pipeline import SuperResolver
-    from .report import write_outputs
-
-    rank, world, device = setup_distributed(args.device)
-    opts = EvalOptions(data=args.data, scales=args.scales, taus=args.tau, runs=args.runs, protocol=args.protocol,
-                       seed=args.seed, use_lpips=not args.no_lpips, alexnet_weights=args.alexnet_weights,
-                       max_images=args.max_images, lr_source=args.lr_source, report_images=args.report_images)
-    if args.runs < 1 or any(s <= 0 for s in args.scales) or any(t < 0 for t in args.tau):
-        raise CLIError("--runs must be >= 1, --scales positive and --tau non-negative")
-    out = Path(args.out)
-    try:
-        flow = load_flow(args.flow, device=device, taps=args.taps)
-        prior = load_prior(args.prior, device=device) if args.prior else None
-        SuperResolver(flow, prior)
-        t0 = time.time()
-        rows, notes, crops = evaluate(flow, prior, opts, out, rank, world)
-    except (FileNotFoundError, ValueError, LPIPSUnavailable) as e:
-        raise CLIError(str(e).splitlines()[0]) from None
-    parts = gather_objects((rows, notes, crops), world)
-    finish(world)
-    if rank != 0:
-        return 0
-    rows = [r for p in parts for r in p[0]]
-    notes = list(dict.fromkeys(n for p in parts for n in p[1]))
-    crops = [c for p in parts for c in p[2]]
-    if not opts.use_lpips:
-        notes.append("LPIPS not computed (--no-lpips)")
-    summary = summarise(rows)
-    meta = {"description": f"{flow.kind} flow {args.flow}" + (f" with learned prior {args.prior}" if prior else "")
-            + f", {opts.protocol} protocol", "flow": str(args.flow), "prior": str(args.prior or ""),
-            "options": asdict(opts), "seeds": {f"tau run {r}": opts.seed + r for r in range(opts.runs)},
-            "processes": world, "device": str(device), "seconds": round(time.time() - t0, 1),
-            "flowsr_lp": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "command": " ".join(sys.argv)}
-    paths = write_outputs(out, rows, summary, crops, meta, notes, f"FlowSR-LP evaluation: {meta['description']}")
-    print(paths["markdown"].read_text())
-    print("written: " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
-    return 0

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from .errors import UsageError
 from .flows.base import Flow
 from .priors.tiling import predict_latent
 
@@ -36,7 +37,7 @@ class SuperResolver:
     def __init__(self, flow: Flow, prior=None, prior_max_pixels: int | None = 1 << 20,
                  prior_tile: int = 256, prior_overlap: int = 32, prior_margin: int = 32):
         if prior is not None and tuple(prior.latent_channels) != tuple(flow.latent_channels):
-            raise ValueError(f"the latent module predicts latents of {list(prior.latent_channels)} channels but "
+            raise UsageError(f"the latent module predicts latents of {list(prior.latent_channels)} channels but "
                              f"this {flow.kind} flow's latents have {list(flow.latent_channels)}: they do not belong together")
         self.flow = flow.eval()
         self.prior = prior.eval() if prior is not None else None
@@ -62,7 +63,7 @@ class SuperResolver:
             out_size = output_size(tuple(lr.shape[-2:]), scale)
         ctx = self.flow.condition(lr, out_size)
         if self.prior is not None:
-            latent = predict_latent(self.prior, self.flow.initial_prior(lr, ctx), lr, self.prior_max_pixels,
+            latent = predict_latent(self.prior, self.flow.initial_prior(lr, ctx, self.prior.config.initial_prior), lr, self.prior_max_pixels,
                                     self.prior_tile, self.prior_overlap, self.prior_margin)
         else:
             if tau is None:

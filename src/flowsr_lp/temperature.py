@@ -132,26 +132,3 @@ def save_temperature_map(result: dict, out: Path) -> dict:
     summary = {k: v for k, v in result.items() if not k.startswith("_")}
     (out / "temperature_map.json").write_text(json.dumps(summary, indent=1))
     return summary
-
-
-def run_cli(args) -> int:
-    from .checkpoints import load_flow
-    from .cli import CLIError
-    from .metrics import LPIPSUnavailable
-
-    taus = [round(t, 6) for t in args.taus] if args.taus else [round(0.1 * k, 6) for k in range(11)]
-    if any(t < 0 for t in taus) or args.region < 1 or args.scale <= 0:
-        raise CLIError("temperatures must be >= 0, --region >= 1 and --scale > 0")
-    try:
-        flow = load_flow(args.flow, device=args.device, taps=args.taps)
-        hr_u8 = load_rgb_uint8(Path(args.image))
-        result = temperature_map(flow, hr_u8, args.scale, taus, args.region, args.metric, args.seed,
-                                 args.alexnet_weights, args.device)
-    except LPIPSUnavailable as e:
-        raise CLIError(f"{e} (or use --metric psnr)") from None
-    except (FileNotFoundError, ValueError, OSError) as e:
-        raise CLIError(str(e).splitlines()[0]) from None
-    summary = save_temperature_map({**result, "image": str(args.image), "flow": str(args.flow)}, Path(args.out))
-    print(f"{args.metric}: best single tau {summary['best_single_tau']:g} -> {summary['best_single_score']:.4f}; "
-          f"per-region temperatures -> {summary['per_region_score']:.4f} (map in {Path(args.out) / 'temperature_map.png'})")
-    return 0

@@ -1,0 +1,102 @@
+"""Command line: `flowsr-lp [-q|-v] COMMAND ...` (also `python -m flowsr_lp`).
+
+Each command is a module here with `add_parser(sub)` and `run(args)`; this module builds the
+parser, configures `logging` from -q/-v, and maps the package's exceptions to exit codes in
+one place (`EXIT_CODES`). Library modules never import this package."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from .. import __version__
+from ..datasets.registry import DataError
+from ..errors import FlowSRError
+from ..metrics import LPIPSUnavailable
+from . import data, demo, evaluate, temperature_map, train, upscale
+
+COMMANDS = (demo, upscale, train, evaluate, temperature_map, data)
+
+# (exception type, exit code), first match wins. 2: the call as a whole failed (bad option,
+# unusable model or data, nothing done); commands themselves return 1 when some inputs failed.
+EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
+    (FlowSRError, 2),
+    (DataError, 2),
+    (LPIPSUnavailable, 2),
+    (FileNotFoundError, 2),
+    (KeyboardInterrupt, 130),
+)
+
+
+class _LevelPrefix(logging.Formatter):
+    """'message' for info, 'note: message' for warnings, 'error: message' for errors."""
+
+    PREFIX = {logging.DEBUG: "debug: ", logging.WARNING: "note: ", logging.ERROR: "error: ",
+              logging.CRITICAL: "error: "}
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.PREFIX.get(record.levelno, "") + super().format(record)
+
+
+def configure_logging(verbosity: int) -> None:
+    """The package's log to stderr: -q warnings and errors only, default info, -v debug."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LevelPrefix("%(message)s"))
+    log = logging.getLogger("flowsr_lp")
+    log.handlers = [handler]
+    log.propagate = False
+    log.setLevel(logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG)
+
+
+def _verbosity_options(p: argparse.ArgumentParser, default) -> None:
+    p.add_argument("-q", "--quiet", action="count", default=default,
+                   help="less output: no progress bars, warnings and errors only")
+    p.add_argument("-v", "--verbose", action="count", default=default, help="more output (debug messages)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flowsr-lp", description="Flow-based super-resolution with learned priors "
+                                     "(FlowSR-LP, CVPR 2024): LINF and SRFlow, sampling or learned prior.")
+    parser.add_argument("--version", action="version", version=f"flowsr-lp {__version__}")
+    _verbosity_options(parser, 0)
+    common = argparse.ArgumentParser(add_help=False)  # -q/-v also after the command name
+    _verbosity_options(common, argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in COMMANDS:
+        command.add_parser(sub, [common])
+    return parser
+
+
+def exit_code(e: BaseException) -> int | None:
+    return next((code for kind, code in EXIT_CODES if isinstance(e, kind)), None)
+
+
+def error_message(e: BaseException) -> str:
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(e, OSError) and e.filename and e.strerror:
+        return f"{e.filename}: {e.strerror}"
+    text = str(e).strip() or type(e).__name__
+    if not isinstance(e, (FlowSRError, DataError)):
+        text = text.splitlines()[0]  # e.g. torch's multi-line RuntimeErrors
+    return " ".join(text.split())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose - args.quiet)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    try:
+        with logging_redirect_tqdm([logging.getLogger("flowsr_lp")]):
+            return int(args.run(args) or 0)
+    except BaseException as e:
+        code = exit_code(e)
+        if code is None:
+            raise
+        print(f"flowsr-lp: error: {error_message(e)}", file=sys.stderr)
+        return code

@@ -1,0 +1,66 @@
+"""`flowsr-lp upscale`: image files or folders in, PNGs out."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from ..errors import UsageError
+from ..images import list_images
+from ..pipeline import SuperResolver
+from ..upscale import load_models, output_paths, upscale_files
+from ..cli_options import add_device, add_taps, parse_scale, parse_size, resolve_device, temperature
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(sub, parents=()) -> None:
+    p = sub.add_parser("upscale", parents=list(parents),
+                       help="super-resolve images with a flow (and optionally a learned prior)",
+                       description="Super-resolve image files or folders. Outputs are 8-bit PNGs, written "
+                                   "atomically; a failing input is reported and the others still run.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
+    p.add_argument("--flow", help="flow checkpoint (official LINF/SRFlow or flowsr-lp .safetensors); "
+                                  "default: the bundled small LINF model")
+    p.add_argument("--prior", help="latent-module checkpoint; its prediction replaces the sampled latent")
+    add_taps(p)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--scale", type=parse_scale, help="upscaling factor: S, or SH,SW for anisotropic "
+                   "(fixed-scale flows such as SRFlow default to their own)")
+    g.add_argument("--size", type=parse_size, help="output size HxW")
+    p.add_argument("--tau", type=temperature, default=None, help="sampling temperature (default: the flow's "
+                   "recommended one; ignored with --prior)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; each image is seeded with it (default 0)")
+    p.add_argument("--retries", type=int, default=0, help="on an exploding inverse, draw a new sample up to N times")
+    p.add_argument("-o", "--out", required=True, help="output folder, or a .png path for a single input")
+    add_device(p)
+    p.add_argument("--max-megapixels", type=float, default=64.0,
+                   help="refuse outputs larger than this many megapixels (default 64)")
+    p.add_argument("--prior-max-pixels", type=int, default=1 << 20,
+                   help="latent maps with more positions than this run the prior in blended tiles (default 2^20)")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    if args.retries < 0:
+        raise UsageError("--retries must be >= 0")
+    flow, prior = load_models(args.flow, args.prior, resolve_device(args.device), args.taps)
+    scale = args.scale
+    fixed = getattr(flow, "fixed_scale", None)
+    if scale is None and args.size is None:
+        if fixed is None:
+            raise UsageError("give --scale or --size")
+        scale = fixed
+    if fixed is not None and scale is not None and scale not in (fixed, (fixed, fixed)):
+        raise UsageError(f"this flow is fixed-scale x{fixed}; --scale {scale} is not possible")
+    if prior is not None and args.tau is not None:
+        log.warning("--tau is ignored with a learned prior (the latent is predicted, not sampled)")
+    resolver = SuperResolver(flow, prior, prior_max_pixels=args.prior_max_pixels)
+    inputs = list_images(args.inputs)
+    if not inputs:
+        raise UsageError("no input images found")
+    outs = output_paths(inputs, Path(args.out))
+    failures = upscale_files(resolver, inputs, outs, scale=scale, size=args.size, tau=args.tau, seed=args.seed,
+                             retries=args.retries, max_megapixels=args.max_megapixels, progress=not args.quiet)
+    print(f"{len(inputs) - failures} of {len(inputs)} image(s) written to {args.out}", file=sys.stderr)
+    return 0 if failures == 0 else 1

@@ -1,0 +1,96 @@
+"""Argument types and option groups shared by the `flowsr_lp.cli` commands, so every command spells
+them alike. Part of the command line (kept outside the `cli` package so that its command modules
+import no sibling); library code does not import it."""
+from __future__ import annotations
+
+import argparse
+import re
+
+import torch
+
+from .errors import UsageError
+
+
+def parse_scale(text: str) -> float | tuple[float, float]:
+    """'4', '3.5', '2,3' or '2x3' (rows, columns)."""
+    parts = re.split(r"[,x]", text.strip())
+    try:
+        vals = [float(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid scale {text!r} (expected S or SH,SW)") from None
+    if len(vals) not in (1, 2) or not all(0 < v < float("inf") for v in vals):
+        raise argparse.ArgumentTypeError(f"scale must be positive, got {text!r}")
+    return vals[0] if len(vals) == 1 else (vals[0], vals[1])
+
+
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if not 0 < v < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    return v
+
+
+def temperature(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid temperature {text!r}") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"temperature must be >= 0, got {text!r}")
+    return v
+
+
+def parse_taps(text: str) -> list[int]:
+    """SRFlow's RRDB tap indices: '1,8,15,22'."""
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid taps {text!r} (expected comma-separated block indices)") from None
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"\s*(\d+)\s*[xX,]\s*(\d+)\s*", text)
+    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r} (expected HxW with positive integers)")
+    return int(m.group(1)), int(m.group(2))
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto",
+                   help="torch device: auto (CUDA when available, else CPU), cpu, cuda, cuda:1, mps ... (default auto)")
+
+
+def add_taps(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--taps", type=parse_taps, default=None,
+                   help="SRFlow only: RRDB block indices the flow conditions on, e.g. 1,8,15,22 "
+                        "(default: the released models' ones)")
+
+
+def add_scales(p: argparse.ArgumentParser, default: list[float]) -> None:
+    """`--scale S [S ...]` (alias `--scales`) for commands that take several scales."""
+    p.add_argument("--scale", "--scales", dest="scales", nargs="+", type=positive_float, default=default,
+                   metavar="S", help=f"upscaling factors (default {' '.join(f'{s:g}' for s in default)})")
+
+
+def add_taus(p: argparse.ArgumentParser, default: list[float] | None, what: str) -> None:
+    """`--tau T [T ...]` (alias `--taus`) for commands that take several temperatures."""
+    p.add_argument("--tau", "--taus", dest="taus", nargs="+", type=temperature, default=default, metavar="T",
+                   help=what)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA when available, else CPU; a device that is not there is a usage error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"invalid --device {name!r} (expected auto, cpu, cuda, cuda:N, mps ...)") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise UsageError(f"--device {name}: no such CUDA device here (use --device auto or cpu)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {name}: MPS is not available here (use --device auto or cpu)")
+    return dev
