@@ -158,7 +158,7 @@ def evaluate(flow, prior, opts: EvalOptions, out_dir: Path, rank: int = 0, world
                 for r in range(n_runs):
                     seed = opts.seed + r
                     if tau is None:
-                        latent = predict_latent(prior, flow.initial_prior(lr, ctx), lr, max_pixels=1 << 20)
+                        latent = predict_latent(prior, flow.initial_prior(lr, ctx, prior.config.initial_prior), lr, max_pixels=1 << 20)
                     else:
                         latent = flow.sample_latent(ctx, tau, torch.Generator().manual_seed(seed))
                     sr = flow.decode(latent, ctx)

@@ -39,8 +39,9 @@ class Flow(nn.Module, abc.ABC):
         """Shapes of the tensors that make up a latent for this context."""
 
     @abc.abstractmethod
-    def initial_prior(self, lr: torch.Tensor, ctx) -> Latent:
-        """The latent of the upsampled LR image: the latent module's starting point."""
+    def initial_prior(self, lr: torch.Tensor, ctx, kind: str = "paper") -> Latent:
+        """The latent of the upsampled LR image: the latent module's starting point. `kind`
+        names the variant (a latent module's `config.initial_prior`); "paper" is FlowSR-LP's."""
 
     @property
     @abc.abstractmethod

@@ -336,16 +336,26 @@ class LINF(Flow):
         m = self.decode_residual(latent, ctx)[:, :, :H, :W]
         return (m + self._bilinear_base(ctx)) * 0.5 + 0.5
 
-    def initial_prior(self, lr: torch.Tensor, ctx: LINFContext) -> Latent:
+    def initial_prior(self, lr: torch.Tensor, ctx: LINFContext, kind: str = "paper") -> Latent:
         """FlowSR-LP's initial prior: the bilinear-upsampled LR taken as a pseudo-HR; its
-        residual against its own down-up copy is pushed through the flow forward."""
+        residual against its own down-up copy is pushed through the flow forward.
+        `kind="antialiased"` (ours, see INITIAL_PRIORS) takes the bicubic-upsampled LR and an
+        antialiased bicubic down-up, so the residual is not zero at odd integer scales."""
         H, W = ctx.full_size
         h, w = ctx.inp.shape[-2:]
-        up = F.interpolate(ctx.inp, (H, W), mode="bilinear", align_corners=False)
-        up_down = F.interpolate(up, (h, w), mode="bilinear", align_corners=False)
+        if kind not in INITIAL_PRIORS:
+            raise ValueError(f"initial prior must be one of {INITIAL_PRIORS}, got {kind!r}")
+        mode = "bilinear" if kind == "paper" else "bicubic"
+        up = F.interpolate(ctx.inp, (H, W), mode=mode, align_corners=False)
+        up_down = F.interpolate(up, (h, w), mode=mode, align_corners=False, antialias=kind != "paper")
         m = ctx.crop(up - F.interpolate(up_down, (H, W), mode="bilinear", align_corners=False))
         z, _ = self.encode_patches(to_patches(m, self.config.patch_size, ctx.grid_size), ctx)
         return (z,)
+
+
+#: LINF initial priors: "paper" (bilinear up, bilinear down-up: at odd integer scales the
+#: down-up returns the LR exactly, so the residual is zero) and "antialiased" (ours)
+INITIAL_PRIORS = ("paper", "antialiased")
 
 
 #: configurations of the released LINF checkpoints (LINF's Google Drive and FlowSR-LP's)

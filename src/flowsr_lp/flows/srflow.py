@@ -174,9 +174,11 @@ class SRFlow(Flow):
         H, W = ctx.out_size
         return self.decode_with_logdet(latent, ctx)[0][:, :, :H, :W]
 
-    def initial_prior(self, lr: torch.Tensor, ctx: SRFlowContext) -> Latent:
+    def initial_prior(self, lr: torch.Tensor, ctx: SRFlowContext, kind: str = "paper") -> Latent:
         """SRFlow-LP's initial prior: the latents of bilinear_x4(LR), each standardised per
         pixel over channels (unbiased std + 1e-8)."""
+        if kind != "paper":
+            raise ValueError(f"SRFlow has only the paper's initial prior, not {kind!r}")
         up = F.interpolate(ctx.lr, scale_factor=self.config.scale, mode="bilinear", align_corners=False)
         latent, _ = self.encode(up, ctx)
         return tuple((z - z.mean(1, keepdim=True)) / (z.std(1, keepdim=True) + 1e-8) for z in latent)

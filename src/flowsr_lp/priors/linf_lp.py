@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..flows.linf import INITIAL_PRIORS
 from ..model_config import ModelConfig
 from ..nets.dense import DenseBlock5
 from ..nets.edsr import ResBlock
@@ -32,6 +33,9 @@ class LINFPriorConfig(ModelConfig):
     num_heads: tuple[int, ...] = (3, 6, 12, 24)
     window_size: int = 7
     mlp_ratio: float = 4.0
+    #: the flow's initial prior (flows.linf.INITIAL_PRIORS): "paper", or "antialiased", our
+    #: every-scale extension (the paper's residual is zero at odd integer scales)
+    initial_prior: str = "paper"
 
     @property
     def width(self) -> int:
@@ -46,8 +50,9 @@ class LINFLatentModule(nn.Module):
     def __init__(self, config: LINFPriorConfig | None = None):
         super().__init__()
         self.config = cfg = config or LINFPriorConfig()
-        if cfg.generator not in GENERATORS or cfg.inputs not in INPUTS:
-            raise ValueError(f"generator must be one of {GENERATORS} and inputs one of {INPUTS}")
+        if cfg.generator not in GENERATORS or cfg.inputs not in INPUTS or cfg.initial_prior not in INITIAL_PRIORS:
+            raise ValueError(f"generator must be one of {GENERATORS}, inputs one of {INPUTS} "
+                             f"and initial_prior one of {INITIAL_PRIORS}")
         w, c = cfg.width, cfg.in_chans
         branch = w // 2 if cfg.inputs == "both" else w
         if cfg.inputs in ("both", "prior"):

@@ -20,6 +20,7 @@ class SRFlowPriorConfig(ModelConfig):
     depth: int = 3
     latent_channels: tuple[int, ...] = (6, 96)  # SRFlow 4x: (eps, z)
     with_lr: bool = False
+    initial_prior: str = "paper"  # the flow's initial prior the module was trained on (SRFlow has one)
 
 
 

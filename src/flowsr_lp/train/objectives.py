@@ -91,7 +91,7 @@ class PriorObjective(nn.Module):
         hr = _crop(batch["hr"], window)
         with torch.no_grad():
             ctx = self.flow.condition(lr, tuple(batch["hr"].shape[-2:]), **({"window": window} if window else {}))
-            z0 = self.flow.initial_prior(lr, ctx)
+            z0 = self.flow.initial_prior(lr, ctx, self.prior.config.initial_prior)
             z_gt = self.flow.encode(hr, ctx)[0] if self.latent_weight > 0 else None
         with self._amp(lr.device):
             z_hat = self.prior(z0, lr)

@@ -1,0 +1,66 @@
+"""The every-scale initial prior (ours): the paper's LINF initial prior carries nothing at odd
+integer scales; the "antialiased" variant does, and the latent module's config selects it."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from flowsr_lp.pipeline import SuperResolver
+from flowsr_lp.priors import LINFLatentModule, LINFPriorConfig
+
+from helpers import tiny_linf, tiny_srflow
+
+
+def smooth_lr(h: int = 12, w: int = 15) -> torch.Tensor:
+    """A smooth photo-like LR (not white noise) in [0, 1]."""
+    g = torch.Generator().manual_seed(0)
+    return F.interpolate(torch.rand(1, 3, h // 3, w // 3, generator=g), (h, w), mode="bicubic").clamp(0, 1)
+
+
+def zero_residual_latent(flow, ctx, like):
+    return flow.encode_patches(torch.zeros_like(like), ctx)[0]
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4, 5])
+def test_paper_prior_is_empty_exactly_at_odd_integer_scales_and_antialiased_never(scale):
+    flow, lr = tiny_linf(3), smooth_lr()
+    with torch.no_grad():
+        ctx = flow.condition(lr, (12 * scale, 15 * scale))
+        (paper,) = flow.initial_prior(lr, ctx)
+        (ours,) = flow.initial_prior(lr, ctx, "antialiased")
+        empty = zero_residual_latent(flow, ctx, paper)
+    paper_gap, our_gap = (paper - empty).abs().max(), (ours - empty).abs().max()
+    assert (paper_gap < 1e-5) == (scale % 2 == 1)
+    assert our_gap > 1e-3
+    assert not torch.allclose(paper, ours)
+
+
+def test_default_kind_is_the_paper_prior():
+    flow, lr = tiny_linf(3), smooth_lr()
+    with torch.no_grad():
+        ctx = flow.condition(lr, (48, 60))
+        assert torch.equal(flow.initial_prior(lr, ctx)[0], flow.initial_prior(lr, ctx, "paper")[0])
+
+
+def test_the_latent_module_config_selects_the_initial_prior():
+    flow, lr = tiny_linf(3), smooth_lr()
+    torch.manual_seed(0)
+    paper = LINFLatentModule(LINFPriorConfig(dim=8, depth=2)).eval()
+    ours = LINFLatentModule(LINFPriorConfig(dim=8, depth=2, initial_prior="antialiased")).eval()
+    ours.load_state_dict(paper.state_dict())  # same weights: only the initial prior differs
+    with torch.no_grad():
+        a = SuperResolver(flow, paper).upscale(lr, scale=3)
+        b = SuperResolver(flow, ours).upscale(lr, scale=3)
+    assert not torch.allclose(a, b)
+    assert LINFPriorConfig.from_dict(ours.config.to_dict()).initial_prior == "antialiased"
+
+
+def test_unknown_initial_priors_are_refused():
+    flow, lr = tiny_linf(3), smooth_lr()
+    with pytest.raises(ValueError, match="initial_prior"):
+        LINFLatentModule(LINFPriorConfig(dim=8, depth=2, initial_prior="bicubic"))
+    with torch.no_grad(), pytest.raises(ValueError, match="initial prior"):
+        flow.initial_prior(lr, flow.condition(lr, (24, 30)), "bicubic")
+    srflow = tiny_srflow(4)
+    lr = torch.rand(1, 3, 8, 8)
+    with torch.no_grad(), pytest.raises(ValueError, match="only the paper"):
+        srflow.initial_prior(lr, srflow.condition(lr, (32, 32)), "antialiased")
