@@ -1,0 +1,279 @@
+"""One app request, from an image file to SR outputs and their metrics, without Gradio.
+
+Order of work: the scale is checked against the model and the output size against
+`max_megapixels` from the image's header alone, before any pixel is decoded or any model
+runs; then the image is read (or, in known-HR mode, downscaled with MATLAB bicubic), and the
+model's pipeline upscales it by temperature sampling (N draws, seeds seed..seed+N-1) and with
+the learned prior. Decoded images stay raw: a non-finite one is an exploding inverse and is
+reported as such, never clamped into a plausible picture."""
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..data.resize import imresize
+from ..errors import ExplodingInverse, ImageError, UsageError
+from ..images import image_size, load_rgb_uint8, read_image, write_png
+from ..metrics import diversity, grid_score, lr_psnr, psnr, ssim
+from ..pipeline import finite_mask, output_size
+from ..temperature import temperature_map
+from .models import LoadedModel
+
+MIN_SCALE, MAX_SCALE = 1.0, 8.0
+MAX_DRAWS = 16
+
+
+@dataclass(frozen=True)
+class Settings:
+    scale: float = 4.0
+    out_size: tuple[int, int] | None = None  # (H, W), LINF only; replaces the scale
+    tau: float = 0.5
+    seed: int = 0
+    draws: int = 1
+    known_hr: bool = False  # the image is the HR: downscale it first, then score against it
+
+
+@dataclass
+class Inputs:
+    lr: torch.Tensor  # 1 x 3 x h x w in [0, 1]
+    out_size: tuple[int, int]
+    hr: torch.Tensor | None = None  # 1 x 3 x H x W, known-HR mode
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        return (self.out_size[0] / self.lr.shape[-2], self.out_size[1] / self.lr.shape[-1])
+
+
+@dataclass
+class Output:
+    """One decoded image, raw (may hold inf/NaN), with the seed that drew it (None: prior)."""
+    sr: torch.Tensor  # 3 x H x W
+    seed: int | None
+    seconds: float
+
+    @property
+    def finite(self) -> bool:
+        return bool(finite_mask(self.sr[None]).all())
+
+
+@dataclass
+class Result:
+    inputs: Inputs
+    bicubic: torch.Tensor  # 3 x H x W in [0, 1]
+    draws: list[Output]
+    prior: Output | None
+    model: str
+    precision: str
+    device: str
+    seconds: float
+    tau: float
+
+    @property
+    def finite_draws(self) -> list[Output]:
+        return [d for d in self.draws if d.finite]
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """'512x768' (height x width) -> (512, 768); empty -> None."""
+    if not text or not text.strip():
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*[x,X*]\s*(\d+)\s*", text)
+    if not m or min(int(m[1]), int(m[2])) < 1:
+        raise UsageError(f"output size {text!r}: expected HEIGHTxWIDTH, e.g. 512x768")
+    return int(m[1]), int(m[2])
+
+
+def _local_name(e: ImageError, path: str | Path) -> ImageError:
+    """The same error naming the file, not the server's temporary copy of it."""
+    return ImageError(str(e).replace(str(path), Path(path).name))
+
+
+def check_settings(model: LoadedModel, s: Settings) -> None:
+    fixed = model.fixed_scale
+    if fixed is not None:
+        if s.out_size is not None or not math.isclose(s.scale, fixed):
+            raise UsageError(f"{model.choice.name} is fixed-scale: x{fixed} only")
+    elif s.out_size is None and not MIN_SCALE <= s.scale <= MAX_SCALE:
+        raise UsageError(f"scale {s.scale:g} is outside {MIN_SCALE:g}-{MAX_SCALE:g}")
+    if not (0 <= s.tau <= 10 and 1 <= s.draws <= MAX_DRAWS):
+        raise UsageError(f"tau must be in 0-10 and draws in 1-{MAX_DRAWS}")
+    if s.known_hr and s.out_size is not None:
+        raise UsageError("known-HR mode upscales back to the image's own size: give a scale, not an output size")
+
+
+def plan_size(model: LoadedModel, hw: tuple[int, int], s: Settings) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(LR size, output size) for an image of size `hw`, from sizes alone."""
+    if s.known_hr:
+        crop = model.fixed_scale or (int(s.scale) if float(s.scale).is_integer() else 1)
+        H, W = hw[0] - hw[0] % crop, hw[1] - hw[1] % crop
+        lr = (round(H / s.scale), round(W / s.scale))
+        if min(lr) < 1:
+            raise ImageError(f"a {hw[0]}x{hw[1]} image is too small to downscale x{s.scale:g}")
+        return lr, (H, W)
+    return hw, s.out_size or output_size(hw, s.scale)
+
+
+def check_megapixels(hw: tuple[int, int], out: tuple[int, int], limit: float) -> None:
+    mp = max(hw[0] * hw[1], out[0] * out[1]) / 1e6
+    if mp > limit:
+        raise ImageError(f"{hw[0]}x{hw[1]} -> {out[0]}x{out[1]} is {mp:.1f} MP, over this app's limit of "
+                         f"{limit:g} MP: use a smaller image or scale")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a request will do, decided from the image's header alone."""
+    path: Path
+    in_size: tuple[int, int]
+    lr_size: tuple[int, int]
+    out_size: tuple[int, int]
+    known_hr: bool
+    max_pixels: int
+
+
+def plan(path: str | Path, model: LoadedModel, s: Settings, max_megapixels: float) -> Plan:
+    """Every check that sizes allow, before any pixel is decoded or any model runs."""
+    check_settings(model, s)
+    try:
+        hw = image_size(path)
+    except ImageError as e:
+        raise _local_name(e, path) from None
+    lr_size, out = plan_size(model, hw, s)
+    check_megapixels(hw, out, max_megapixels)
+    return Plan(Path(path), hw, lr_size, out, s.known_hr, int(max_megapixels * 1e6))
+
+
+def read_inputs(p: Plan) -> Inputs:
+    """Decode the image; in known-HR mode it is the HR, cropped to a multiple of the scale
+    and downscaled with MATLAB bicubic (uint8 in and out, as LR files are made)."""
+    try:
+        if not p.known_hr:
+            img, notes = read_image(p.path, max_pixels=p.max_pixels)
+            return Inputs(img[None], p.out_size, None, [f"{p.path.name}: {n}" for n in notes])
+        hr_u8 = load_rgb_uint8(p.path, max_pixels=p.max_pixels)[:, :p.out_size[0], :p.out_size[1]]
+    except ImageError as e:
+        raise _local_name(e, p.path) from None
+    notes = [f"HR cropped to {p.out_size[0]}x{p.out_size[1]} (a multiple of the scale)"] if p.out_size != p.in_size else []
+    lr = imresize(hr_u8, out_size=p.lr_size).float() / 255
+    return Inputs(lr[None], p.out_size, (hr_u8.float() / 255)[None], notes)
+
+
+def bicubic(inputs: Inputs) -> torch.Tensor:
+    """The plain bicubic upsampling the flows start from, for comparison."""
+    return F.interpolate(inputs.lr, size=inputs.out_size, mode="bicubic", align_corners=False).clamp(0, 1)[0]
+
+
+def sample(model: LoadedModel, inputs: Inputs, tau: float, seed: int) -> Output:
+    t0 = time.perf_counter()
+    lr = inputs.lr.to(model.sampling.device)
+    sr = model.sampling.upscale(lr, inputs.out_size, tau=tau, generator=torch.Generator().manual_seed(seed))
+    return Output(sr[0].float().cpu(), seed, time.perf_counter() - t0)
+
+
+def predict(model: LoadedModel, inputs: Inputs) -> Output:
+    t0 = time.perf_counter()
+    sr = model.learned.upscale(inputs.lr.to(model.learned.device), inputs.out_size)
+    return Output(sr[0].float().cpu(), None, time.perf_counter() - t0)
+
+
+def run(model: LoadedModel, p: Plan, s: Settings, *, sampling: bool = True, prior: bool = True,
+        progress=None) -> Result:
+    """Temperature sampling (s.draws draws) and/or the learned prior, in this model's queue;
+    the image is decoded once a slot is free, so waiting requests hold no pixels.
+    `progress(fraction, text)` is told about each step."""
+    report = progress or (lambda frac, text: None)
+    prior = prior and model.learned is not None
+    steps = (s.draws if sampling else 0) + int(prior)
+    t0 = time.perf_counter()
+    with model.gate(lambda ahead: report(0.0, f"waiting for {model.choice.name} ({ahead} ahead)")):
+        inputs = read_inputs(p)
+        draws = []
+        for k in range(s.draws if sampling else 0):
+            report(k / steps, f"tau {s.tau:g}: draw {k + 1} of {s.draws}")
+            draws.append(sample(model, inputs, s.tau, s.seed + k))
+        learned = None
+        if prior:
+            report(len(draws) / steps, "learned prior")
+            learned = predict(model, inputs)
+    report(1.0, "done")
+    return Result(inputs, bicubic(inputs), draws, learned, model.choice.name, model.precision,
+                  str(model.sampling.device), time.perf_counter() - t0, s.tau)
+
+
+def upscale_file(model: LoadedModel, path: str | Path, s: Settings, use_prior: bool, out_dir: Path,
+                 max_megapixels: float, progress=None) -> Path:
+    """The API call: one SR image (learned prior, or one draw at s.tau), written as a PNG."""
+    if use_prior and model.learned is None:
+        raise UsageError(f"{model.choice.name} has no learned prior; call with use_prior=False")
+    p = plan(path, model, s, max_megapixels)
+    res = run(model, p, s, sampling=not use_prior, prior=use_prior, progress=progress)
+    out = res.prior if use_prior else res.draws[0]
+    if not out.finite:
+        raise ExplodingInverse(exploding_message(out))
+    sy, sx = res.inputs.scale
+    return write_png(out.sr, out_dir / f"{Path(path).stem}_x{sx:.3g}.png")
+
+
+def exploding_message(out: Output) -> str:
+    bad = (~torch.isfinite(out.sr)).float().mean().item()
+    what = "the learned prior" if out.seed is None else f"the draw with seed {out.seed}"
+    hint = "" if out.seed is None else "; try another seed or a lower tau"
+    return f"exploding inverse: {what} decoded to inf/NaN in {100 * bad:.2g}% of the values{hint}"
+
+
+def scores(res: Result) -> list[dict]:
+    """Per method: PSNR / SSIM against the HR (known-HR mode), LR-PSNR and the grid score.
+    Sampling rows average over the finite draws. PSNR on RGB with `scale` pixels shaved."""
+    lr, hr = res.inputs.lr, res.inputs.hr
+    scale = res.inputs.scale
+    rows = []
+    methods = [("bicubic", [res.bicubic])]
+    if res.draws:
+        methods.append((f"tau {res.tau:g}", [d.sr.clamp(0, 1) for d in res.finite_draws]))
+    if res.prior is not None and res.prior.finite:
+        methods.append(("learned prior", [res.prior.sr]))
+    for name, images in methods:
+        if not images:
+            rows.append({"method": name, "note": "every draw exploded"})
+            continue
+        sr = torch.stack(images)
+        lrs = lr.expand(len(sr), -1, -1, -1)
+        row = {"method": name, "LR-PSNR": lr_psnr(sr, lrs, scale).mean().item(), "grid": grid_score(sr, lrs).mean().item()}
+        if hr is not None:
+            shave = math.ceil(max(scale))
+            row["PSNR"] = psnr(sr, hr.expand_as(sr), shave=shave).mean().item()
+            row["SSIM"] = ssim(sr, hr.expand_as(sr)).mean().item()
+        rows.append(row)
+    return rows
+
+
+def draw_diversity(res: Result) -> float | None:
+    """Mean per-pixel standard deviation (0-255 scale) across the finite draws."""
+    finite = res.finite_draws
+    if len(finite) < 2:
+        return None
+    return 255 * diversity(torch.stack([d.sr.clamp(0, 1)[None] for d in finite])).item()
+
+
+def best_temperatures(model: LoadedModel, path: str | Path, s: Settings, max_megapixels: float,
+                      crop: int = 192, region: int = 24) -> dict:
+    """Fig. 2 of the paper for this image, taken as the HR: the best temperature (for PSNR)
+    of each `region`-pixel block of its centre crop (at most `crop` pixels square),
+    decoded from one unit-noise draw at tau = 0, 0.1, ..., 1. See `temperature.temperature_map`."""
+    p = plan(path, model, replace(s, known_hr=True, draws=1), max_megapixels)
+    hw = p.in_size
+    top, left = max(0, (hw[0] - crop) // 2), max(0, (hw[1] - crop) // 2)
+    with model.gate():
+        hr_u8 = load_rgb_uint8(p.path, max_pixels=p.max_pixels)[:, top:top + crop, left:left + crop]
+        if min(hr_u8.shape[-2:]) < max(region, 2 * (model.fixed_scale or math.ceil(s.scale))):
+            raise ImageError(f"a {hw[0]}x{hw[1]} image is too small for a temperature map at x{s.scale:g}")
+        taus = [round(0.1 * k, 1) for k in range(11)]
+        return temperature_map(model.flow, hr_u8, model.fixed_scale or s.scale, taus, region, "psnr", s.seed,
+                               device=model.sampling.device, progress=False)
