@@ -254,6 +254,8 @@ class LINF(Flow):
         hd = self.config.hidden_dim
         b, wq = ctx.inp.shape[0], ctx.grid_size[1]
         phase = ctx.phase[:, None, None, :]
+        h, w, c = ctx.lr_maps.shape[1:]
+        flat_maps = ctx.lr_maps.view(b, h * w, c)
         # without autograd, the features are written in place into one buffer (no concat copy)
         inplace = not (torch.is_grad_enabled() and ctx.lr_maps.requires_grad)
         feats = ctx.lr_maps.new_empty(b, r1 - r0, wq, 4 * hd) if inplace else []
@@ -263,16 +265,17 @@ class LINF(Flow):
         total = areas[0] + areas[1] + areas[2] + areas[3]
         k = 0
         for i, row in enumerate(ctx.rows):
-            picked_rows = ctx.lr_maps.index_select(1, row.index[r0:r1])
             for j, col in enumerate(ctx.cols):
-                q = picked_rows.index_select(2, col.index)
+                # one gather over the flattened LR map fetches this neighbour of every query
+                cells = (row.index[r0:r1, None] * w + col.index[None, :]).flatten()
+                q = flat_maps.index_select(1, cells).view(b, r1 - r0, wq, c)
                 q_coef, f_row, f_col = q[..., :hd], q[..., hd : hd + hd // 2], q[..., hd + hd // 2 :]
-                g = math.pi * (f_row * rel_rows[i] + f_col * rel_cols[j] + phase)
+                g = (f_row * rel_rows[i]).addcmul_(f_col, rel_cols[j]).add_(phase).mul_(math.pi)
                 # each neighbour is weighted by the area of the diagonally opposite rectangle
                 cw = q_coef * (areas[3 - k // hd] / total)
                 if inplace:
-                    torch.mul(torch.cos(g), cw[..., : hd // 2], out=feats[..., k : k + hd // 2])
-                    torch.mul(torch.sin(g), cw[..., hd // 2 :], out=feats[..., k + hd // 2 : k + hd])
+                    torch.cos(g, out=feats[..., k : k + hd // 2]).mul_(cw[..., : hd // 2])
+                    torch.sin(g, out=feats[..., k + hd // 2 : k + hd]).mul_(cw[..., hd // 2 :])
                 else:
                     feats += [torch.cos(g) * cw[..., : hd // 2], torch.sin(g) * cw[..., hd // 2 :]]
                 k += hd

@@ -1,6 +1,7 @@
 """RRDB network (ESRGAN layout), used as LINF's encoder and as SRFlow's conditioner."""
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from .dense import DenseBlock5
@@ -35,7 +36,9 @@ class RRDBNet(nn.Module):
 
     def trunk(self, x, taps: tuple[int, ...] = ()):
         """Return (first-conv features, trunk output, [outputs of the tapped blocks])."""
-        f = self.conv_first(x)
+        # channels-last (NHWC) lets oneDNN convolve without reordering, and makes the dense
+        # blocks' concatenations cheap copies along the innermost dimension
+        f = self.conv_first(x.contiguous(memory_format=torch.channels_last))
         h, tapped = f, []
         for i, block in enumerate(self.RRDB_trunk):
             h = block(h)

@@ -1,0 +1,159 @@
+"""Compute precision: which dtype the networks around a flow run in, and what the hardware
+offers. Reduced precision (bf16 / fp16) is applied with autocast to the encoder, the
+conditioning networks and the latent module; the flows' invertible transforms and their
+log-determinants always run in float32 (`full_precision`), because the inverse is where
+rounding turns into exploding values."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from .errors import UsageError
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+           "fp16": torch.float16, "float16": torch.float16}
+_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+#: /proc/cpuinfo flags of CPU units that compute bf16 products natively
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+@lru_cache(maxsize=None)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+@lru_cache(maxsize=None)
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_bf16_units() -> list[str]:
+    """Names of the CPU's native bf16 matrix units (empty when it has none)."""
+    units = [f for f in BF16_CPU_FLAGS if f in cpu_flags()]
+    if not units and "AMX" in torch.backends.cpu.get_cpu_capability():
+        units = ["amx"]
+    return units
+
+
+def has_bf16_units(device: torch.device | str) -> bool:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        return bool(cpu_bf16_units())
+    return False
+
+
+def parse_precision(name: str | torch.dtype) -> str:
+    """'fp32' | 'bf16' | 'fp16' | 'auto' (also 'float32', 'bfloat16', 'float16' or a dtype)."""
+    if isinstance(name, torch.dtype):
+        if name not in _NAMES:
+            raise UsageError(f"unsupported precision {name}; expected one of {', '.join(PRECISIONS)}")
+        return _NAMES[name]
+    key = str(name).lower()
+    if key == "auto":
+        return key
+    if key not in _DTYPES:
+        raise UsageError(f"unknown precision {name!r}; expected one of {', '.join(PRECISIONS)}")
+    return _NAMES[_DTYPES[key]]
+
+
+def resolve_precision(name: str | torch.dtype, device: torch.device | str) -> torch.dtype:
+    """The dtype to compute in on `device`. 'auto' is bf16 where the hardware has bf16
+    matrix units (AMX / AVX512-BF16 on the CPU, bf16-capable GPUs), else fp32; the choice
+    is logged with its reason."""
+    key = parse_precision(name)
+    device = torch.device(device)
+    if key != "auto":
+        return _DTYPES[key]
+    if has_bf16_units(device):
+        why = ", ".join(cpu_bf16_units()) if device.type == "cpu" else torch.cuda.get_device_name(device)
+        log.info("precision auto: bf16 (%s has bf16 matrix units: %s)", device.type, why)
+        return torch.bfloat16
+    log.info("precision auto: fp32 (no bf16 matrix units on %s)", device.type)
+    return torch.float32
+
+
+def precision_name(dtype: torch.dtype) -> str:
+    return _NAMES[dtype]
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype autocast computes in on x's device now (x's own dtype outside autocast)."""
+    kind = x.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+
+
+def reduced(dtype: torch.dtype, device: torch.device | str):
+    """Autocast to `dtype` on `device` (a no-op context for fp32)."""
+    device = torch.device(device)
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def full_precision(device: torch.device | str):
+    """Autocast switched off: for the flows' invertible transforms (cast their inputs to
+    float32 as they enter)."""
+    return torch.autocast(torch.device(device).type, enabled=False)
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a container's share)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def free_cpus() -> int:
+    """CPUs not already kept busy by other work: the available CPUs minus the one-minute
+    load average (at least 1). Threads beyond this only slow everyone down."""
+    n = available_cpus()
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return n
+    return max(1, min(n, round(n - load)))
+
+
+def hardware_line() -> str:
+    """One line naming what a figure was measured on."""
+    units = cpu_bf16_units()
+    parts = [f"CPU {cpu_model()} ({available_cpus()} available, torch threads {torch.get_num_threads()}, "
+             f"bf16 units: {', '.join(units) if units else 'none'}, capability {torch.backends.cpu.get_cpu_capability()})"]
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        parts.append(f"GPU {props.name} ({props.total_memory / 2**30:.0f} GiB, bf16 "
+                     f"{'yes' if has_bf16_units('cuda') else 'no'})")
+    else:
+        parts.append("no GPU")
+    try:
+        load = "load %.2f %.2f %.2f" % os.getloadavg()
+    except (AttributeError, OSError):
+        load = "load n/a"
+    parts += [f"torch {torch.__version__}", load]
+    return "; ".join(parts)
