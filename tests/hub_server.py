@@ -1,9 +1,17 @@
-"""A file server on 127.0.0.1 for download tests: Range requests, and on demand a cut
-connection, an HTTP error status, or different bytes than announced. Every request is logged."""
+"""Download tests: a file server on 127.0.0.1 (Range requests; on demand a cut connection or an
+HTTP error status; every request logged), a private model cache, and registry tables of test
+entries that point at the shared reference checkpoints."""
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from conftest import REFERENCE, need
+from flowsr_lp.hub import cache, download, registry
 
 
 class FileServer:
@@ -55,7 +63,7 @@ class FileServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
 
     def gets(self, path: str) -> list:
         return [r for p, r in self.requests if p == path]
@@ -67,3 +75,50 @@ class FileServer:
     def __exit__(self, *exc):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+FLOW, PRIOR = "linf-patch-edsr-baseline.pth", "linf-patch-edsr-baseline-LP.pth"
+UNREACHABLE = "http://127.0.0.1:9"   # the discard port: connection refused
+
+
+def git_blob_id(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def entry(name, file, family="linf", **kw):
+    return {"name": name, "family": family, "description": "test model", "paper": "-", "dataset": "-",
+            "scales": [1, 4], "file": file, "license": "-", **kw}
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLOWSR_LP_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("FLOWSR_LP_MIRROR", raising=False)
+    monkeypatch.setattr(download, "BACKOFF_S", 0.0)
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def ref_bytes():
+    return {name: need(REFERENCE / name).read_bytes() for name in (FLOW, PRIOR)}
+
+
+@pytest.fixture
+def server(ref_bytes):
+    with FileServer({f"/m/{k}": v for k, v in ref_bytes.items()}) as s:
+        yield s
+
+
+@pytest.fixture
+def use_table(tmp_path, monkeypatch):
+    def use(*entries):
+        path = tmp_path / f"models-{len(list(tmp_path.glob('models-*.json')))}.json"
+        path.write_text(json.dumps({"models": list(entries)}))
+        monkeypatch.setattr(registry, "TABLE", path)
+        return path
+    return use
+
+
+def cached_files(home):
+    return sorted(p.relative_to(home).as_posix() for p in home.rglob("*") if p.is_file()
+                  and ".locks" not in p.parts and p.name != cache.RECORD)

@@ -9,7 +9,8 @@ from PIL import Image
 from flowsr_lp import load_flow, load_prior
 from flowsr_lp.checkpoints import read_checkpoint
 from flowsr_lp.cli import main
-from flowsr_lp.zoo import BUNDLED, bundled_path
+from flowsr_lp.hub.registry import BUNDLED
+from flowsr_lp.hub.resolve import bundled_path
 
 
 @pytest.mark.parametrize("name", BUNDLED)

@@ -18,54 +18,7 @@ from flowsr_lp.hub import cache, download, registry
 from flowsr_lp.hub.resolve import flow_for_prior, resolve, status
 
 from conftest import REFERENCE, need
-from hub_server import FileServer
-
-FLOW, PRIOR = "linf-patch-edsr-baseline.pth", "linf-patch-edsr-baseline-LP.pth"
-UNREACHABLE = "http://127.0.0.1:9"   # the discard port: connection refused
-
-
-def git_blob_id(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
-def entry(name, file, family="linf", **kw):
-    return {"name": name, "family": family, "description": "test model", "paper": "-", "dataset": "-",
-            "scales": [1, 4], "file": file, "license": "-", **kw}
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("FLOWSR_LP_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("FLOWSR_LP_MIRROR", raising=False)
-    monkeypatch.setattr(download, "BACKOFF_S", 0.0)
-    return tmp_path / "home"
-
-
-@pytest.fixture
-def ref_bytes():
-    return {name: need(REFERENCE / name).read_bytes() for name in (FLOW, PRIOR)}
-
-
-@pytest.fixture
-def server(ref_bytes):
-    with FileServer({f"/m/{k}": v for k, v in ref_bytes.items()}) as s:
-        yield s
-
-
-@pytest.fixture
-def use_table(tmp_path, monkeypatch):
-    def use(*entries):
-        path = tmp_path / f"models-{len(list(tmp_path.glob('models-*.json')))}.json"
-        path.write_text(json.dumps({"models": list(entries)}))
-        monkeypatch.setattr(registry, "TABLE", path)
-        return path
-    return use
-
-
-def cached_files(home):
-    return sorted(p.relative_to(home).as_posix() for p in home.rglob("*") if p.is_file()
-                  and ".locks" not in p.parts and p.name != cache.RECORD)
-
+from hub_server import FLOW, PRIOR, UNREACHABLE, cached_files, entry, git_blob_id, home, ref_bytes, server, use_table  # noqa: F401
 
 # ---- the real registry -------------------------------------------------------------------------
 def test_registry_has_every_released_model_with_its_fields():

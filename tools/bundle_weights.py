@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from flowsr_lp.checkpoints import load_flow, load_prior, read_checkpoint, save_flow, save_prior
-from flowsr_lp.zoo import BUNDLED, WEIGHTS
+from flowsr_lp.hub.registry import BUNDLED, WEIGHTS
 
 
 def last_row(path: Path) -> dict:

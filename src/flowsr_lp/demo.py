@@ -22,7 +22,8 @@ from .metrics import LPIPSUnavailable
 from .metrics.perceptual import lpips_model
 from .report import write_outputs
 from .temperature import save_temperature_map, temperature_map
-from .zoo import BUNDLED, bundled_path
+from .hub.registry import BUNDLED
+from .hub.resolve import bundled_path
 
 RETRAIN = ("flowsr-lp train-prior configs/cpu/linf-small-lp.yaml --perceptual vgg --vgg-weights vgg19-dcbb9e9d.pth "
            "--set loss.latent_weight=0 --set loss.pixel_weight=0")

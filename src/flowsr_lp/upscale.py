@@ -11,13 +11,15 @@ from .checkpoints import load_flow, load_prior
 from .errors import ExplodingInverse, ImageError, UsageError
 from .images import IMAGE_SUFFIXES, read_image, write_png
 from .pipeline import SuperResolver, output_size
-from .zoo import default_models
+from .hub.resolve import default_models, flow_for_prior
 
 log = logging.getLogger(__name__)
 
 
 def load_models(flow_path, prior_path, device, taps=None):
-    """(flow, prior or None); without a flow path, the bundled small LINF and its latent module."""
+    """(flow, prior or None). Without a flow path: the flow a registry prior names (`--prior
+    rrdb-linf-lp` alone), else the bundled small LINF and its latent module."""
+    flow_path = flow_path or flow_for_prior(prior_path)
     if flow_path is None:
         flow_path, default_prior = default_models()
         prior_path = prior_path or default_prior

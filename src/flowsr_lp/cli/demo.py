@@ -6,7 +6,8 @@ from pathlib import Path
 
 from ..demo import run_demo
 from ..errors import UsageError
-from ..zoo import BUNDLED, bundled_path
+from ..hub.registry import BUNDLED
+from ..hub.resolve import bundled_path
 from ..cli_options import add_device, resolve_device
 
 

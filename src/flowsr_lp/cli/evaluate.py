@@ -15,6 +15,7 @@ from ..checkpoints import load_flow, load_prior
 from ..distributed import finish, gather_objects, setup_distributed
 from ..errors import UsageError
 from ..evaluate import EvalOptions, evaluate, summarise
+from ..hub.resolve import flow_for_prior
 from ..pipeline import SuperResolver
 from ..report import write_outputs
 from ..cli_options import add_device, add_scales, add_taps, add_taus, resolve_device
@@ -26,8 +27,9 @@ def add_parser(sub, parents=()) -> None:
                        description="Evaluate sampling at each --tau (with --runs seeds) and the learned prior on data "
                                    "sets, at several scales. Writes results.csv, summary.json, table.md and report.html. "
                                    "Under torchrun the images are split over the processes.")
-    p.add_argument("--flow", required=True)
-    p.add_argument("--prior")
+    p.add_argument("--flow", help="flow: a file, a model name (`flowsr-lp models`), a URL or hf://owner/repo/file; "
+                                  "may be left out when --prior is a model name (its flow is used)")
+    p.add_argument("--prior", help="latent module: a file, a model name, a URL or hf://owner/repo/file")
     add_taps(p)
     p.add_argument("--data", nargs="+", required=True, metavar="NAME_OR_FOLDER",
                    help="Set5, Set14, B100, Urban100, DIV2K (looked up in $FLOWSR_LP_DATA, ./data, ./data/benchmark) "
@@ -58,6 +60,9 @@ def run(args) -> int:
                        seed=args.seed, use_lpips=not args.no_lpips, alexnet_weights=args.alexnet_weights,
                        max_images=args.max_images, lr_source=args.lr_source, report_images=args.report_images)
     out = Path(args.out)
+    args.flow = args.flow or flow_for_prior(args.prior)
+    if args.flow is None:
+        raise UsageError("give --flow (or a --prior model name, which names its flow)")
     flow = load_flow(args.flow, device=device, taps=args.taps)
     prior = load_prior(args.prior, device=device) if args.prior else None
     SuperResolver(flow, prior)  # refuses a prior that does not belong to the flow before any work

@@ -92,6 +92,9 @@ def models(table: Path | None = None) -> dict[str, ModelEntry]:
     return _load(table or TABLE)
 
 
+BUNDLED = tuple(e.name for e in _load(TABLE).values() if e.bundled)   # shipped inside the package
+
+
 def find(name: str, table: Path | None = None) -> ModelEntry | None:
     """The entry called `name` (case-insensitive), or None."""
     table_models = models(table)
