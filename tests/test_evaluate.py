@@ -77,6 +77,17 @@ def test_exploding_runs_are_counted_not_averaged(tmp_path, set5_two, capsys):
     assert by_method["tau=0.5"]["inf_rate"] == 0.0 and math.isfinite(by_method["tau=0.5"]["psnr"])
 
 
+def test_bicubic_baseline_row(tmp_path, set5_two, flow_file, capsys):
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--flow", flow_file, "--data", str(set5_two), "--scale", "2", "--tau", "0",
+                 "--bicubic", "--no-lpips", "-o", str(out), "--device", "cpu"]) == 0
+    summary = {e["method"]: e for e in json.loads((out / "summary.json").read_text())["summary"]}
+    assert set(summary) == {"bicubic", "tau=0"}
+    bic = summary["bicubic"]
+    assert bic["inf_rate"] == 0.0 and math.isfinite(bic["psnr"]) and bic["psnr"] != summary["tau=0"]["psnr"]
+    assert "| bicubic |" in (out / "table.md").read_text() and "<td>bicubic</td>" in (out / "report.html").read_text()
+
+
 def test_unknown_data_set_is_a_clear_error(tmp_path, flow_file, capsys):
     assert main(["evaluate", "--flow", flow_file, "--data", "NoSuchSet", "--no-lpips", "-o", str(tmp_path)]) == 2
     assert "flowsr-lp data download NoSuchSet" in capsys.readouterr().err
@@ -94,7 +105,7 @@ def test_two_processes_give_the_same_report(tmp_path, set5_two, flow_file):
     args = ["--flow", flow_file, "--data", str(set5_two), "--scales", "2", "--tau", "0.8", "--runs", "2",
             "--no-lpips", "--device", "cpu"]
     assert main(["evaluate", *args, "-o", str(tmp_path / "one")]) == 0
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     r = subprocess.run(torchrun + ["-m", "flowsr_lp", "evaluate", *args, "-o", str(tmp_path / "two")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -107,6 +118,15 @@ def test_two_processes_give_the_same_report(tmp_path, set5_two, flow_file):
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["meta"]["processes"] == 2
 
 
+LOAD_CHECK = """<script>
+window.addEventListener('load', () => {
+  const imgs = [...document.images];
+  const ok = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
+  document.body.dataset.imagesLoaded = ok + '/' + imgs.length;
+});
+</script>"""
+
+
 def test_report_opens_in_headless_chromium(tmp_path, set5_two, flow_file):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
@@ -117,10 +137,14 @@ def test_report_opens_in_headless_chromium(tmp_path, set5_two, flow_file):
     flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              "--virtual-time-budget=5000"]
-    url = (out / "report.html").as_uri()
-    dom = subprocess.run(flags + [f"--user-data-dir={tmp_path / 'p1'}", "--dump-dom", url],
+    report = (out / "report.html").read_text()
+    assert "<script" not in report  # the user's report carries no test code
+    probe = out / "probe.html"  # the report plus a script that counts the images that decoded
+    probe.write_text(report.replace("</body>", LOAD_CHECK + "</body>"))
+    dom = subprocess.run(flags + [f"--user-data-dir={tmp_path / 'p1'}", "--dump-dom", probe.as_uri()],
                          capture_output=True, text=True, timeout=120).stdout
-    n_img = (out / "report.html").read_text().count("<img")
+    url = (out / "report.html").as_uri()
+    n_img = report.count("<img")
     assert f'data-images-loaded="{n_img}/{n_img}"' in dom  # every image decoded with a non-zero size
     shot = out / "report.png"
     subprocess.run(flags + [f"--user-data-dir={tmp_path / 'p2'}", "--window-size=1200,1600", f"--screenshot={shot}", url],

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -15,9 +14,9 @@ from tqdm import tqdm
 from .data.folders import find_images, load_rgb_uint8
 from .data.resize import imresize, modcrop
 from .errors import ImageError
-from .metrics import grid_score, lpips, lr_psnr, psnr, ssim, to_uint8_like_srflow
+from .metrics import diversity, grid_score, inf_rate, lpips, lr_psnr, psnr, ssim, to_uint8_like_srflow
 from .metrics.perceptual import lpips_model
-from .priors.tiling import predict_latent
+from .pipeline import LatentStrategy, SuperResolver, TemperatureSampling, bicubic
 from .report import save_crops
 
 DATA_ROOTS_ENV = "FLOWSR_LP_DATA"
@@ -102,6 +101,7 @@ class EvalOptions:
     lr_source: str = "auto"  # auto | make | folder
     report_images: int = 2
     label: str = ""  # prefixed to method names ("LINF tau=0.8"), to put several flows in one report
+    bicubic: bool = False  # add a bicubic baseline row (MATLAB-style bicubic upsampling of the LR)
 
 
 def protocol_metrics(sr: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor, scale: float, dataset: str,
@@ -125,10 +125,22 @@ def protocol_metrics(sr: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor, scale
     return out
 
 
+def methods(opts: EvalOptions, resolver: SuperResolver) -> list[tuple[str, float | None, list[LatentStrategy]]]:
+    """(method name, tau or None, one strategy per run): sampling at each tau (runs seeded
+    seed, seed + 1, ...; one run at tau 0, which is deterministic), then the learned prior."""
+    pre = f"{opts.label} " if opts.label else ""
+    out = [(f"{pre}tau={t:g}", t, [TemperatureSampling(t, seed=opts.seed + r) for r in range(opts.runs if t > 0 else 1)])
+           for t in opts.taus]
+    if resolver.prior is not None:
+        out.append((f"{pre}LP", None, [resolver.strategy]))
+    return out
+
+
 def evaluate(flow, prior, opts: EvalOptions, out_dir: Path, rank: int = 0, world: int = 1, progress: bool = True):
     """Rows (one per image, scale, method and run) and report crops for this process's share
     of the images; rank r takes images i with i % world == r."""
-    device = next(flow.parameters()).device
+    resolver = SuperResolver(flow, prior)
+    device = resolver.device
     fixed = getattr(flow, "fixed_scale", None)
     rows, notes, crops = [], [], []
     if opts.use_lpips:
@@ -142,49 +154,42 @@ def evaluate(flow, prior, opts: EvalOptions, out_dir: Path, rank: int = 0, world
         files = find_images([ds.hr])[: opts.max_images]
         jobs += [(ds, i, f, s) for i, f in enumerate(files) for s in scales]
     mine = [j for j in jobs if j[1] % world == rank]
-    bar = tqdm(mine, desc="evaluate", unit="img", disable=not progress or rank != 0, file=sys.stderr)
-    pre = f"{opts.label} " if opts.label else ""
-    methods = [(f"{pre}tau={t:g}", t) for t in opts.taus] + ([(f"{pre}LP", None)] if prior is not None else [])
-    with torch.no_grad():
-        for ds, i, path, scale in bar:
-            bar.set_postfix_str(f"{ds.name} x{scale:g} {path.name}")
-            hr, lr, lr_from = make_pair(path, ds, scale, opts.lr_source)
-            hr, lr = hr[None].to(device), lr[None].to(device)
-            ctx = flow.condition(lr, tuple(hr.shape[-2:]))
-            shown = {}
-            for method, tau in methods:
-                n_runs = opts.runs if tau is not None and tau > 0 else 1
-                samples = []
-                for r in range(n_runs):
-                    seed = opts.seed + r
-                    if tau is None:
-                        latent = predict_latent(prior, flow.initial_prior(lr, ctx, prior.config.initial_prior), lr, max_pixels=1 << 20)
-                    else:
-                        latent = flow.sample_latent(ctx, tau, torch.Generator().manual_seed(seed))
-                    sr = flow.decode(latent, ctx)
-                    finite = bool(torch.isfinite(sr).all())
-                    row = {"dataset": ds.name, "image": path.stem, "scale": scale, "method": method,
-                           "tau": "" if tau is None else tau, "run": r, "seed": "" if tau is None else seed,
-                           "lr_source": lr_from, "finite": finite}
-                    if finite:
-                        sr = sr.clamp(0, 1)
-                        row.update(protocol_metrics(sr, hr, lr, scale, ds.name, opts))
-                        samples.append(sr)
-                        if r == 0:
-                            shown[method] = sr
-                    rows.append(row)
-                if len(samples) > 1:
-                    div = torch.stack(samples).std(0).mean().item()
-                    for row in rows[-n_runs:]:
+    bar = tqdm(mine, desc="evaluate", unit="img", disable=not progress or rank != 0)
+    for ds, i, path, scale in bar:
+        bar.set_postfix_str(f"{ds.name} x{scale:g} {path.name}")
+        hr, lr, lr_from = make_pair(path, ds, scale, opts.lr_source)
+        hr, lr = hr[None].to(device), lr[None].to(device)
+        base = {"dataset": ds.name, "image": path.stem, "scale": scale, "lr_source": lr_from}
+        shown = {}
+        if opts.bicubic:
+            sr = bicubic(lr, tuple(hr.shape[-2:]))
+            shown["bicubic"] = sr
+            rows.append({**base, "method": f"{opts.label} bicubic".strip(), "tau": "", "run": 0, "seed": "",
+                         "finite": True, "inf_rate": 0.0, **protocol_metrics(sr, hr, lr, scale, ds.name, opts)})
+        prepared = resolver.prepare(lr, size=tuple(hr.shape[-2:]))
+        for method, tau, strategies in methods(opts, resolver):
+            results = [resolver.generate(prepared, s) for s in strategies]
+            inf = 100.0 * inf_rate(r.images for r in results)
+            samples = [r.images.clamp(0, 1) for r in results if r.all_finite]
+            div = diversity(torch.stack(samples)).item() if len(samples) > 1 else None
+            for run, (strategy, res) in enumerate(zip(strategies, results)):
+                row = {**base, "method": method, "tau": "" if tau is None else tau, "run": run,
+                       "seed": "" if tau is None else strategy.seed, "finite": res.all_finite, "inf_rate": inf}
+                if res.all_finite:
+                    sr = res.images.clamp(0, 1)
+                    row.update(protocol_metrics(sr, hr, lr, scale, ds.name, opts))
+                    shown.setdefault(method, sr)
+                    if div is not None:
                         row["diversity"] = div
-            if i < opts.report_images:
-                crops.append(save_crops(out_dir, ds.name, path.stem, scale, hr, lr, shown, opts.label))
+                rows.append(row)
+        if i < opts.report_images:
+            crops.append(save_crops(out_dir, ds.name, path.stem, scale, hr, lr, shown, opts.label))
     return rows, notes, crops
 
 
 def summarise(rows: list[dict]) -> list[dict]:
     """Means per (dataset, scale, method): metrics averaged over finite runs of an image,
-    then over images; %Inf = share of runs that exploded."""
+    then over images; %Inf (each image's share of runs that exploded) over images."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["dataset"], float(r["scale"]), r["method"]), []).append(r)
@@ -194,7 +199,7 @@ def summarise(rows: list[dict]) -> list[dict]:
         for r in rs:
             per_image.setdefault(r["image"], []).append(r)
         entry = {"dataset": ds, "scale": scale, "method": method, "images": len(per_image), "runs": len(rs),
-                 "inf_rate": 100.0 * sum(not r["finite"] for r in rs) / len(rs)}
+                 "inf_rate": sum(float(img_rows[0]["inf_rate"]) for img_rows in per_image.values()) / len(per_image)}
         for m in METRICS + ("diversity",):
             vals = []
             for img_rows in per_image.values():

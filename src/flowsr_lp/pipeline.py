@@ -1,11 +1,35 @@
-"""Inference: a flow, optionally a learned prior, and the bookkeeping around them."""
+"""The one inference path: an LR image in, SR image(s) out.
+
+`SuperResolver` is a pipeline in the manner of diffusers': it holds the models, turns the
+input (tensor, PIL image or numpy array) into an LR batch, conditions the flow once, asks a
+*latent strategy* (the pipeline's "scheduler") for the latent, decodes it, and returns an
+`SRResult` that says which images came out non-finite (the exploding inverse).
+
+    resolver = SuperResolver(flow)                              # sampling at the flow's tau
+    resolver(img, scale=4, strategy=TemperatureSampling(0.6, seed=1)).output
+    SuperResolver(flow, prior)(img, scale=4).output             # the learned prior
+
+Strategies: `TemperatureSampling(tau, seed=...)` draws z ~ N(0, tau^2) (the same seed gives
+the same unit noise at every tau); `LearnedPrior(prior)` predicts the latent with a latent
+module from the flow's initial prior. To decode several latents for one input, condition
+once with `prepare` and call `generate` for each strategy.
+"""
 from __future__ import annotations
 
-import torch
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Union
 
+import numpy as np
+import torch
+from PIL import Image
+
+from .data.resize import imresize
 from .errors import UsageError
-from .flows.base import Flow
+from .flows.base import Flow, Latent
 from .priors.tiling import predict_latent
+
+ImageLike = Union[torch.Tensor, Image.Image, np.ndarray]
 
 
 def output_size(lr_hw: tuple[int, int], scale: float | tuple[float, float]) -> tuple[int, int]:
@@ -25,48 +49,215 @@ def finite_mask(sr: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(sr.flatten(1)).all(1)
 
 
+def bicubic(lr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The baseline every method is compared with: MATLAB-style bicubic upsampling of an LR
+    batch (B x 3 x h x w in [0, 1]) to `size`, clamped to [0, 1]."""
+    return imresize(lr, out_size=size).clamp(0, 1)
+
+
+# ---- inputs and outputs -----------------------------------------------------------------
+def as_lr_batch(image: ImageLike) -> tuple[torch.Tensor, str]:
+    """(B x 3 x h x w float in [0, 1], the input's kind: "tensor", "tensor3", "pil", "numpy-uint8"
+    or "numpy-float"). Tensors: 3 x h x w or B x 3 x h x w, float in [0, 1] or uint8. PIL: any
+    mode, converted to RGB. numpy: h x w x 3 (or h x w gray), uint8 / uint16 or float in [0, 1]."""
+    if isinstance(image, Image.Image):
+        arr = np.asarray(image.convert("RGB"))
+        return torch.from_numpy(arr.copy()).permute(2, 0, 1)[None].float() / 255, "pil"
+    if isinstance(image, np.ndarray):
+        arr = image[:, :, None].repeat(3, 2) if image.ndim == 2 else image
+        if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+            raise UsageError(f"numpy image must be H x W x 3 (or H x W), got shape {image.shape}")
+        arr = arr[:, :, :3]
+        kind = "numpy-float" if arr.dtype.kind == "f" else "numpy-uint8"
+        peak = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(arr.dtype, 1.0)
+        t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].float() / peak
+        return t, kind
+    if isinstance(image, torch.Tensor):
+        kind = "tensor3" if image.dim() == 3 else "tensor"
+        t = image[None] if image.dim() == 3 else image
+        if t.dim() != 4 or t.shape[1] != 3:
+            raise UsageError(f"image tensor must be 3 x H x W or B x 3 x H x W, got {tuple(image.shape)}")
+        return (t.float() / 255 if t.dtype == torch.uint8 else t), kind
+    raise UsageError(f"unsupported image type {type(image).__name__} (expected a tensor, PIL image or numpy array)")
+
+
+@dataclass
+class SRResult:
+    """What one decode gave. `images`: B x 3 x H x W raw (unclamped; inf/NaN where the flow's
+    inverse exploded); `finite`: (B,) bool, True for images without a non-finite value."""
+
+    images: torch.Tensor
+    finite: torch.Tensor
+    strategy: "LatentStrategy"
+    input_kind: str = "tensor"
+
+    @property
+    def all_finite(self) -> bool:
+        return bool(self.finite.all())
+
+    def clamped(self) -> torch.Tensor:
+        """Displayable pixels in [0, 1] (non-finite values become 0 / 1; see `finite`)."""
+        return torch.nan_to_num(self.images, nan=0.0, posinf=1.0, neginf=0.0).clamp(0, 1)
+
+    @property
+    def output(self) -> Any:
+        """The SR image in the input's kind: a tensor (same rank as the input) in [0, 1], a PIL
+        image, or an H x W x 3 numpy array (uint8 for an integer input, float32 otherwise)."""
+        img = self.clamped()
+        if self.input_kind == "tensor":
+            return img
+        if self.input_kind == "tensor3":
+            return img[0]
+        u8 = (img[0] * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+        if self.input_kind == "pil":
+            return Image.fromarray(u8)
+        if self.input_kind == "numpy-uint8":
+            return u8
+        return img[0].permute(1, 2, 0).cpu().numpy().astype(np.float32)
+
+
+# ---- latent strategies ("schedulers") ----------------------------------------------------
+class LatentStrategy(abc.ABC):
+    """Chooses the latent the flow decodes, given the LR batch and the flow's conditioning."""
+
+    #: True when the same input always gives the same latent (a retry cannot help)
+    deterministic: bool = False
+
+    def check(self, flow: Flow) -> None:
+        """Raise `UsageError` when this strategy cannot work with `flow`."""
+
+    @abc.abstractmethod
+    def latent(self, flow: Flow, lr: torch.Tensor, ctx, scale: float) -> Latent:
+        """The latent for this LR batch; `scale` is the larger of the two upscaling ratios."""
+
+
+@dataclass
+class TemperatureSampling(LatentStrategy):
+    """z ~ N(0, tau^2). `tau=None`: the flow's recommended temperature at the scale. Noise
+    from `generator` when given, else from a fresh generator seeded with `seed` (None: torch's
+    global one). The same seed gives the same unit noise at every temperature."""
+
+    tau: float | None = None
+    seed: int | None = None
+    generator: torch.Generator | None = field(default=None, repr=False)
+
+    @property
+    def deterministic(self) -> bool:
+        return self.tau == 0
+
+    def latent(self, flow: Flow, lr: torch.Tensor, ctx, scale: float) -> Latent:
+        tau = flow.default_tau(scale) if self.tau is None else self.tau
+        gen = self.generator
+        if gen is None and self.seed is not None:
+            gen = torch.Generator().manual_seed(self.seed)
+        return flow.sample_latent(ctx, tau, gen)
+
+
+class LearnedPrior(LatentStrategy):
+    """FlowSR-LP: a latent module predicts the latent from the flow's initial prior (the
+    latent of the upsampled LR) and the LR image.
+
+    The prior runs on the whole latent map unless the map has more than `max_pixels`
+    positions (default 2^20, about 3 GB of UNet dim-64 activations; an HR image of about 9 MP
+    with a 3x3 LINF); then it runs in overlapping `tile`-sized tiles blended together."""
+
+    deterministic = True
+
+    def __init__(self, prior, max_pixels: int | None = 1 << 20, tile: int = 256, overlap: int = 32,
+                 margin: int = 32):
+        self.prior = prior.eval()
+        self.max_pixels, self.tile, self.overlap, self.margin = max_pixels, tile, overlap, margin
+
+    def check(self, flow: Flow) -> None:
+        if tuple(self.prior.latent_channels) != tuple(flow.latent_channels):
+            raise UsageError(f"the latent module predicts latents of {list(self.prior.latent_channels)} channels but "
+                             f"this {flow.kind} flow's latents have {list(flow.latent_channels)}: they do not belong "
+                             "together")
+
+    def latent(self, flow: Flow, lr: torch.Tensor, ctx, scale: float) -> Latent:
+        start = flow.initial_prior(lr, ctx, getattr(self.prior.config, "initial_prior", "paper"))
+        return predict_latent(self.prior, start, lr, self.max_pixels, self.tile, self.overlap, self.margin)
+
+    def __repr__(self) -> str:
+        return f"LearnedPrior({type(self.prior).__name__})"
+
+
+# ---- the pipeline ------------------------------------------------------------------------
+@dataclass
+class Prepared:
+    """An LR batch on the flow's device, its output size and the flow's conditioning."""
+
+    lr: torch.Tensor
+    size: tuple[int, int]
+    ctx: Any
+    input_kind: str
+
+    @property
+    def scale(self) -> float:
+        return max(self.size[0] / self.lr.shape[-2], self.size[1] / self.lr.shape[-1])
+
+
 class SuperResolver:
-    """`flow` + optional learned `prior`. Without a prior the latent is sampled at
-    temperature `tau`; with one, the latent module's prediction replaces the sample.
+    """`flow` + optional learned `prior`. Without a prior the default strategy samples the
+    latent at the flow's recommended temperature; with one, the latent module's prediction
+    replaces the sample (`LearnedPrior`, tiled above `prior_max_pixels` latent positions)."""
 
-    The prior runs on the whole latent map unless the map has more than
-    `prior_max_pixels` positions (default 2^20, about 3 GB of UNet dim-64 activations;
-    an HR image of about 9 MP with a 3x3 LINF); then it runs in overlapping `prior_tile`-sized
-    tiles blended together."""
-
-    def __init__(self, flow: Flow, prior=None, prior_max_pixels: int | None = 1 << 20,
-                 prior_tile: int = 256, prior_overlap: int = 32, prior_margin: int = 32):
-        if prior is not None and tuple(prior.latent_channels) != tuple(flow.latent_channels):
-            raise UsageError(f"the latent module predicts latents of {list(prior.latent_channels)} channels but "
-                             f"this {flow.kind} flow's latents have {list(flow.latent_channels)}: they do not belong together")
+    def __init__(self, flow: Flow, prior=None, *, strategy: LatentStrategy | None = None,
+                 prior_max_pixels: int | None = 1 << 20, prior_tile: int = 256, prior_overlap: int = 32,
+                 prior_margin: int = 32):
         self.flow = flow.eval()
         self.prior = prior.eval() if prior is not None else None
-        self.prior_max_pixels, self.prior_tile = prior_max_pixels, prior_tile
-        self.prior_overlap, self.prior_margin = prior_overlap, prior_margin
+        if strategy is None:
+            strategy = (LearnedPrior(prior, prior_max_pixels, prior_tile, prior_overlap, prior_margin)
+                        if prior is not None else TemperatureSampling())
+        strategy.check(self.flow)
+        self.strategy = strategy
 
     @property
     def device(self) -> torch.device:
         return next(self.flow.parameters()).device
 
+    def target_size(self, lr_hw: tuple[int, int], scale=None, size=None) -> tuple[int, int]:
+        """The output size: `size` (H, W), or the LR size times `scale`; a fixed-scale flow
+        (SRFlow) defaults to its own scale."""
+        if size is not None and scale is not None:
+            raise UsageError("give exactly one of size and scale")
+        if size is None:
+            scale = scale if scale is not None else getattr(self.flow, "fixed_scale", None)
+            if scale is None:
+                raise UsageError("give a scale or an output size")
+            size = output_size(lr_hw, scale)
+        return int(size[0]), int(size[1])
+
     @torch.no_grad()
+    def prepare(self, image: ImageLike, *, scale=None, size=None) -> Prepared:
+        """Everything that does not depend on the latent: the LR batch and the conditioning."""
+        lr, kind = as_lr_batch(image)
+        lr = lr.to(self.device)
+        hw = self.target_size(tuple(lr.shape[-2:]), scale, size)
+        return Prepared(lr, hw, self.flow.condition(lr, hw), kind)
+
+    @torch.no_grad()
+    def generate(self, prepared: Prepared, strategy: LatentStrategy | None = None) -> SRResult:
+        """Decode the latent `strategy` (default: the pipeline's) chooses for a prepared input."""
+        strategy = strategy or self.strategy
+        if strategy is not self.strategy:
+            strategy.check(self.flow)
+        latent = strategy.latent(self.flow, prepared.lr, prepared.ctx, prepared.scale)
+        sr = self.flow.decode(latent, prepared.ctx)
+        return SRResult(sr, finite_mask(sr), strategy, prepared.input_kind)
+
+    def __call__(self, image: ImageLike, *, scale=None, size=None,
+                 strategy: LatentStrategy | None = None) -> SRResult:
+        return self.generate(self.prepare(image, scale=scale, size=size), strategy)
+
     def upscale(self, lr: torch.Tensor, out_size: tuple[int, int] | None = None, *,
                 scale: float | tuple[float, float] | None = None, tau: float | None = None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
         """LR (B x 3 x h x w in [0, 1]) -> SR, raw (unclamped; may hold inf/NaN when the
-        flow's inverse explodes: see `finite_mask`)."""
+        flow's inverse explodes: see `finite_mask`). `tau`/`generator` set the sampling when
+        there is no learned prior (and are ignored with one)."""
         if (out_size is None) == (scale is None):
             raise ValueError("give exactly one of out_size and scale")
-        lr = lr.to(self.device)
-        if lr.dim() == 3:
-            lr = lr.unsqueeze(0)
-        if out_size is None:
-            out_size = output_size(tuple(lr.shape[-2:]), scale)
-        ctx = self.flow.condition(lr, out_size)
-        if self.prior is not None:
-            latent = predict_latent(self.prior, self.flow.initial_prior(lr, ctx, self.prior.config.initial_prior), lr, self.prior_max_pixels,
-                                    self.prior_tile, self.prior_overlap, self.prior_margin)
-        else:
-            if tau is None:
-                tau = self.flow.default_tau(max(out_size[0] / lr.shape[-2], out_size[1] / lr.shape[-1]))
-            latent = self.flow.sample_latent(ctx, tau, generator)
-        return self.flow.decode(latent, ctx)
+        strategy = self.strategy if self.prior is not None else TemperatureSampling(tau, generator=generator)
+        return self(lr, scale=scale, size=out_size, strategy=strategy).images

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from matplotlib.figure import Figure
 
 from .images import write_png
+from .pipeline import bicubic
 
 COLUMNS = ("psnr", "ssim", "lpips", "lr_psnr", "inf_rate", "grid", "diversity")
 HEADERS = {"psnr": "PSNR (↑)", "ssim": "SSIM (↑)", "lpips": "LPIPS (↓)", "lr_psnr": "LR-PSNR (↑)",
@@ -40,8 +42,7 @@ def save_crops(out_dir: Path, dataset: str, image: str, scale: float, hr, lr, sh
     top, left = detail_window(hr, size)
     folder = Path(out_dir) / "crops"
     tag = f"{label}_{dataset}_{image}_x{scale:g}".strip("_").replace("/", "_").replace(" ", "_")
-    bicubic = F.interpolate(lr, size=hr.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)
-    panels = {"HR": hr, "bicubic": bicubic, **shown}
+    panels = {"HR": hr, "bicubic": bicubic(lr, tuple(hr.shape[-2:])), **shown}
     entry = {"dataset": dataset, "image": image, "scale": scale, "label": label, "panels": {}}
     for name, img in panels.items():
         crop = img[0, :, top : top + size, left : left + size]
@@ -103,16 +104,12 @@ def markdown(summary: list[dict]) -> str:
 
 def perception_distortion_plot(summary: list[dict], path: Path) -> str:
     """PSNR (distortion) against LPIPS (perception; the grid score when LPIPS is absent)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     x_key = "lpips" if any(e.get("lpips") is not None for e in summary) else "grid"
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+    fig = Figure(figsize=(6.4, 4.4), dpi=110)
+    ax = fig.subplots()
     groups: dict[tuple, list[dict]] = {}
     for e in summary:  # one curve per data set, scale and flow ("LINF tau=0.8" -> flow "LINF")
-        flow = re.sub(r"\s*(tau=\S+|LP)$", "", e["method"])
+        flow = re.sub(r"\s*(tau=\S+|LP|bicubic)$", "", e["method"])
         groups.setdefault((e["dataset"], e["scale"], flow), []).append(e)
     for (ds, scale, flow), es in groups.items():
         es = [e for e in es if e.get(x_key) is not None and e.get("psnr") is not None]
@@ -123,7 +120,9 @@ def perception_distortion_plot(summary: list[dict], path: Path) -> str:
             ax.annotate(e["method"].split("tau=")[1], (e[x_key], e["psnr"]), textcoords="offset points",
                         xytext=(4, 4), fontsize=7)
         for e in es:
-            if "tau=" not in e["method"]:
+            if e["method"].endswith("bicubic"):
+                ax.plot(e[x_key], e["psnr"], "s", ms=7, color=line[0].get_color(), label=f"{name}: bicubic")
+            elif "tau=" not in e["method"]:
                 ax.plot(e[x_key], e["psnr"], "*", ms=13, color=line[0].get_color(), label=f"{name}: learned prior")
     ax.set_xlabel(("LPIPS" if x_key == "lpips" else "grid-artifact score") + " (lower is better)")
     ax.set_ylabel("PSNR (dB, higher is better)")
@@ -132,17 +131,7 @@ def perception_distortion_plot(summary: list[dict], path: Path) -> str:
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return x_key
-
-
-_LOAD_CHECK = """<script>
-window.addEventListener('load', () => {
-  const imgs = [...document.images];
-  const ok = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
-  document.body.dataset.imagesLoaded = ok + '/' + imgs.length;
-});
-</script>"""
 
 
 def write_html(path: Path, title: str, summary: list[dict], crops: list[dict], meta: dict, plot: str | None,
@@ -179,7 +168,7 @@ def write_html(path: Path, title: str, summary: list[dict], crops: list[dict], m
     for heading, body in extra:
         parts.append(f"<h2>{esc(heading)}</h2>{body}")
     parts.append("<h2>Run</h2><pre>" + esc(json.dumps(meta, indent=1)) + "</pre>")
-    parts.append(_LOAD_CHECK + "</body></html>")
+    parts.append("</body></html>")
     path.write_text("\n".join(parts), encoding="utf-8")
 
 

@@ -13,23 +13,22 @@ import sys
 from pathlib import Path
 
 import torch
+from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from .data.folders import load_rgb_uint8
 from .data.resize import imresize, modcrop
 from .images import write_png
 from .metrics import lpips, psnr
+from .pipeline import SuperResolver, TemperatureSampling
 
 
-def decode_at_temperatures(flow, lr, hr_size, taus, seed: int) -> torch.Tensor:
-    """T x 3 x H x W: one unit-noise draw, scaled by each temperature, decoded and clamped."""
-    ctx = flow.condition(lr, hr_size)
-    unit = flow.sample_latent(ctx, 1.0, torch.Generator().manual_seed(seed))
-    outs = []
-    for t in taus:
-        sr = flow.decode(tuple(z * t for z in unit), ctx)
-        outs.append(torch.nan_to_num(sr, nan=0.0, posinf=1.0, neginf=0.0).clamp(0, 1)[0])
-    return torch.stack(outs)
+def samples_at_temperatures(flow, lr, hr_size, taus, seed: int) -> torch.Tensor:
+    """T x 3 x H x W: one unit-noise draw (from `seed`), scaled by each temperature, upscaled
+    and clamped (non-finite pixels to 0 / 1)."""
+    resolver = SuperResolver(flow)
+    prepared = resolver.prepare(lr, size=hr_size)
+    return torch.cat([resolver.generate(prepared, TemperatureSampling(t, seed=seed)).clamped() for t in taus])
 
 
 def region_slices(size: tuple[int, int], region: int):
@@ -79,12 +78,8 @@ def score(img, hr, metric, alexnet_weights=None) -> float:
 
 
 def heat_map(taus_map: torch.Tensor, hr: torch.Tensor, path: Path, metric: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), dpi=110)
+    fig = Figure(figsize=(9, 4.2), dpi=110)
+    axes = fig.subplots(1, 2)
     axes[0].imshow(hr[0].permute(1, 2, 0).cpu().numpy())
     axes[0].set_title("HR")
     H, W = hr.shape[-2:]
@@ -95,7 +90,6 @@ def heat_map(taus_map: torch.Tensor, hr: torch.Tensor, path: Path, metric: str) 
     fig.colorbar(im, ax=axes[1], fraction=0.046, label="tau")
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
 
 
 def temperature_map(flow, hr_u8: torch.Tensor, scale: float, taus: list[float], region: int, metric: str,
@@ -108,7 +102,7 @@ def temperature_map(flow, hr_u8: torch.Tensor, scale: float, taus: list[float], 
     lr = imresize(hr_u8, out_size=(round(hr_u8.shape[-2] / scale), round(hr_u8.shape[-1] / scale))).float() / 255
     hr = (hr_u8.float() / 255)[None].to(device)
     with torch.no_grad():
-        srs = decode_at_temperatures(flow, lr[None].to(device), tuple(hr.shape[-2:]), taus, seed)
+        srs = samples_at_temperatures(flow, lr[None].to(device), tuple(hr.shape[-2:]), taus, seed)
         choice, composite, best = best_temperatures(srs, hr, region, metric, alexnet_weights, progress)
         singles = [score(srs[k:k + 1], hr, metric, alexnet_weights) for k in range(len(taus))]
     sign = -1 if metric == "psnr" else 1  # report PSNR as PSNR

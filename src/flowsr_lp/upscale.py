@@ -10,7 +10,7 @@ from tqdm import tqdm
 from .checkpoints import load_flow, load_prior
 from .errors import ExplodingInverse, ImageError, UsageError
 from .images import IMAGE_SUFFIXES, read_image, write_png
-from .pipeline import SuperResolver, output_size
+from .pipeline import SuperResolver, TemperatureSampling, output_size
 from .hub.resolve import default_models, flow_for_prior
 
 log = logging.getLogger(__name__)
@@ -37,20 +37,23 @@ def output_paths(inputs: list[Path], out: Path) -> list[Path]:
 
 def upscale_with_retries(resolver: SuperResolver, lr: torch.Tensor, size, tau=None, seed: int = 0,
                          retries: int = 0, name="") -> torch.Tensor:
-    """One SR image (3 x H x W, raw); on an exploding inverse, redraw with seed + 1, ... up to
-    `retries` times; raises `ExplodingInverse` when every draw exploded."""
+    """One SR image (3 x H x W, raw) with the resolver's strategy (sampling at `tau` when it
+    has no learned prior); on an exploding inverse, redraw with seed + 1, ... up to `retries`
+    times; raises `ExplodingInverse` when every draw exploded."""
+    prepared = resolver.prepare(lr, size=size)
+    sampling = resolver.prior is None
     for attempt in range(retries + 1):
-        gen = torch.Generator().manual_seed(seed + attempt)
-        sr = resolver.upscale(lr, size, tau=tau, generator=gen)
-        if bool(torch.isfinite(sr).all()):
-            return sr[0]
-        if resolver.prior is not None:
-            break  # a deterministic latent gives the same result every time
+        strategy = TemperatureSampling(tau, seed=seed + attempt) if sampling else resolver.strategy
+        result = resolver.generate(prepared, strategy)
+        if result.all_finite:
+            return result.images[0]
+        if strategy.deterministic:
+            break  # the same latent every time: a retry cannot help
         if attempt < retries:
             log.warning("%s: exploding inverse (inf/NaN) with seed %d; retrying with seed %d",
                         name, seed + attempt, seed + attempt + 1)
-    tries = "1 draw" if resolver.prior is not None or retries == 0 else f"{retries + 1} draws"
-    hint = "" if resolver.prior is not None else " (try --retries N or a lower --tau)"
+    tries = "1 draw" if attempt == 0 else f"{attempt + 1} draws"
+    hint = " (try --retries N or a lower --tau)" if sampling else ""
     raise ExplodingInverse(f"exploding inverse: the flow's output went inf/NaN ({tries}); nothing written{hint}")
 
 

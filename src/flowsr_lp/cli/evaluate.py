@@ -16,7 +16,6 @@ from ..distributed import finish, gather_objects, setup_distributed
 from ..errors import UsageError
 from ..evaluate import EvalOptions, evaluate, summarise
 from ..hub.resolve import flow_for_prior
-from ..pipeline import SuperResolver
 from ..report import write_outputs
 from ..cli_options import add_device, add_scales, add_taps, add_taus, resolve_device
 
@@ -36,6 +35,8 @@ def add_parser(sub, parents=()) -> None:
                         "or folders of HR images (or holding HR/ and LR_bicubic/X*)")
     add_scales(p, [4.0])
     add_taus(p, [0.8], "sampling temperatures (default 0.8)")
+    p.add_argument("--bicubic", action="store_true", help="add a bicubic baseline row (MATLAB-style bicubic "
+                   "upsampling of the LR) to every table and the report")
     p.add_argument("--runs", type=int, default=1, help="samples per image and temperature (for %%Inf, diversity)")
     p.add_argument("--protocol", choices=["linf", "srflow"], default="linf",
                    help="linf: float PSNR (Y on benchmarks, RGB on DIV2K, shave = scale), MATLAB SSIM; "
@@ -58,14 +59,14 @@ def run(args) -> int:
     rank, world, device = setup_distributed(str(resolve_device(args.device)))
     opts = EvalOptions(data=args.data, scales=args.scales, taus=args.taus, runs=args.runs, protocol=args.protocol,
                        seed=args.seed, use_lpips=not args.no_lpips, alexnet_weights=args.alexnet_weights,
-                       max_images=args.max_images, lr_source=args.lr_source, report_images=args.report_images)
+                       max_images=args.max_images, lr_source=args.lr_source, report_images=args.report_images,
+                       bicubic=args.bicubic)
     out = Path(args.out)
     args.flow = args.flow or flow_for_prior(args.prior)
     if args.flow is None:
         raise UsageError("give --flow (or a --prior model name, which names its flow)")
     flow = load_flow(args.flow, device=device, taps=args.taps)
     prior = load_prior(args.prior, device=device) if args.prior else None
-    SuperResolver(flow, prior)  # refuses a prior that does not belong to the flow before any work
     t0 = time.time()
     rows, notes, crops = evaluate(flow, prior, opts, out, rank, world, progress=not args.quiet)
     parts = gather_objects((rows, notes, crops), world)
