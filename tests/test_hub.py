@@ -3,8 +3,6 @@ URLs and hf:// paths. Downloads come from a server on 127.0.0.1 (tests/hub_serve
 from __future__ import annotations
 
 import errno
-import hashlib
-import json
 import logging
 import shutil
 import subprocess
@@ -110,11 +108,19 @@ def test_tampered_url_download_is_detected_on_load(home, server):
 @pytest.mark.parametrize("code", [404, 500])
 def test_http_errors_are_one_line_and_leave_nothing(home, server, code):
     server.status["/m/x.pth"] = code
-    with pytest.raises(DownloadError, match=f"HTTP {code}") as info:
+    hint = "; get the file elsewhere and save it as .*/urls/.*/x.pth$" if code == 404 else ""
+    with pytest.raises(DownloadError, match=f"HTTP {code} .*{hint}") as info:
         resolve(f"{server.url}/m/x.pth")
     assert "\n" not in str(info.value)
     assert [p for p in cached_files(home) if not p.endswith(".part")] == []
     assert len(server.gets("/m/x.pth")) == (1 if code == 404 else download.RETRIES + 1)
+
+
+def test_unwritable_cache_is_one_line(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("FLOWSR_LP_HOME", str(tmp_path / "file" / "cache"))
+    with pytest.raises(DownloadError, match="cannot create .*; set \\$FLOWSR_LP_HOME to a writable folder"):
+        resolve("rrdb-linf")
 
 
 def test_unreachable_host_says_what_to_fetch_and_where(home):

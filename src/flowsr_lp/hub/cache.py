@@ -42,6 +42,16 @@ def home() -> Path:
     return base / "flowsr-lp"
 
 
+def make_dir(path: Path) -> Path:
+    """mkdir -p, or one DownloadError naming the way out."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DownloadError(f"cannot create {path} ({e.strerror or e}); set $FLOWSR_LP_HOME to a writable "
+                            "folder") from None
+    return path
+
+
 def digests(path: Path) -> dict[str, str]:
     """{'sha256': hex, 'git-sha1': hex} of a file, in one pass (git-sha1: the git blob id,
     sha1 of b'blob <size>\\0' + content)."""
@@ -98,8 +108,7 @@ def check(path: Path, expected: str, what: str) -> None:
 def locked(path: Path):
     """Hold an exclusive lock named after `path` (other processes wait; e.g. torchrun ranks)."""
     root = home()
-    locks = root / ".locks"
-    locks.mkdir(parents=True, exist_ok=True)
+    locks = make_dir(root / ".locks")
     if fcntl is None:
         yield
         return

@@ -9,7 +9,6 @@ import http.client
 import logging
 import os
 import shutil
-import socket
 import ssl
 import sys
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..errors import DownloadError, ModelNotFoundError
-from .cache import CHUNK, check, digests, record
+from .cache import CHUNK, check, digests, make_dir, record
 
 log = logging.getLogger("flowsr_lp.hub")
 RETRIES = 3        # consecutive tries without progress before giving up
@@ -36,6 +35,10 @@ class _Retry(Exception):
 
 class _Unreachable(Exception):
     """The host could not be reached at all (offline, DNS failure, connection refused)."""
+
+
+class _Refused(DownloadError):
+    """The server answered with an HTTP error that retrying will not fix (404, 403, ...)."""
 
 
 @contextlib.contextmanager
@@ -67,7 +70,7 @@ def _open(url: str, offset: int):
             return e
         if e.code >= 500 or e.code in (408, 429):
             raise _Retry(f"HTTP {e.code} {e.reason}") from None
-        raise DownloadError(f"{url}: HTTP {e.code} {e.reason}") from None
+        raise _Refused(f"{url}: HTTP {e.code} {e.reason}") from None
     except urllib.error.URLError as e:
         reason = e.reason
         if isinstance(reason, (TimeoutError, ConnectionResetError, ConnectionAbortedError)):
@@ -168,11 +171,12 @@ def accept(part: Path, dest: Path, expected: str | None, source: str) -> Path:
 def fetch(dest: Path, expected: str | None, *, url: str | None = None, gdrive: str | None = None,
           progress: bool = True) -> Path:
     """Download `url` (or Google Drive file `gdrive`) to `dest` through `dest.part`, verified."""
-    part = dest.with_name(dest.name + ".part")
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = make_dir(dest.parent) / (dest.name + ".part")
     source = url or f"https://drive.google.com/file/d/{gdrive}/view"
     try:
         _gdrive(gdrive, part, progress) if gdrive else _http(url, part, progress)
+    except _Refused as e:
+        raise DownloadError(f"{e}; get the file elsewhere and save it as {dest}") from None
     except _Unreachable as e:
         host = urllib.parse.urlsplit(source).netloc
         raise ModelNotFoundError(f"cannot reach {host} ({e}): offline? fetch {source} by hand and save it "
@@ -182,8 +186,7 @@ def fetch(dest: Path, expected: str | None, *, url: str | None = None, gdrive: s
 
 def extract(archive: Path, member: str, dest: Path, expected: str | None) -> Path:
     """Copy the archive member whose file name is `member` to `dest` (verified like a download)."""
-    part = dest.with_name(dest.name + ".part")
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = make_dir(dest.parent) / (dest.name + ".part")
     try:
         with zipfile.ZipFile(archive) as z:
             names = [n for n in z.namelist() if n.rsplit("/", 1)[-1] == member]

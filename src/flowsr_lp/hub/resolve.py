@@ -125,7 +125,9 @@ def resolve(spec: str | Path, kind: str | None = None, progress: bool = True) ->
         return _url_path(text, progress)
     entry = find(text)
     if entry is None:
-        if _looks_like_path(text) or local.exists():
+        if local.is_dir():
+            raise ModelNotFoundError(f"{text}: a folder, not a checkpoint file")
+        if _looks_like_path(text):
             close = suggest(text)
             hint = f" (or a model name: {', '.join(close)}?)" if close else ""
             raise ModelNotFoundError(f"{text}: no such checkpoint file{hint}")
