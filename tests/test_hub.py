@@ -236,6 +236,21 @@ def test_google_drive_entries_go_through_gdown(home, use_table, monkeypatch, ref
     flowsr_lp.load_prior("ref-lp")
     assert calls == ["drive-id"]
 
+    def no_network(**kw):
+        raise gdown.exceptions.DownloadError("Download failed after 3 retries") from OSError("no route")
+    monkeypatch.setattr(gdown, "download", no_network)
+    use_table(entry("other-lp", "other.pth", family="linf-lp", flow="x", gdrive="id2"))
+    with pytest.raises(ModelNotFoundError, match="cannot reach drive.google.com .*fetch https://drive.google.com/file/"
+                                                 "d/id2/view by hand and save it as .*/models/other.pth$"):
+        resolve("other-lp")
+
+    def quota(**kw):
+        raise gdown.exceptions.FileURLRetrievalError("Too many users have viewed or downloaded this file recently.\nx")
+    monkeypatch.setattr(gdown, "download", quota)
+    with pytest.raises(DownloadError, match="Google Drive file id2: Too many users .* recently.; get the file "
+                                            "elsewhere and save it as .*/models/other.pth$"):
+        resolve("other-lp")
+
 
 # ---- Hugging Face -----------------------------------------------------------------------------
 @pytest.fixture

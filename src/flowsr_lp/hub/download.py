@@ -144,11 +144,11 @@ def _gdrive(file_id: str, part: Path, progress: bool) -> None:
     try:
         with _writing(part):
             out = gdown.download(id=file_id, output=str(part), quiet=not progress, resume=True, retries=RETRIES)
-    except (gdown.exceptions.DownloadError, ValueError) as e:  # gdown's FileURLRetrievalError is one of these
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        raise DownloadError(f"Google Drive file {file_id}: {lines[0] if lines else type(e).__name__}") from None
-    except OSError as e:  # requests' connection errors are OSErrors
-        raise _Unreachable(str(e).splitlines()[0][:160]) from None
+    except (gdown.exceptions.DownloadError, ValueError, OSError) as e:  # requests' errors are OSErrors
+        if isinstance(e, OSError) or isinstance(e.__cause__, OSError):  # no connection (after gdown's retries)
+            raise _Unreachable(type(e.__cause__ or e).__name__) from None
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]  # e.g. Drive's download quota
+        raise _Refused(f"Google Drive file {file_id}: {lines[0] if lines else type(e).__name__}") from None
     if out is None or not part.is_file():
         raise DownloadError(f"Google Drive file {file_id}: nothing was downloaded")
 
