@@ -19,7 +19,8 @@ def add_parser(sub, parents=()) -> None:
                        description="Downscale IMAGE (the ground truth) by --scale, decode one noise draw at every "
                                    "temperature, and search each region's best temperature for the whole-image metric.")
     p.add_argument("image")
-    p.add_argument("--flow", required=True)
+    p.add_argument("--flow", required=True, help="a checkpoint file, a model name (`flowsr-lp models`), a URL or "
+                                                 "hf://owner/repo/file")
     add_taps(p)
     p.add_argument("--scale", type=positive_float, default=4.0, help="upscaling factor (default 4)")
     add_taus(p, None, "temperature grid (default 0, 0.1, ..., 1)")

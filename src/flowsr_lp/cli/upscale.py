@@ -20,9 +20,11 @@ def add_parser(sub, parents=()) -> None:
                        description="Super-resolve image files or folders. Outputs are 8-bit PNGs, written "
                                    "atomically; a failing input is reported and the others still run.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
-    p.add_argument("--flow", help="flow checkpoint (official LINF/SRFlow or flowsr-lp .safetensors); "
-                                  "default: the bundled small LINF model")
-    p.add_argument("--prior", help="latent-module checkpoint; its prediction replaces the sampled latent")
+    p.add_argument("--flow", help="flow: a checkpoint file (official LINF/SRFlow or flowsr-lp .safetensors), a model "
+                                  "name (`flowsr-lp models`), a URL or hf://owner/repo/file; default: the flow a "
+                                  "--prior model name belongs to, else the bundled small LINF model")
+    p.add_argument("--prior", help="latent module (file, model name, URL or hf://...); its prediction replaces the "
+                                   "sampled latent")
     add_taps(p)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--scale", type=parse_scale, help="upscaling factor: S, or SH,SW for anisotropic "
