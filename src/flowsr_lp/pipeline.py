@@ -27,6 +27,7 @@ from PIL import Image
 from .data.resize import imresize
 from .errors import UsageError
 from .flows.base import Flow, Latent
+from .precision import reduced, resolve_precision
 from .priors.tiling import predict_latent
 
 ImageLike = Union[torch.Tensor, Image.Image, np.ndarray]
@@ -200,12 +201,17 @@ class Prepared:
 class SuperResolver:
     """`flow` + optional learned `prior`. Without a prior the default strategy samples the
     latent at the flow's recommended temperature; with one, the latent module's prediction
-    replaces the sample (`LearnedPrior`, tiled above `prior_max_pixels` latent positions)."""
+    replaces the sample (`LearnedPrior`, tiled above `prior_max_pixels` latent positions).
+
+    `precision` ("fp32", "bf16", "fp16" or "auto": bf16 where the hardware has bf16 matrix
+    units) is what the encoder, the conditioning networks and the latent module compute in
+    (autocast); the flow's invertible transform and its log-determinants stay float32."""
 
     def __init__(self, flow: Flow, prior=None, *, strategy: LatentStrategy | None = None,
                  prior_max_pixels: int | None = 1 << 20, prior_tile: int = 256, prior_overlap: int = 32,
-                 prior_margin: int = 32):
+                 prior_margin: int = 32, precision: str | torch.dtype = "fp32"):
         self.flow = flow.eval()
+        self.dtype = resolve_precision(precision, self.device)
         self.prior = prior.eval() if prior is not None else None
         if strategy is None:
             strategy = (LearnedPrior(prior, prior_max_pixels, prior_tile, prior_overlap, prior_margin)
@@ -235,7 +241,9 @@ class SuperResolver:
         lr, kind = as_lr_batch(image)
         lr = lr.to(self.device)
         hw = self.target_size(tuple(lr.shape[-2:]), scale, size)
-        return Prepared(lr, hw, self.flow.condition(lr, hw), kind)
+        with reduced(self.dtype, self.device):
+            ctx = self.flow.condition(lr, hw)
+        return Prepared(lr, hw, ctx, kind)
 
     @torch.no_grad()
     def generate(self, prepared: Prepared, strategy: LatentStrategy | None = None) -> SRResult:
@@ -243,8 +251,9 @@ class SuperResolver:
         strategy = strategy or self.strategy
         if strategy is not self.strategy:
             strategy.check(self.flow)
-        latent = strategy.latent(self.flow, prepared.lr, prepared.ctx, prepared.scale)
-        sr = self.flow.decode(latent, prepared.ctx)
+        with reduced(self.dtype, self.device):
+            latent = strategy.latent(self.flow, prepared.lr, prepared.ctx, prepared.scale)
+        sr = self.flow.decode(tuple(z.float() for z in latent), prepared.ctx)
         return SRResult(sr, finite_mask(sr), strategy, prepared.input_kind)
 
     def __call__(self, image: ImageLike, *, scale=None, size=None,

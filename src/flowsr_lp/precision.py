@@ -6,6 +6,7 @@ rounding turns into exploding values."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import platform
@@ -119,6 +120,26 @@ def full_precision(device: torch.device | str):
     """Autocast switched off: for the flows' invertible transforms (cast their inputs to
     float32 as they enter)."""
     return torch.autocast(torch.device(device).type, enabled=False)
+
+
+def _to_float32(a):
+    if isinstance(a, torch.Tensor) and a.is_floating_point():
+        return a.float()
+    if isinstance(a, tuple):
+        return tuple(_to_float32(x) for x in a)
+    return a
+
+
+def float32_transform(method):
+    """Decorator for a flow module's invertible transform: it runs with autocast off and
+    its tensor (or tuple-of-tensor) arguments cast to float32."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with full_precision(next(self.parameters()).device):
+            return method(self, *(_to_float32(a) for a in args), **{k: _to_float32(v) for k, v in kwargs.items()})
+
+    return run
 
 
 def available_cpus() -> int:

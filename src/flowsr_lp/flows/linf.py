@@ -20,6 +20,7 @@ from ..nets.edsr import EDSRBaseline
 from ..nets.rdn import RDN
 from ..nets.rrdb import RRDBNet
 from ..nets.swinir import SwinIR
+from ..precision import compute_dtype, float32_transform, full_precision
 from .base import Flow, Latent
 from .layers import InvertibleLinear, inverse_f64
 
@@ -93,6 +94,7 @@ class AffineFlow(nn.Module):
         s, shift = cond[:, i, 0], cond[:, i, 1]
         return torch.sigmoid(s + 2.0) + 1e-4, shift
 
+    @float32_transform
     def forward(self, x: torch.Tensor, cond: torch.Tensor):
         """x (N, D), cond (N, L, 2, D) -> z (N, D), log p(x | cond) (N,) in nats."""
         logdet = x.new_zeros(x.shape[0])
@@ -108,6 +110,7 @@ class AffineFlow(nn.Module):
     def inverse_weights(self) -> list[torch.Tensor]:
         return [inverse_f64(lin._weight) for lin in (*self.linears, self.last)]
 
+    @float32_transform
     def inverse(self, z: torch.Tensor, cond: torch.Tensor, weight_invs: list[torch.Tensor]):
         x, _ = self.last.inverse(z, weight_invs[-1])
         for i in reversed(range(len(self.linears))):
@@ -225,19 +228,22 @@ class LINF(Flow):
         if top < 0 or left < 0 or h_out < 1 or w_out < 1 or top + h_out > H or left + w_out > W:
             raise ValueError(f"window {window} does not fit an output of {(H, W)}")
         inp = (lr - 0.5) / 0.5
-        feat = self.encoder(inp)
+        # channels-last (NHWC) input: oneDNN convolves without reordering
+        feat = self.encoder(inp.contiguous(memory_format=torch.channels_last))
         # the local part runs on the feature grid, which SwinIR pads to a window multiple
         # (not cropped upstream); coord / cell and the bilinear base keep the unpadded sizes
         b, _, h, w = feat.shape
-        lr_maps = torch.cat([self.coef(feat), self.freq(feat)], 1).permute(0, 2, 3, 1).contiguous()
-        cell = torch.tensor([2 / H, 2 / W], device=feat.device, dtype=feat.dtype)
-        phase = self.phase((cell * torch.tensor([h, w]).to(cell)).expand(b, 2))
-        coord = self.query_coords((H, W), window).to(feat)
+        # the gather and the Fourier features run in float32, also under autocast
+        lr_maps = torch.cat([self.coef(feat), self.freq(feat)], 1).permute(0, 2, 3, 1).float().contiguous()
+        cell = torch.tensor([2 / H, 2 / W], device=feat.device, dtype=lr_maps.dtype)
+        with full_precision(feat.device):
+            phase = self.phase((cell * torch.tensor([h, w]).to(cell)).expand(b, 2))
+        coord = self.query_coords((H, W), window).to(lr_maps)
         ctx = LINFContext(inp, (h_out, w_out), lr_maps, phase, coord,
                           axis_lookups(coord[:, 0, 0], h), axis_lookups(coord[0, :, 1], w),
                           full_size=(H, W), offset=(top, left))
         hq, wq = ctx.grid_size
-        cond_bytes = b * hq * wq * 2 * self.dim * self.config.flow_layers * feat.element_size()
+        cond_bytes = b * hq * wq * 2 * self.dim * self.config.flow_layers * lr_maps.element_size()
         if cond_bytes <= self.cache_bytes:
             ctx.cond = torch.cat([self._cond_rows(ctx, r0, r1) for r0, r1 in self._chunks(ctx)], 1)
         return ctx
@@ -258,7 +264,7 @@ class LINF(Flow):
         flat_maps = ctx.lr_maps.view(b, h * w, c)
         # without autograd, the features are written in place into one buffer (no concat copy)
         inplace = not (torch.is_grad_enabled() and ctx.lr_maps.requires_grad)
-        feats = ctx.lr_maps.new_empty(b, r1 - r0, wq, 4 * hd) if inplace else []
+        feats = ctx.lr_maps.new_empty(b, r1 - r0, wq, 4 * hd, dtype=compute_dtype(ctx.lr_maps)) if inplace else []
         rel_rows = [r.rel[r0:r1, None, None] for r in ctx.rows]
         rel_cols = [c.rel[None, :, None] for c in ctx.cols]
         areas = [(rr * rc).abs() + 1e-9 for rr in rel_rows for rc in rel_cols]
@@ -287,7 +293,7 @@ class LINF(Flow):
                 x = F.linear(x, layer.weight.flatten(1), layer.bias)
             else:
                 x = F.relu(x, inplace=inplace)
-        return x
+        return x.float()  # the flow reads it in float32
 
     # ---- residual <-> latent --------------------------------------------------------------
     def _bilinear_base(self, ctx: LINFContext) -> torch.Tensor:

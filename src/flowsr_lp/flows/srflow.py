@@ -12,6 +12,7 @@ from torch import nn
 
 from ..model_config import ModelConfig
 from ..nets.rrdb import RRDBNet
+from ..precision import float32_transform
 from .base import Flow, Latent
 from .layers import FlowStep, Split2d, Squeeze, gaussian_log_p
 
@@ -128,7 +129,8 @@ class SRFlow(Flow):
         conds = {}
         for level in range(1, self.config.L + 1):  # level l runs at HR / 2^l; key 0 is LR / 2
             f = feats[s // 2**level]
-            conds[level] = torch.cat([f, F.interpolate(stack, size=f.shape[-2:], mode="nearest")], 1)
+            # float32 also when computed under autocast: the flow reads it in float32
+            conds[level] = torch.cat([f, F.interpolate(stack, size=f.shape[-2:], mode="nearest")], 1).float()
         return SRFlowContext(lr, (s * h, s * w), conds)
 
     # ---- the flow interface -----------------------------------------------------------
@@ -143,6 +145,7 @@ class SRFlow(Flow):
                 c = layer.keep
         return shapes + [(b, c, H, W)]
 
+    @float32_transform
     def encode(self, hr: torch.Tensor, ctx: SRFlowContext):
         """HR in [0, 1] -> ((eps..., z), log p in nats per image). No dequantisation noise."""
         x = _pad_even(hr, self.config.scale)
@@ -157,6 +160,7 @@ class SRFlow(Flow):
             logdet = logdet + ld
         return (*eps, x), logdet + gaussian_log_p(x)
 
+    @float32_transform
     def decode_with_logdet(self, latent: Latent, ctx: SRFlowContext):
         """Latent -> (padded HR, sum of the reverse pass's log-det contributions)."""
         net = self.flowUpsamplerNet

@@ -37,8 +37,9 @@ class RRDBNet(nn.Module):
     def trunk(self, x, taps: tuple[int, ...] = ()):
         """Return (first-conv features, trunk output, [outputs of the tapped blocks])."""
         # channels-last (NHWC) lets oneDNN convolve without reordering, and makes the dense
-        # blocks' concatenations cheap copies along the innermost dimension
-        f = self.conv_first(x.contiguous(memory_format=torch.channels_last))
+        # blocks' concatenations cheap copies along the innermost dimension; the residual
+        # stream stays float32 under autocast (only the blocks' branches run reduced)
+        f = self.conv_first(x.contiguous(memory_format=torch.channels_last)).float()
         h, tapped = f, []
         for i, block in enumerate(self.RRDB_trunk):
             h = block(h)
