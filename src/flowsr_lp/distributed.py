@@ -6,13 +6,22 @@ import os
 import torch
 import torch.distributed as dist
 
+from .errors import UsageError
+
 
 def setup_distributed(device: str) -> tuple[int, int, torch.device]:
     """(rank, world size, device) for a plain run or a torchrun-launched one."""
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"invalid device {device!r} (expected auto, cpu, cuda, cuda:N, mps ...)") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise UsageError(f"device {device}: no such CUDA device here (use auto or cpu)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"device {device}: MPS is not available here (use auto or cpu)")
     if dev.type == "cuda" and world > 1:
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(dev)

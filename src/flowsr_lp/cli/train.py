@@ -1,6 +1,7 @@
 """`flowsr-lp train-flow` and `flowsr-lp train-prior`: a YAML recipe, optionally under torchrun."""
 from __future__ import annotations
 
+from ..errors import UsageError
 from ..train.config import load_config
 from ..train.run import train
 
@@ -17,6 +18,8 @@ def add_parser(sub, parents=()) -> None:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a recipe value, e.g. --set optim.lr=2e-4 --set run.out=runs/x (repeatable)")
         p.add_argument("--resume", action="store_true", help="continue from run.out/checkpoint.pt exactly where it stopped")
+        p.add_argument("--overwrite", action="store_true",
+                       help="start afresh even though run.out holds an earlier run's checkpoint (which is replaced)")
         p.add_argument("--vgg-weights", help="torchvision VGG19 ImageNet weights file for the perceptual loss")
         p.add_argument("--perceptual", choices=["vgg", "none"], help="perceptual loss (none: pixel L1 + latent L1)")
         p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ... (default: the recipe's run.device, auto)")
@@ -31,5 +34,7 @@ def run(args) -> int:
         overrides.append(f"loss.perceptual={args.perceptual}")
     if args.device:
         overrides.append(f"run.device={args.device}")
-    train(load_config(args.config, overrides, args.task), resume=args.resume)
+    if args.resume and args.overwrite:
+        raise UsageError("--resume continues the run in run.out, --overwrite replaces it: give one of them")
+    train(load_config(args.config, overrides, args.task), resume=args.resume, overwrite=args.overwrite)
     return 0

@@ -1,7 +1,9 @@
 """Assemble a training run from a recipe: models, objective, perceptual loss, trainer."""
 from __future__ import annotations
 
+import logging
 import sys
+from pathlib import Path
 
 import torch
 
@@ -11,7 +13,9 @@ from ..nets.vgg import PerceptualLoss, VGGWeightsMissing, load_vgg_state
 from ..pipeline import SuperResolver
 from .objectives import FlowNLL, LINFFinetune, PriorObjective
 from ..distributed import finish, setup_distributed
-from .trainer import Trainer, TrainingError
+from .trainer import Trainer, TrainingError, check_out_folder
+
+logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -43,16 +47,32 @@ def _perceptual(cfg: dict, needed: bool):
         raise TrainingError(str(e)) from None
 
 
-def train(cfg: dict, resume: bool = False) -> None:
+def default_loss_weights(cfg: dict) -> str | None:
+    """`--perceptual none` with no pixel weight would train on nothing but the latent L1:
+    use pixel L1 x1 (+ latent L1 x0.1) and record the change in the config (saved with the
+    run as `loss_weights_changed`); returns what changed, for the log."""
+    loss = cfg["loss"]
+    if cfg["task"] != "prior" or loss["perceptual"] != "none" or loss["pixel_weight"] != 0:
+        return None
+    changed = {"pixel_weight": (loss["pixel_weight"], 1.0),
+               "latent_weight": (loss["latent_weight"], loss["latent_weight"] or 0.1)}
+    loss["pixel_weight"], loss["latent_weight"] = changed["pixel_weight"][1], changed["latent_weight"][1]
+    what = ", ".join(f"loss.{k} {a:g} -> {b:g}" for k, (a, b) in changed.items() if a != b)
+    cfg["loss_weights_changed"] = f"{what} (loss.perceptual none trains on pixel L1 + latent L1)"
+    return cfg["loss_weights_changed"]
+
+
+def train(cfg: dict, resume: bool = False, overwrite: bool = False) -> None:
     run = cfg["run"]
     if run["threads"]:
         torch.set_num_threads(int(run["threads"]))
     rank, world, device = setup_distributed(run["device"])
+    check_out_folder(Path(run["out"]), resume, overwrite)  # before any work
     torch.manual_seed(run["seed"])
     flow_spec, prior_spec, loss = cfg["flow"], cfg["prior"], cfg["loss"]
-    if cfg["task"] == "prior" and loss["perceptual"] == "none" and loss["pixel_weight"] == 0:
-        loss["pixel_weight"] = 1.0  # --perceptual none means pixel L1 (+ latent L1)
-        loss["latent_weight"] = loss["latent_weight"] or 0.1
+    changed = default_loss_weights(cfg)
+    if changed and rank == 0:
+        logger.warning("loss weights changed: %s", changed)
     needs_vgg = cfg["task"] == "prior" or cfg["stage"] == "finetune"
     percep, label = _perceptual(cfg, needs_vgg)
     try:
@@ -82,7 +102,7 @@ def train(cfg: dict, resume: bool = False) -> None:
         model, export = prior, save_prior
         resolver = lambda: SuperResolver(flow, prior)  # noqa: E731
     trainer = Trainer(cfg, model, objective, export, resolver, label=label, rank=rank, world=world,
-                      device=device, resume=resume)
+                      device=device, resume=resume, overwrite=overwrite)
     if cfg["task"] == "flow" and not flow_spec.get("checkpoint") and trainer.step == 0 and \
             any(isinstance(m, ActNorm) for m in flow.modules()):
         init_actnorms(flow, {k: v.to(device) if torch.is_tensor(v) else v for k, v in trainer.batches[0].items()})

@@ -5,7 +5,9 @@ DistributedDataParallel under torchrun."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -24,9 +26,72 @@ from ..images import atomic_write
 from .validate import Validator
 
 CHECKPOINT = "checkpoint.pt"
+STATE_KEYS = ("step", "model", "optimizer", "scheduler", "rng")
+LOGS = ("log.csv", "val.csv")
 
 
 from ..errors import TrainingError  # noqa: F401  (re-exported)
+
+logger = logging.getLogger(__name__)
+
+
+def state_digest(state, h=None) -> str:
+    """SHA-256 over everything in a training state (tensor bytes, shapes and dtypes, plain
+    values), so a checkpoint damaged after it was written is noticed on resume."""
+    h = h or hashlib.sha256()
+    if isinstance(state, dict):
+        for k, v in state.items():
+            if k != "checksum":
+                h.update(repr(k).encode())
+                state_digest(v, h)
+    elif isinstance(state, (list, tuple)):
+        h.update(f"{type(state).__name__}{len(state)}".encode())
+        for v in state:
+            state_digest(v, h)
+    elif torch.is_tensor(state):
+        t = state.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    else:
+        h.update(f"{type(state).__name__}:{state!r}".encode())
+    return h.hexdigest()
+
+
+def check_out_folder(out: Path, resume: bool, overwrite: bool) -> None:
+    """A fresh run never silently replaces an earlier run's checkpoint."""
+    if not resume and not overwrite and (out / CHECKPOINT).exists():
+        raise TrainingError(f"{out / CHECKPOINT} holds an earlier run's checkpoint: pass --resume to continue "
+                            "it or --overwrite to start again over it")
+    if resume and not (out / CHECKPOINT).is_file():
+        raise TrainingError(f"--resume: no checkpoint at {out / CHECKPOINT}")
+    if resume:  # logs the resumed run will continue must be readable, before any work
+        for name in LOGS:
+            if (out / name).exists():
+                read_log(out / name)
+
+
+def read_log(path: Path) -> tuple[list[str], list[dict]]:
+    """(columns, rows) of a log.csv / val.csv; a torn last row (a kill mid-append leaves no
+    final newline, or too few fields) is dropped; anything else unreadable is a TrainingError."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError) as e:
+        raise TrainingError(f"{path}: not a training log ({type(e).__name__}); move it away to resume") from None
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines.pop()  # torn by a kill mid-append
+    reader = csv.DictReader(lines)
+    fields = list(reader.fieldnames or [])
+    rows = list(reader)
+    if rows and (None in rows[-1] or None in rows[-1].values()):
+        rows.pop()  # too few or too many fields: torn
+    if lines and "step" not in fields:
+        raise TrainingError(f"{path}: not a training log (no step column); move it away to resume")
+    for i, r in enumerate(rows):
+        if None in r or None in r.values() or not r["step"].isdigit():
+            raise TrainingError(f"{path}: row {i + 2} is not a log row ({','.join(map(str, r.values()))[:60]!r}); "
+                                "move the file away to resume")
+    return fields, rows
 
 
 def total_iterations(optim: dict, per_epoch: int) -> int:
@@ -55,10 +120,12 @@ class Trainer:
     saved in checkpoints and exported at the end with `export(model, path)`)."""
 
     def __init__(self, cfg: dict, model: nn.Module, objective: nn.Module, export, resolver, *, label: str,
-                 rank: int = 0, world: int = 1, device: torch.device = torch.device("cpu"), resume: bool = False):
+                 rank: int = 0, world: int = 1, device: torch.device = torch.device("cpu"), resume: bool = False,
+                 overwrite: bool = False):
         self.cfg, self.model, self.export, self.label, self.resolver = cfg, model, export, label, resolver
         self.rank, self.world, self.device = rank, world, device
         self.out = Path(cfg["run"]["out"])
+        check_out_folder(self.out, resume, overwrite)
         run, optim = cfg["run"], cfg["optim"]
         crops = make_crops(cfg["data"]["crop"])
         train = cfg["data"]["train"]
@@ -67,6 +134,7 @@ class Trainer:
         self.per_epoch = len(self.batches)
         self.total = total_iterations(optim, self.per_epoch)
         self.objective = objective.to(device)
+        self.frozen = self._freeze_unused(_to(self.batches[0], device))
         if world > 1:
             if device.type == "cuda" and run["sync_bn"]:
                 self.objective = nn.SyncBatchNorm.convert_sync_batchnorm(self.objective)
@@ -76,20 +144,56 @@ class Trainer:
         self.optimizer = torch.optim.Adam(params, lr=optim["lr"], betas=tuple(optim["betas"]))
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
             self.optimizer, milestones_in_iterations(optim, self.per_epoch, self.total), gamma=optim["gamma"])
+        # fp16 autocast needs loss scaling against underflowing gradients; bf16 has float32's range
+        self.scaler = torch.amp.GradScaler(device.type) if run["amp"] == "fp16" else None
         self.step, self.elapsed, self.skipped = 0, 0.0, 0
         if resume:
             self._load(self.out / CHECKPOINT)
         self.validator = Validator(cfg, device) if rank == 0 and cfg["data"]["val"]["folders"] and run["val_every"] else None
         self.writer = None
 
+    def _freeze_unused(self, batch: dict) -> list[str]:
+        """Freeze the parameters the objective never reaches (SRFlow's and RRDB-LINF's RRDB
+        keeps layers only for strict loading: HRconv, conv_last, upconv2, flowUpsamplerNet.f),
+        so DistributedDataParallel does not wait for their gradients and Adam does not carry
+        them. Found with one probe forward per kind of step (LINF fine-tuning alternates two);
+        buffers and RNG are restored so the run is unchanged. Every process freezes the same."""
+        params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        if not params:
+            return []
+        buffers = [(b, b.detach().clone()) for b in self.objective.buffers()]
+        rng = torch.get_rng_state()
+        used = torch.zeros(len(params), device=self.device)
+        for step in (0, 1):
+            loss, _ = self.objective({**batch, "step": step})
+            grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+            used += torch.tensor([g is not None for g in grads], dtype=used.dtype, device=self.device)
+        torch.set_rng_state(rng)
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+        if self.world > 1:
+            dist.all_reduce(used)
+        unused = [n for n, u in zip(params, used.tolist()) if u == 0]
+        for n in unused:
+            params[n].requires_grad_(False)
+        if unused and self.rank == 0:
+            layers = dict.fromkeys(n.rsplit(".", 1)[0] for n in unused)
+            logger.info("%d parameter tensors take no part in the loss and stay frozen: %s", len(unused), ", ".join(layers))
+        return unused
+
     # ---- checkpoints ------------------------------------------------------------------
     def _state(self) -> dict:
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        return {"version": 1, "step": self.step, "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "rng": rng,
-                "config": self.cfg, "perceptual": self.label, "elapsed": self.elapsed, "skipped": self.skipped}
+        state = {"version": 1, "step": self.step, "model": self.model.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "rng": rng,
+                 "config": self.cfg, "perceptual": self.label, "elapsed": self.elapsed, "skipped": self.skipped}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        state["checksum"] = state_digest(state)
+        return state
 
     def save(self) -> None:
         if self.rank == 0:
@@ -102,41 +206,60 @@ class Trainer:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise TrainingError(f"{path}: unreadable training checkpoint ({str(e).splitlines()[0][:120]})") from None
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+            raise TrainingError(f"{path}: unreadable training checkpoint ({first})") from None
+        if not isinstance(state, dict) or not all(k in state for k in STATE_KEYS):
+            have = sorted(map(str, state))[:6] if isinstance(state, dict) else type(state).__name__
+            raise TrainingError(f"{path}: not a flowsr-lp training checkpoint (expected {', '.join(STATE_KEYS)}; "
+                                f"found {have})")
+        if "checksum" in state and state["checksum"] != state_digest(state):
+            raise TrainingError(f"{path}: checksum mismatch, the file was damaged after it was written; "
+                                "resume from a copy or start again with --overwrite")
+        if "checksum" not in state:
+            logger.warning("%s has no checksum (written by an older version): not verified", path)
+        step = state["step"]
+        if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step <= self.total:
+            raise TrainingError(f"{path}: step {step!r} is not an iteration count between 0 and {self.total}")
         if state.get("perceptual") != self.label:
             raise TrainingError(f"{path} was trained with perceptual loss {state.get('perceptual')!r}, "
                                 f"this run uses {self.label!r}: resume with the same loss")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if "cuda" in state["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        self.step, self.elapsed, self.skipped = state["step"], state["elapsed"], state.get("skipped", 0)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["rng"]["torch"])
+            if "cuda" in state["rng"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+            if self.scaler is not None and "scaler" in state:
+                self.scaler.load_state_dict(state["scaler"])
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise TrainingError(f"{path}: does not fit this run's model and optimizer ({first})") from None
+        self.step, self.elapsed, self.skipped = step, float(state.get("elapsed", 0.0)), int(state.get("skipped", 0))
 
     # ---- logs -------------------------------------------------------------------------
     def _open_logs(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.yaml").write_text(yaml.safe_dump({**self.cfg, "perceptual_used": self.label}, sort_keys=False))
         self._fields: dict[str, list[str]] = {}
-        for name in ("log.csv", "val.csv"):  # resuming: forget rows logged after the checkpoint
+        for name in LOGS:  # resuming: forget rows logged after the checkpoint
             path = self.out / name
             if not path.exists():
                 continue
-            with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= self.step]
+            fields, rows = read_log(path)
+            rows = [r for r in rows if int(r["step"]) <= self.step]
             path.unlink()
             if rows:
-                self._fields[name] = list(rows[0].keys())
-                _write_csv(path, self._fields[name], rows)
+                self._fields[name] = fields
+                _write_csv(path, fields, rows)
         try:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.out / "tb"), purge_step=self.step or None)
             self.writer.add_text("perceptual loss", self.label, self.step)
         except ImportError:
-            tqdm.write("note: tensorboard is not installed; logging to CSV only "
-                       "(pip install 'flowsr-lp[train]' for TensorBoard)", file=sys.stderr)
+            logger.warning("tensorboard is not installed; logging to CSV only "
+                           "(pip install 'flowsr-lp[train]' for TensorBoard)")
 
     def log(self, values: dict, name: str = "log.csv") -> None:
         """Append a row to log.csv (training) or val.csv (validation), and to TensorBoard."""
@@ -186,13 +309,23 @@ class Trainer:
                 batch["step"] = self.step
                 loss, logs = self.objective(batch)
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if self.scaler is not None:
+                    self.scaler.scale(loss).backward()
+                    self.scaler.unscale_(self.optimizer)
+                else:
+                    loss.backward()
                 if not self._grads_finite():
                     self.skipped += 1  # an exploding inverse or NaN: skip the update, keep the schedule
+                    if self.scaler is not None:
+                        self.scaler.update(self.scaler.get_scale() * self.scaler.get_backoff_factor())
                 else:
                     if self.cfg["optim"]["grad_clip"]:
                         nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["optim"]["grad_clip"])
-                    self.optimizer.step()
+                    if self.scaler is not None:
+                        self.scaler.step(self.optimizer)
+                        self.scaler.update()
+                    else:
+                        self.optimizer.step()
                 self.scheduler.step()
                 self.step += 1
                 self.elapsed += time.perf_counter() - t0
@@ -208,7 +341,7 @@ class Trainer:
                         self.log(vals)
                 if self.validator is not None and (self.step % run["val_every"] == 0 or self.step == self.total):
                     vals = self.validator(self.resolver())
-                    bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in vals.items()), file=sys.stderr)
+                    logger.info("step %d: %s", self.step, ", ".join(f"{k} {v:.3f}" for k, v in vals.items()))
                     self.log(vals, "val.csv")
                     self.objective.train()
                 if self.step % run["ckpt_every"] == 0 or self.step == self.total:
