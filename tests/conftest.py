@@ -1,5 +1,5 @@
 """Shared fixtures. Data and reference vectors live in ../shared beside the checkout (or
-wherever FLOWSR_LP_SHARED points); tests that need them skip with a message without them."""
+wherever FLOWSR_LP_SHARED points); tests that need them skip with a message without them (and fail under CI=true)."""
 from __future__ import annotations
 
 import os
@@ -14,9 +14,18 @@ REFERENCE = SHARED / "reference"
 DATA = SHARED / "data"
 
 
+def under_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
 def need(path: Path) -> Path:
+    """`path`, or skip the test with a message; under CI (CI=true) fail instead, so that the
+    reference tests can never silently disappear."""
     if not path.exists():
-        pytest.skip(f"{path} is absent (set FLOWSR_LP_SHARED to the shared folder to run this test)")
+        msg = f"{path} is absent (set FLOWSR_LP_SHARED to the shared folder to run this test)"
+        if under_ci():
+            pytest.fail(f"{msg}; CI=true, so the shared reference files must be present", pytrace=False)
+        pytest.skip(msg)
     return path
 
 

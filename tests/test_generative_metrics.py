@@ -63,15 +63,37 @@ def test_lpips_with_given_alexnet_weights(tmp_path):
     assert lpips(a, a, tmp_path / "alexnet.pth").abs().max() < 1e-6
 
 
-def test_lpips_without_weights_says_how_to_get_them(tmp_path, monkeypatch):
+@pytest.fixture
+def no_alexnet_weights(tmp_path, monkeypatch):
+    """No weights anywhere, whatever ran before: no file named, an empty torch cache
+    (TORCH_HOME), no LPIPS model kept by an earlier test, and no network."""
     from urllib.error import URLError
 
     from torchvision.models import AlexNet_Weights
 
+    from flowsr_lp.metrics import perceptual
+
     monkeypatch.delenv("FLOWSR_LP_ALEXNET", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    monkeypatch.setattr(perceptual, "_MODELS", {})
     monkeypatch.setattr(type(AlexNet_Weights.IMAGENET1K_V1), "get_state_dict",
                         lambda *a, **k: (_ for _ in ()).throw(URLError("offline")))
+
+
+def test_lpips_without_weights_says_how_to_get_them(tmp_path, no_alexnet_weights):
     with pytest.raises(LPIPSUnavailable, match="--alexnet-weights PATH"):
         lpips(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32))
     with pytest.raises(LPIPSUnavailable, match="no such file"):
         lpips(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32), tmp_path / "missing.pth")
+
+
+def test_the_lpips_check_ignores_what_earlier_tests_loaded(monkeypatch, request):
+    """What an earlier test leaves behind when the user's torch cache holds AlexNet's weights
+    must not change the outcome (issue 11, item 17)."""
+    from flowsr_lp.metrics import perceptual
+
+    monkeypatch.setitem(perceptual._MODELS, ("cpu", ""), "an LPIPS model loaded from ~/.cache/torch")
+    request.getfixturevalue("no_alexnet_weights")
+    assert torch.hub.get_dir().startswith(str(request.getfixturevalue("tmp_path")))
+    with pytest.raises(LPIPSUnavailable, match="--alexnet-weights PATH"):
+        lpips(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32))
