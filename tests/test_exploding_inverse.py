@@ -76,6 +76,7 @@ def test_cli_fixed_scale_rules(tmp_path, capsys, srflow_file):
     assert main(["upscale", "--quiet", str(src), "--flow", srflow_file, "--scale", "4", "-o", str(tmp_path / "o")]) == 0
 
 
+@pytest.mark.slow
 def test_cli_with_released_4x_layout(tmp_path, capsys):
     """`flowsr-lp upscale --flow SRFlow_DF2K_4X.pth --tau 0.9` on a full-size (random) model,
     stored the way the release is: a raw state dict."""

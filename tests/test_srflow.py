@@ -4,7 +4,7 @@ import torch
 
 from flowsr_lp import load_flow, save_flow
 from flowsr_lp.flows import layers
-from flowsr_lp.flows.srflow import SRFlow, SRFlowConfig
+from flowsr_lp.flows.srflow import RELEASED_TAPS, SRFlow, SRFlowConfig, config_from_state_dict
 
 from conftest import REFERENCE, need
 from helpers import tiny_srflow
@@ -125,11 +125,14 @@ def test_taps_must_be_given_for_non_released_depths(tmp_path):
         load_flow(tmp_path / "s.pth")
 
 
-def test_released_4x_layout_uses_default_taps(tmp_path):
-    """A raw state dict shaped like SRFlow_DF2K_4X.pth loads with the released taps."""
-    flow = SRFlow(SRFlowConfig())
-    torch.save(flow.state_dict(), tmp_path / "SRFlow_DF2K_4X.pth")
-    assert load_flow(tmp_path / "SRFlow_DF2K_4X.pth").config.taps == (1, 8, 15, 22)
+def test_released_layouts_use_default_taps():
+    """State dicts shaped like SRFlow_DF2K_4X.pth / _8X.pth (key names and shapes only, built on
+    the meta device) give the released configs, taps included."""
+    for cfg in (SRFlowConfig(), SRFlowConfig(scale=8, taps=RELEASED_TAPS[8])):
+        with torch.device("meta"):
+            sd = SRFlow(cfg).state_dict()
+        assert all(v.is_meta for v in sd.values())
+        assert config_from_state_dict(sd) == cfg
 
 
 def test_decode_is_differentiable_in_every_latent_part():

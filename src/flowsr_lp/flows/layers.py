@@ -1,10 +1,22 @@
-"""Invertible building blocks. Each is a pair of exact inverses returning log-determinants:
-`forward(x, ...) -> (y, logdet)` and `inverse(y, ...) -> (x, logdet)`, where the inverse's
-log-det is the negative of the forward one, summed per batch item (or per row for
-vector-valued layers)."""
+"""Invertible building blocks and how they compose.
+
+The contract (`InvertibleLayer`, in the manner of nflows' `Transform`): every layer has
+`forward(x, cond=None) -> (y, logdet)` and `inverse(y, cond=None) -> (x, logdet)`, exact
+inverses of each other, where `logdet` is log |det dy/dx| per batch item (shape (B,), or a
+scalar that broadcasts to it) and the inverse's is its negative. `cond` is the conditioning
+tensor of the call (ignored by unconditional layers). `output_shape` maps an input shape to
+the output's. `InvertibleSequence` chains layers; `MultiScaleFlow` is Glow's multi-scale
+architecture (levels of layers, `Split2d` factoring half of the channels out as a latent
+part after a level).
+
+Square weights are inverted in float64 (`inverse_f64`); the inverse is cached while no
+gradient to the weight is needed and the weight is unchanged (same storage and in-place
+version, model in eval mode); `eval()`/`train()` and `load_state_dict` clear the cache.
+"""
 from __future__ import annotations
 
 import math
+from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,8 +29,88 @@ def inverse_f64(weight: torch.Tensor) -> torch.Tensor:
     return torch.linalg.inv(weight.double()).to(weight.dtype)
 
 
-class InvertibleLinear(nn.Module):
-    """y = x W^T + b on the last dimension (LINF's `imnet.linears.i`)."""
+class InvertibleLayer(nn.Module):
+    """A bijection with a tractable log-determinant (see the module docstring)."""
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(shape)
+
+
+def chain(layers: Iterable[InvertibleLayer], x: torch.Tensor, cond, logdet: torch.Tensor):
+    """Apply `layers` in order, adding each log-det to `logdet`."""
+    for layer in layers:
+        x, ld = layer(x, cond)
+        logdet = logdet + ld
+    return x, logdet
+
+
+def chain_inverse(layers: Sequence[InvertibleLayer], y: torch.Tensor, cond, logdet: torch.Tensor):
+    """Invert `layers` (last first), adding each inverse log-det to `logdet`."""
+    for layer in reversed(layers):
+        y, ld = layer.inverse(y, cond)
+        logdet = logdet + ld
+    return y, logdet
+
+
+class InvertibleSequence(InvertibleLayer):
+    """Layers applied in order (all with the same `cond`); inverted in reverse order."""
+
+    def __init__(self, layers: Iterable[InvertibleLayer]):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x, cond=None):
+        return chain(self.layers, x, cond, x.new_zeros(x.shape[0]))
+
+    def inverse(self, y, cond=None):
+        return chain_inverse(self.layers, y, cond, y.new_zeros(y.shape[0]))
+
+    def output_shape(self, shape):
+        for layer in self.layers:
+            shape = layer.output_shape(shape)
+        return tuple(shape)
+
+
+class CachedInverse(InvertibleLayer):
+    """A layer with a square weight whose float64 inverse is reused between calls (see the
+    module docstring for when)."""
+
+    def __init__(self):
+        super().__init__()
+        self._inv_key, self._inv = None, None
+
+    def square_weight(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def clear_inverse_cache(self) -> None:
+        self._inv_key, self._inv = None, None
+
+    def weight_inverse(self) -> torch.Tensor:
+        w = self.square_weight()
+        if self.training or (torch.is_grad_enabled() and w.requires_grad):
+            return inverse_f64(w)
+        key = (w.data_ptr(), w._version, w.dtype, w.device)
+        if key != self._inv_key:
+            self._inv, self._inv_key = inverse_f64(w.detach()), key
+        return self._inv
+
+    def train(self, mode: bool = True):
+        self.clear_inverse_cache()
+        return super().train(mode)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.clear_inverse_cache()
+        return super()._load_from_state_dict(*args, **kwargs)
+
+
+class InvertibleLinear(CachedInverse):
+    """y = x W^T + b on the last dimension (LINF's `imnet.linears.i`); log-det per row."""
 
     def __init__(self, dim: int):
         super().__init__()
@@ -26,16 +118,17 @@ class InvertibleLinear(nn.Module):
         self._weight = nn.Parameter(q)
         self.bias = nn.Parameter(torch.zeros(dim))
 
+    def square_weight(self) -> torch.Tensor:
+        return self._weight
+
     def logabsdet(self) -> torch.Tensor:
         return torch.linalg.slogdet(self._weight)[1]
 
-    def forward(self, x):
+    def forward(self, x, cond=None):
         return x @ self._weight.T + self.bias, self.logabsdet()
 
-    def inverse(self, y, weight_inv: torch.Tensor | None = None):
-        if weight_inv is None:
-            weight_inv = inverse_f64(self._weight)
-        return (y - self.bias) @ weight_inv.T, -self.logabsdet()
+    def inverse(self, y, cond=None):
+        return (y - self.bias) @ self.weight_inverse().T, -self.logabsdet()
 
 
 # ---- SRFlow / Glow layers on B x C x H x W maps (key names as in SRFlow's checkpoints) ----
@@ -53,7 +146,7 @@ def _pixels(x: torch.Tensor) -> int:
     return x.shape[2] * x.shape[3]
 
 
-class ActNorm(nn.Module):
+class ActNorm(InvertibleLayer):
     """y = (x + bias) * exp(logs) per channel. The data-dependent initialisation runs only
     when asked for (`initialize`), never on loaded weights."""
 
@@ -76,13 +169,16 @@ class ActNorm(nn.Module):
         return y * torch.exp(-self.logs) - self.bias, -self.logs.sum() * _pixels(y) * y.new_ones(y.shape[0])
 
 
-class InvConv1x1(nn.Module):
+class InvConv1x1(CachedInverse):
     """Invertible 1x1 convolution y = W x per pixel (plain weight, no LU)."""
 
     def __init__(self, channels: int):
         super().__init__()
         q, _ = torch.linalg.qr(torch.randn(channels, channels))
         self.weight = nn.Parameter(q)
+
+    def square_weight(self) -> torch.Tensor:
+        return self.weight
 
     def _logdet(self, x):
         return torch.linalg.slogdet(self.weight)[1] * _pixels(x) * x.new_ones(x.shape[0])
@@ -93,7 +189,7 @@ class InvConv1x1(nn.Module):
 
     def inverse(self, y, cond=None):
         c = self.weight.shape[0]
-        return F.conv2d(y, inverse_f64(self.weight).view(c, c, 1, 1)), -self._logdet(y)
+        return F.conv2d(y, self.weight_inverse().view(c, c, 1, 1)), -self._logdet(y)
 
 
 class ConvActNorm(nn.Module):
@@ -131,7 +227,7 @@ def _shift_scale(h: torch.Tensor, eps: float):
     return h[:, 0::2], torch.sigmoid(h[:, 1::2] + 2.0) + eps
 
 
-class CondAffineCoupling(nn.Module):
+class CondAffineCoupling(InvertibleLayer):
     """SRFlow's `CondAffineSeparatedAndCond`: an affine transform of all channels from the
     condition alone, then an affine coupling of the second half from (first half, condition)."""
 
@@ -160,7 +256,7 @@ class CondAffineCoupling(nn.Module):
         h = h_cond + F.conv2d(z1, fa.weight[:, : self.half], padding=1)
         return self.fAffine[1:](fa.actnorm(h)[0])
 
-    def forward(self, z, cond):
+    def forward(self, z, cond=None):
         h_ft, h_cond = self._from_condition(cond)
         shift_ft, scale_ft = _shift_scale(h_ft, self.eps)
         z = (z + shift_ft) * scale_ft
@@ -168,7 +264,7 @@ class CondAffineCoupling(nn.Module):
         shift, scale = _shift_scale(self._affine_net(z1, h_cond), self.eps)
         return torch.cat([z1, (z2 + shift) * scale], 1), self._log_sum(scale_ft) + self._log_sum(scale)
 
-    def inverse(self, z, cond):
+    def inverse(self, z, cond=None):
         h_ft, h_cond = self._from_condition(cond)
         z1, z2 = z[:, : self.half], z[:, self.half :]
         shift, scale = _shift_scale(self._affine_net(z1, h_cond), self.eps)
@@ -177,7 +273,7 @@ class CondAffineCoupling(nn.Module):
         return z / scale_ft - shift_ft, -(self._log_sum(scale_ft) + self._log_sum(scale))
 
 
-class FlowStep(nn.Module):
+class FlowStep(InvertibleLayer):
     """ActNorm -> invertible 1x1 conv -> (optional) conditional affine coupling."""
 
     def __init__(self, channels: int, cond_channels: int | None, hidden: int = 64):
@@ -186,7 +282,7 @@ class FlowStep(nn.Module):
         self.invconv = InvConv1x1(channels)
         self.affine = CondAffineCoupling(channels, cond_channels, hidden) if cond_channels else None
 
-    def forward(self, x, cond):
+    def forward(self, x, cond=None):
         x, ld1 = self.actnorm(x)
         x, ld2 = self.invconv(x)
         if self.affine is None:
@@ -194,7 +290,7 @@ class FlowStep(nn.Module):
         x, ld3 = self.affine(x, cond)
         return x, ld1 + ld2 + ld3
 
-    def inverse(self, y, cond):
+    def inverse(self, y, cond=None):
         ld = 0
         if self.affine is not None:
             y, ld = self.affine.inverse(y, cond)
@@ -203,8 +299,12 @@ class FlowStep(nn.Module):
         return y, ld + ld2 + ld3
 
 
-class Squeeze(nn.Module):
+class Squeeze(InvertibleLayer):
     """2x2 space-to-channel; volume preserving."""
+
+    def output_shape(self, shape):
+        b, c, h, w = shape
+        return (b, 4 * c, h // 2, w // 2)
 
     def forward(self, x, cond=None):
         b, c, h, w = x.shape
@@ -218,8 +318,9 @@ class Squeeze(nn.Module):
 
 
 class Split2d(nn.Module):
-    """Keeps the first half of the channels; the rest leaves the flow as a standardised
-    latent eps whose Gaussian mean/log-std are predicted from the kept half."""
+    """Glow's factor-out (not an `InvertibleLayer`: it has two outputs): keeps the first half
+    of the channels; the rest leaves the flow as a standardised latent eps whose Gaussian
+    mean/log-std are predicted from the kept half."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -240,3 +341,62 @@ class Split2d(nn.Module):
         mean, logs = self._prior(z1)
         z2 = mean + torch.exp(logs) * eps
         return torch.cat([z1, z2], 1), -gaussian_log_p(z2, mean, logs)
+
+    def factored_shape(self, shape):
+        b, c, h, w = shape
+        return (b, c - self.keep, h, w)
+
+    def kept_shape(self, shape):
+        return (shape[0], self.keep, *shape[2:])
+
+
+class MultiScaleFlow(nn.Module):
+    """Glow's multi-scale flow: levels of invertible layers, each conditioned on its own map,
+    some followed by a `Split2d`. The layers sit in one flat `layers` list (the checkpoints'
+    key names); `spans` records each level's [start, end) and whether a split follows.
+
+    forward: x -> (latent parts: the eps of each split in order, then the top map; sum of the
+    log-dets and of the factored parts' log-likelihoods). inverse: the reverse."""
+
+    def __init__(self, levels: Sequence[tuple[Sequence[InvertibleLayer], Split2d | None]]):
+        super().__init__()
+        layers, self.spans = [], []
+        for steps, split in levels:
+            self.spans.append((len(layers), len(layers) + len(steps), split is not None))
+            layers += list(steps) + ([split] if split is not None else [])
+        self.layers = nn.ModuleList(layers)
+
+    def levels(self):
+        """(the level's layers, its split or None) per level."""
+        return [(self.layers[a:b], self.layers[b] if split else None) for a, b, split in self.spans]
+
+    def forward(self, x: torch.Tensor, conds: Sequence[torch.Tensor]):
+        parts, logdet = [], x.new_zeros(x.shape[0])
+        for (steps, split), cond in zip(self.levels(), conds, strict=True):
+            x, logdet = chain(steps, x, cond, logdet)
+            if split is not None:
+                x, eps, ld = split(x)
+                parts.append(eps)
+                logdet = logdet + ld
+        return (*parts, x), logdet
+
+    def inverse(self, latent: Sequence[torch.Tensor], conds: Sequence[torch.Tensor]):
+        *eps, x = latent
+        logdet = x.new_zeros(x.shape[0])
+        for (steps, split), cond in reversed(list(zip(self.levels(), conds, strict=True))):
+            if split is not None:
+                x, ld = split.inverse(x, eps.pop())
+                logdet = logdet + ld
+            x, logdet = chain_inverse(steps, x, cond, logdet)
+        return x, logdet
+
+    def latent_shapes(self, shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+        """Shapes of the latent parts for an input of `shape`."""
+        out = []
+        for steps, split in self.levels():
+            for layer in steps:
+                shape = layer.output_shape(shape)
+            if split is not None:
+                out.append(split.factored_shape(shape))
+                shape = split.kept_shape(shape)
+        return out + [tuple(shape)]

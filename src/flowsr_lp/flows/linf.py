@@ -20,9 +20,9 @@ from ..nets.edsr import EDSRBaseline
 from ..nets.rdn import RDN
 from ..nets.rrdb import RRDBNet
 from ..nets.swinir import SwinIR
-from ..precision import compute_dtype, float32_transform, full_precision
+from ..precision import float32_transform, full_precision
 from .base import Flow, Latent
-from .layers import InvertibleLinear, inverse_f64
+from .layers import InvertibleLinear
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -107,15 +107,13 @@ class AffineFlow(nn.Module):
         log_pz = -0.5 * (z * z + _LOG_2PI).sum(-1)
         return z, logdet + ld + log_pz
 
-    def inverse_weights(self) -> list[torch.Tensor]:
-        return [inverse_f64(lin._weight) for lin in (*self.linears, self.last)]
-
     @float32_transform
-    def inverse(self, z: torch.Tensor, cond: torch.Tensor, weight_invs: list[torch.Tensor]):
-        x, _ = self.last.inverse(z, weight_invs[-1])
+    def inverse(self, z: torch.Tensor, cond: torch.Tensor):
+        """z (N, D), cond (N, L, 2, D) -> x (N, D) (the linears' inverses are cached)."""
+        x, _ = self.last.inverse(z)
         for i in reversed(range(len(self.linears))):
             scale, shift = self._affine(cond, i)
-            x, _ = self.linears[i].inverse((x - shift) / scale, weight_invs[i])
+            x, _ = self.linears[i].inverse((x - shift) / scale)
         return x
 
 
@@ -264,7 +262,7 @@ class LINF(Flow):
         flat_maps = ctx.lr_maps.view(b, h * w, c)
         # without autograd, the features are written in place into one buffer (no concat copy)
         inplace = not (torch.is_grad_enabled() and ctx.lr_maps.requires_grad)
-        feats = ctx.lr_maps.new_empty(b, r1 - r0, wq, 4 * hd, dtype=compute_dtype(ctx.lr_maps)) if inplace else []
+        feats = ctx.lr_maps.new_empty(b, r1 - r0, wq, 4 * hd) if inplace else []
         rel_rows = [r.rel[r0:r1, None, None] for r in ctx.rows]
         rel_cols = [c.rel[None, :, None] for c in ctx.cols]
         areas = [(rr * rc).abs() + 1e-9 for rr in rel_rows for rc in rel_cols]
@@ -318,12 +316,11 @@ class LINF(Flow):
 
     def decode_patches(self, z: torch.Tensor, ctx: LINFContext) -> torch.Tensor:
         """Latent map -> residual patches (B x D x hq x wq, [-1, 1] space)."""
-        invs = self.imnet.inverse_weights()
         out = []
         for r0, r1 in self._chunks(ctx):
             x = z[:, :, r0:r1].permute(0, 2, 3, 1)
             shape = x.shape
-            m = self.imnet.inverse(x.reshape(-1, self.dim), self._cond_view(self._cond_rows(ctx, r0, r1)), invs)
+            m = self.imnet.inverse(x.reshape(-1, self.dim), self._cond_view(self._cond_rows(ctx, r0, r1)))
             out.append(m.view(shape).permute(0, 3, 1, 2))
         return torch.cat(out, 2)
 

@@ -14,7 +14,7 @@ from ..model_config import ModelConfig
 from ..nets.rrdb import RRDBNet
 from ..precision import float32_transform
 from .base import Flow, Latent
-from .layers import FlowStep, Split2d, Squeeze, gaussian_log_p
+from .layers import FlowStep, MultiScaleFlow, Split2d, Squeeze, gaussian_log_p
 
 #: the released models' RRDB taps (not recoverable from a state dict: only their number is)
 RELEASED_TAPS = {4: (1, 8, 15, 22), 8: (1, 3, 5, 7)}
@@ -65,22 +65,20 @@ class SRFlowContext:
     conds: dict[int, torch.Tensor]  # level -> 320-channel conditioning map
 
 
-class FlowUpsamplerNet(nn.Module):
-    """Levels of [squeeze, plain steps, K coupling steps, split (not on the last two)]."""
+class FlowUpsamplerNet(MultiScaleFlow):
+    """Levels of [squeeze, plain steps, K coupling steps], a split after all but the last two;
+    level l is conditioned on the map at HR / 2^l."""
 
     def __init__(self, cfg: SRFlowConfig):
-        super().__init__()
-        layers, c, self.level_of = [], 3, []
+        levels, c = [], 3
         for level in range(1, cfg.L + 1):
             c *= 4
             steps = [Squeeze()] + [FlowStep(c, None) for _ in range(cfg.n_plain_steps)]
             steps += [FlowStep(c, cfg.cond_channels, cfg.hidden_channels) for _ in range(cfg.K)]
-            if level < cfg.L - 1:
-                steps.append(Split2d(c))
-                c -= c // 2
-            layers += steps
-            self.level_of += [level] * len(steps)
-        self.layers = nn.ModuleList(layers)
+            split = Split2d(c) if level < cfg.L - 1 else None
+            levels.append((steps, split))
+            c -= c // 2 if split is not None else 0
+        super().__init__(levels)
         self.f = nn.Sequential(nn.Conv2d(cfg.cond_channels, 96, 3, padding=1))  # in checkpoints, unused
         self.top_channels = c
 
@@ -136,43 +134,21 @@ class SRFlow(Flow):
     # ---- the flow interface -----------------------------------------------------------
     def latent_shapes(self, ctx: SRFlowContext | None) -> list[tuple[int, ...]]:
         b, _, h, w = ctx.lr.shape if ctx is not None else (1, 3, 2, 2)
-        H, W, c, shapes = h * self.config.scale, w * self.config.scale, 3, []
-        for layer in self.flowUpsamplerNet.layers:
-            if isinstance(layer, Squeeze):
-                c, H, W = c * 4, H // 2, W // 2
-            elif isinstance(layer, Split2d):
-                shapes.append((b, c - layer.keep, H, W))
-                c = layer.keep
-        return shapes + [(b, c, H, W)]
+        return self.flowUpsamplerNet.latent_shapes((b, 3, h * self.config.scale, w * self.config.scale))
+
+    def _level_conds(self, ctx: SRFlowContext) -> list[torch.Tensor]:
+        return [ctx.conds[level] for level in range(1, self.config.L + 1)]
 
     @float32_transform
     def encode(self, hr: torch.Tensor, ctx: SRFlowContext):
         """HR in [0, 1] -> ((eps..., z), log p in nats per image). No dequantisation noise."""
-        x = _pad_even(hr, self.config.scale)
-        net = self.flowUpsamplerNet
-        logdet, eps = x.new_zeros(x.shape[0]), []
-        for layer, level in zip(net.layers, net.level_of):
-            if isinstance(layer, Split2d):
-                x, e, ld = layer(x)
-                eps.append(e)
-            else:
-                x, ld = layer(x, ctx.conds[level])
-            logdet = logdet + ld
-        return (*eps, x), logdet + gaussian_log_p(x)
+        latent, logdet = self.flowUpsamplerNet(_pad_even(hr, self.config.scale), self._level_conds(ctx))
+        return latent, logdet + gaussian_log_p(latent[-1])
 
     @float32_transform
     def decode_with_logdet(self, latent: Latent, ctx: SRFlowContext):
         """Latent -> (padded HR, sum of the reverse pass's log-det contributions)."""
-        net = self.flowUpsamplerNet
-        *eps, x = latent
-        logdet = x.new_zeros(x.shape[0])
-        for layer, level in zip(reversed(net.layers), reversed(net.level_of)):
-            if isinstance(layer, Split2d):
-                x, ld = layer.inverse(x, eps.pop())
-            else:
-                x, ld = layer.inverse(x, ctx.conds[level])
-            logdet = logdet + ld
-        return x, logdet
+        return self.flowUpsamplerNet.inverse(latent, self._level_conds(ctx))
 
     def decode(self, latent: Latent, ctx: SRFlowContext) -> torch.Tensor:
         H, W = ctx.out_size
