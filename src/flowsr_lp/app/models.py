@@ -1,6 +1,6 @@
 """The models the app offers, and the cache that loads each one once and shares it.
 
-Every loaded model has its own gate: at most `concurrency` requests run on it at a time and
+Every loaded model has its own queue: at most `concurrency` requests run on it at a time and
 the others wait in line for that model only, so a slow model never holds up a fast one."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,14 +53,17 @@ def local_choice(flow: str, prior: str | None = None) -> ModelChoice:
 
 class LoadedModel:
     """A flow ready to run: `sampling` draws latents at a temperature, `learned` uses the
-    latent module (None without one). `gate()` is this model's queue."""
+    latent module (None without one). `call()` runs work in this model's own queue: on its
+    `concurrency` worker threads, so at most that many requests compute at once and the
+    tensors of every request come from the same few threads' memory."""
 
     def __init__(self, choice: ModelChoice, flow, prior, concurrency: int):
         self.choice = choice
         self.flow = flow
         self.sampling = SuperResolver(flow)
         self.learned = SuperResolver(flow, prior) if prior is not None else None
-        self._slots = threading.Semaphore(concurrency)
+        self.concurrency = concurrency
+        self._workers = ThreadPoolExecutor(concurrency, thread_name_prefix=f"model-{choice.name}")
         self._lock = threading.Lock()
         self.waiting = 0
         self.running = 0
@@ -78,29 +81,30 @@ class LoadedModel:
             return str(named)
         return str(next(self.flow.parameters()).dtype).removeprefix("torch.")
 
-    @contextmanager
-    def gate(self, on_wait=None):
-        """Hold one of this model's slots; `on_wait(n_ahead)` is called while queued."""
+    def call(self, fn, *args, on_wait=None):
+        """fn(*args) in this model's queue; `on_wait(n)` is told first when n requests must
+        finish before this one starts. Returns fn's result (or raises its exception)."""
         with self._lock:
+            ahead = self.running + self.waiting - self.concurrency + 1
             self.waiting += 1
-            ahead = self.waiting - 1 + self.running
-        try:
-            if not self._slots.acquire(blocking=False):
-                if on_wait is not None:
-                    on_wait(ahead)
-                self._slots.acquire()
-        finally:
-            with self._lock:
-                self.waiting -= 1
+        if ahead > 0 and on_wait is not None:
+            on_wait(ahead)
+        return self._workers.submit(self._work, fn, args).result()
+
+    def _work(self, fn, args):
         with self._lock:
+            self.waiting -= 1
             self.running += 1
             self.peak_running = max(self.peak_running, self.running)
         try:
-            yield self
+            return fn(*args)
         finally:
             with self._lock:
                 self.running -= 1
-            self._slots.release()
+
+    def close(self) -> None:
+        """No new work; requests already queued still finish."""
+        self._workers.shutdown(wait=False)
 
 
 class ModelCache:
@@ -139,7 +143,8 @@ class ModelCache:
                 self._models[key] = model
                 self._loading.pop(key, None)
                 while len(self._models) > self.max_models:
-                    dropped, _ = self._models.popitem(last=False)
+                    dropped, old = self._models.popitem(last=False)
+                    old.close()
                     log.info("model cache: dropped %s", dropped[0])
             return model
 

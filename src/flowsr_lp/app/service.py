@@ -183,28 +183,37 @@ def predict(model: LoadedModel, inputs: Inputs) -> Output:
     return Output(sr[0].float().cpu(), None, time.perf_counter() - t0)
 
 
-def run(model: LoadedModel, p: Plan, s: Settings, *, sampling: bool = True, prior: bool = True,
-        progress=None) -> Result:
-    """Temperature sampling (s.draws draws) and/or the learned prior, in this model's queue;
-    the image is decoded once a slot is free, so waiting requests hold no pixels.
-    `progress(fraction, text)` is told about each step."""
-    report = progress or (lambda frac, text: None)
+def compute(model: LoadedModel, p: Plan, s: Settings, sampling: bool, prior: bool, report) -> Result:
+    """Decode the image, then s.draws draws at s.tau and/or the learned prior (no queueing:
+    callers go through `model.call`)."""
     prior = prior and model.learned is not None
     steps = (s.draws if sampling else 0) + int(prior)
     t0 = time.perf_counter()
-    with model.gate(lambda ahead: report(0.0, f"waiting for {model.choice.name} ({ahead} ahead)")):
-        inputs = read_inputs(p)
-        draws = []
-        for k in range(s.draws if sampling else 0):
-            report(k / steps, f"tau {s.tau:g}: draw {k + 1} of {s.draws}")
-            draws.append(sample(model, inputs, s.tau, s.seed + k))
-        learned = None
-        if prior:
-            report(len(draws) / steps, "learned prior")
-            learned = predict(model, inputs)
+    inputs = read_inputs(p)
+    draws = []
+    for k in range(s.draws if sampling else 0):
+        report(k / steps, f"tau {s.tau:g}: draw {k + 1} of {s.draws}")
+        draws.append(sample(model, inputs, s.tau, s.seed + k))
+    learned = None
+    if prior:
+        report(len(draws) / steps, "learned prior")
+        learned = predict(model, inputs)
     report(1.0, "done")
     return Result(inputs, bicubic(inputs), draws, learned, model.choice.name, model.precision,
                   str(model.sampling.device), time.perf_counter() - t0, s.tau)
+
+
+def _queued(model: LoadedModel, work, report):
+    return model.call(work, on_wait=lambda ahead: report(0.0, f"waiting for {model.choice.name} ({ahead} ahead)"))
+
+
+def run(model: LoadedModel, p: Plan, s: Settings, *, sampling: bool = True, prior: bool = True,
+        progress=None) -> Result:
+    """Temperature sampling and/or the learned prior, in this model's queue; the image is
+    decoded once the request's turn comes, so waiting requests hold no pixels.
+    `progress(fraction, text)` is told about each step."""
+    report = progress or (lambda frac, text: None)
+    return _queued(model, lambda: compute(model, p, s, sampling, prior, report), report)
 
 
 def upscale_file(model: LoadedModel, path: str | Path, s: Settings, use_prior: bool, out_dir: Path,
@@ -213,12 +222,16 @@ def upscale_file(model: LoadedModel, path: str | Path, s: Settings, use_prior: b
     if use_prior and model.learned is None:
         raise UsageError(f"{model.choice.name} has no learned prior; call with use_prior=False")
     p = plan(path, model, s, max_megapixels)
-    res = run(model, p, s, sampling=not use_prior, prior=use_prior, progress=progress)
-    out = res.prior if use_prior else res.draws[0]
-    if not out.finite:
-        raise ExplodingInverse(exploding_message(out))
-    sy, sx = res.inputs.scale
-    return write_png(out.sr, out_dir / f"{Path(path).stem}_x{sx:.3g}.png")
+    report = progress or (lambda frac, text: None)
+
+    def work() -> Path:
+        res = compute(model, p, s, not use_prior, use_prior, report)
+        out = res.prior if use_prior else res.draws[0]
+        if not out.finite:
+            raise ExplodingInverse(exploding_message(out))
+        return write_png(out.sr, out_dir / f"{p.path.stem}_x{res.inputs.scale[1]:.3g}.png")
+
+    return _queued(model, work, report)
 
 
 def exploding_message(out: Output) -> str:
@@ -270,10 +283,12 @@ def best_temperatures(model: LoadedModel, path: str | Path, s: Settings, max_meg
     p = plan(path, model, replace(s, known_hr=True, draws=1), max_megapixels)
     hw = p.in_size
     top, left = max(0, (hw[0] - crop) // 2), max(0, (hw[1] - crop) // 2)
-    with model.gate():
+    def work() -> dict:
         hr_u8 = load_rgb_uint8(p.path, max_pixels=p.max_pixels)[:, top:top + crop, left:left + crop]
         if min(hr_u8.shape[-2:]) < max(region, 2 * (model.fixed_scale or math.ceil(s.scale))):
             raise ImageError(f"a {hw[0]}x{hw[1]} image is too small for a temperature map at x{s.scale:g}")
         taus = [round(0.1 * k, 1) for k in range(11)]
         return temperature_map(model.flow, hr_u8, model.fixed_scale or s.scale, taus, region, "psnr", s.seed,
                                device=model.sampling.device, progress=False)
+
+    return model.call(work)

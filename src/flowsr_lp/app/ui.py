@@ -1,7 +1,7 @@
 """The Gradio page: upload an image, compare temperature sampling with the learned prior.
 
 Runs offline: no analytics, no web fonts, no share link unless asked. Every model-running
-event goes through the model's own queue (`models.LoadedModel.gate`); the page's other
+event goes through the model's own queue (`models.LoadedModel.call`); the page's other
 events only redraw pictures already computed."""
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ from ..images import to_uint8
 from ..metrics import grid_score
 
 MARKER_BAD = (255, 0, 200)  # non-finite values
+MARKER_STRIPE = (90, 0, 0)
 
 
 def _font(size: int):
@@ -38,7 +39,7 @@ def exploding_marker(sr: torch.Tensor) -> np.ndarray:
     img[bad.numpy()] = MARKER_BAD
     H, W = bad.shape
     yy, xx = np.mgrid[:H, :W]
-    img[((xx + yy) // 6) % 4 == 0] = (90, 0, 0)
+    img[((xx + yy) // 6) % 4 == 0] = MARKER_STRIPE
     share = bad.float().mean().item()
     return label(img, f"EXPLODING INVERSE: {100 * share:.2g}% inf/NaN", size=max(10, min(20, W // 16)))
 

@@ -1,0 +1,292 @@
+"""The app without a browser: the request service, the views, the model cache and queues,
+and the /upscale API called by gradio_client (4 clients at once, memory under that load)."""
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("gradio", reason="the app extra (gradio) is not installed")
+pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")  # inside gradio
+
+from app_server import app_in_thread, app_process, photo  # noqa: E402
+from flowsr_lp.app import service, views  # noqa: E402
+from flowsr_lp.app.models import ModelCache, ModelChoice, registry_choices  # noqa: E402
+from flowsr_lp.errors import ExplodingInverse, ImageError, UsageError  # noqa: E402
+from flowsr_lp.images import read_image, to_uint8  # noqa: E402
+from flowsr_lp.metrics import grid_score  # noqa: E402
+
+LINF = ModelChoice("linf-small", "linf-small", "linf-small-lp")
+SRFLOW = ModelChoice("srflow-small", "srflow-small", "srflow-small-lp")
+
+
+@pytest.fixture(scope="module")
+def cache():
+    return ModelCache("cpu", concurrency=1)
+
+
+@pytest.fixture
+def image(tmp_path):
+    return photo(tmp_path / "photo.png", 48)
+
+
+def test_registry_choices_list_bundled_models_first_with_their_priors():
+    choices = registry_choices()
+    by_name = {c.name: c for c in choices}
+    assert choices[0].name in ("linf-small", "srflow-small")
+    assert by_name["linf-small"].prior == "linf-small-lp"
+    assert by_name["srflow-small"].prior == "srflow-small-lp"
+    assert "rrdb-linf" in by_name  # released names are offered too (downloaded when picked)
+
+
+def test_sampling_and_prior_outputs(cache, image):
+    model = cache.get(LINF)
+    s = service.Settings(scale=2.5, tau=0.8, seed=3, draws=3)
+    res = service.run(model, service.plan(image, model, s, 1.0), s)
+    assert [d.seed for d in res.draws] == [3, 4, 5]
+    assert all(d.sr.shape == (3, 120, 120) and d.finite for d in res.draws + [res.prior])
+    assert res.bicubic.shape == (3, 120, 120)
+    assert res.precision in ("float32", "fp32")
+    div = service.draw_diversity(res)
+    assert div is not None and div > 0.5  # draws at tau 0.8 differ
+    assert not torch.equal(res.draws[0].sr, res.draws[1].sr)
+    rows = {r["method"]: r for r in service.scores(res)}
+    assert set(rows) == {"bicubic", "tau 0.8", "learned prior"} and "PSNR" not in rows["bicubic"]
+    assert rows["learned prior"]["LR-PSNR"] > rows["tau 0.8"]["LR-PSNR"]
+
+
+def test_known_hr_mode_downscales_and_scores_against_the_image(cache, tmp_path):
+    path = photo(tmp_path / "hr.png", 50)  # cropped to 48 (a multiple of 4) first
+    model = cache.get(LINF)
+    s = service.Settings(scale=4, tau=0.0, known_hr=True, draws=1)
+    res = service.run(model, service.plan(path, model, s, 1.0), s)
+    assert res.inputs.lr.shape[-2:] == (12, 12) and res.inputs.out_size == (48, 48)
+    assert any("cropped to 48x48" in n for n in res.inputs.notes)
+    hr = read_image(path)[0][:, :48, :48]
+    assert torch.equal(res.inputs.hr[0], hr)
+    rows = {r["method"]: r for r in service.scores(res)}
+    assert all({"PSNR", "SSIM", "LR-PSNR", "grid"} <= set(r) for r in rows.values())
+    assert 15 < rows["learned prior"]["PSNR"] < 60 and 0 < rows["learned prior"]["SSIM"] <= 1
+
+
+def test_sizes_are_checked_before_decoding(cache, tmp_path):
+    path = photo(tmp_path / "cut.png", 64)
+    data = path.read_bytes()
+    path.write_bytes(data[:200])  # header intact, pixels missing
+    model = cache.get(LINF)
+    with pytest.raises(ImageError, match="over this app's limit"):
+        service.plan(path, model, service.Settings(scale=8), max_megapixels=0.2)  # 512x512 output
+    p = service.plan(path, model, service.Settings(scale=4), max_megapixels=0.2)
+    with pytest.raises(ImageError, match="cut.png: not a readable image"):
+        service.read_inputs(p)
+
+
+@pytest.mark.parametrize("choice, settings, message", [
+    (LINF, service.Settings(scale=9), "outside 1-8"),
+    (LINF, service.Settings(scale=4, out_size=(64, 64), known_hr=True), "known-HR"),
+    (SRFLOW, service.Settings(scale=3), "fixed-scale: x4 only"),
+    (LINF, service.Settings(draws=0), "draws"),
+])
+def test_bad_settings_are_usage_errors(cache, image, choice, settings, message):
+    with pytest.raises(UsageError, match=message):
+        service.plan(image, cache.get(choice), settings, 1.0)
+
+
+def test_bad_files_are_image_errors_naming_the_file(cache, tmp_path):
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    with pytest.raises(ImageError, match="^notes.png: not a readable image"):
+        service.plan(bad, cache.get(LINF), service.Settings(), 1.0)
+
+
+def test_output_size_instead_of_scale(cache, image):
+    model = cache.get(LINF)
+    s = service.Settings(out_size=service.parse_size("100x70"), draws=1)
+    res = service.run(model, service.plan(image, model, s, 1.0), s, prior=False)
+    assert res.draws[0].sr.shape == (3, 100, 70) and res.prior is None
+    with pytest.raises(UsageError):
+        service.parse_size("100 by 70")
+
+
+def test_exploding_inverse_is_shown_as_such_and_never_written(cache, image, tmp_path):
+    model = cache.get(SRFLOW)
+    s = service.Settings(scale=4, tau=3.0, draws=2)  # far too hot: the small SRFlow's inverse explodes
+    res = service.run(model, service.plan(image, model, s, 1.0), s, prior=False)
+    bad = [d for d in res.draws if not d.finite]
+    assert bad, "expected an exploding inverse at tau 3"
+    shown = views.display(bad[0].sr)
+    assert not np.array_equal(shown, to_uint8(bad[0].sr))  # not the clamped image
+    nonfinite = ~torch.isfinite(bad[0].sr).all(0).numpy()
+    nonfinite[:30] = False  # below the banner
+    marked = shown[nonfinite]
+    assert len(marked) and ((marked == views.MARKER_BAD).all(1) | (marked == views.MARKER_STRIPE).all(1)).all()
+    assert "exploding inverse" in service.exploding_message(bad[0])
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ExplodingInverse, match=f"seed {bad[0].seed}"):  # the API reports it, writes nothing
+        service.upscale_file(model, image, service.Settings(scale=4, tau=3.0, seed=bad[0].seed), False, out, 1.0)
+    assert list(out.iterdir()) == []
+
+
+def test_grid_map_is_the_grid_score_per_block():
+    torch.manual_seed(0)
+    lr = torch.rand(1, 3, 16, 16)
+    sr = torch.nn.functional.interpolate(lr, size=(48, 48), mode="bilinear", align_corners=False)[0]
+    seams = sr.clone()
+    seams[:, 2::3, :] += 0.1  # a jump across every 3-pixel patch border
+    one = views.grid_map(seams, lr, region=48)
+    assert one.shape == (1, 1)
+    assert one.item() == pytest.approx(grid_score(seams.clamp(0, 1)[None], lr).item(), rel=1e-6)
+    m = views.grid_map(seams, lr, region=24)
+    assert m.shape == (2, 2) and (m > 5).all()
+    assert views.grid_map(sr, lr, region=24).abs().max() < 1e-3
+    with pytest.raises(ValueError):
+        views.grid_map(sr, lr, region=20)
+
+
+def test_zoom_crops_every_image_at_the_point_and_stays_inside():
+    a = np.zeros((100, 80, 3), np.uint8)
+    a[90:, 70:] = 255  # bottom-right corner
+    out = views.zoom([("a", a), ("b", 255 - a)], x=79, y=99, window=20, size=80)
+    assert out.shape == (80, 2 * 80 + 4, 3)
+    tile = out[40:, :80]  # below the label: the corner is in the crop's bottom-right half
+    assert tile[-1, -1].tolist() == [255, 255, 255] and tile[0, 0].tolist() == [0, 0, 0]
+
+
+def test_models_load_once_and_each_queue_bounds_its_concurrency():
+    cache = ModelCache("cpu", concurrency=2)
+    with ThreadPoolExecutor(6) as pool:
+        models = list(pool.map(lambda _: cache.get(LINF), range(6)))
+    assert cache.loads == 1 and all(m is models[0] for m in models)
+    model = models[0]
+    waited = []
+    with ThreadPoolExecutor(6) as pool:
+        names = list(pool.map(lambda _: model.call(lambda: time.sleep(0.05) or threading.current_thread().name,
+                                                   on_wait=waited.append), range(6)))
+    assert model.peak_running == 2 and waited and model.running == 0 and model.waiting == 0
+    assert len(set(names)) == 2 and all(n.startswith("model-linf-small") for n in names)  # its own 2 threads
+    other = cache.get(SRFLOW)
+    assert other is not model and cache.loads == 2 and other.peak_running == 0
+
+
+def test_best_temperature_map(cache, tmp_path):
+    path = photo(tmp_path / "hr.png", 72)
+    r = service.best_temperatures(cache.get(LINF), path, service.Settings(scale=3), 1.0, crop=72, region=24)
+    assert torch.tensor(r["map"]).shape == (3, 3)
+    assert r["per_region_score"] >= r["best_single_score"] - 1e-9  # PSNR: per-region choice is never worse
+
+
+# ---- the /upscale API -----------------------------------------------------------------
+def reference(path: Path, use_prior: bool, seed: int, scale: float = 4, tau: float = 0.8) -> np.ndarray:
+    """What the library gives for the same call, without the app."""
+    from flowsr_lp import SuperResolver, load_flow, load_prior
+
+    flow = load_flow("linf-small")
+    resolver = SuperResolver(flow, load_prior("linf-small-lp") if use_prior else None)
+    lr = read_image(path)[0][None]
+    sr = resolver.upscale(lr, scale=scale, tau=tau, generator=torch.Generator().manual_seed(seed))
+    return to_uint8(sr[0])
+
+
+@pytest.mark.slow
+def test_api_four_clients_at_once(tmp_path):
+    from gradio_client import Client, handle_file
+
+    path = photo(tmp_path / "lr.png", 40)
+    calls = [(True, 0), (False, 0), (False, 1), (True, 5)]
+    with app_in_thread(concurrency=2) as (app, url):
+        clients = [Client(url, verbose=False) for _ in calls]
+        api = clients[0].view_api(print_info=False, return_format="dict")["named_endpoints"]["/upscale"]
+        assert [p["parameter_name"] for p in api["parameters"]] == ["image", "scale", "tau", "use_prior", "seed"]
+        with ThreadPoolExecutor(len(calls)) as pool:
+            outs = list(pool.map(lambda ca: ca[0].predict(handle_file(str(path)), 4, 0.8, ca[1][0], ca[1][1],
+                                                          api_name="/upscale"), zip(clients, calls)))
+        model = app.cache.get(app.default)
+        assert app.cache.loads == 1 and model.peak_running <= 2
+        bad = tmp_path / "bad.png"
+        bad.write_text("not an image")
+        with pytest.raises(Exception, match="bad.png: not a readable image") as err:
+            clients[0].predict(handle_file(str(bad)), 4, 0.8, True, 0, api_name="/upscale")
+        assert "Traceback" not in str(err.value)
+        with pytest.raises(Exception, match="outside 1-8"):
+            clients[0].predict(handle_file(str(path)), 9, 0.8, True, 0, api_name="/upscale")
+    for (use_prior, seed), out in zip(calls, outs):
+        got = np.asarray(Image.open(out))
+        assert got.shape == (160, 160, 3)
+        np.testing.assert_array_equal(got, reference(path, use_prior, seed))
+    assert not np.array_equal(np.asarray(Image.open(outs[1])), np.asarray(Image.open(outs[2])))  # seeds differ
+
+
+def peak_rss(pid: int) -> int:
+    """Peak resident set size of a process so far (bytes, VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM")
+
+
+def reset_peak_rss(pid: int) -> None:
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # peak RSS := current RSS (Linux >= 4.0)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc peak-RSS reset")
+def test_peak_memory_under_four_clients_stays_within_1_5x_of_one_call(tmp_path):
+    from gradio_client import Client, handle_file
+
+    path = photo(tmp_path / "lr.png", 128)  # x4: 512x512 outputs
+    with app_process("--concurrency", "1") as (proc, url):
+        clients = [Client(url, verbose=False) for _ in range(4)]
+
+        def call(k):
+            return clients[k].predict(handle_file(str(path)), 4, 0.8, k % 2 == 0, k, api_name="/upscale")
+
+        call(0)  # model loaded, first-call allocations made
+        call(1)
+        base = proc_rss(proc.pid)
+        reset_peak_rss(proc.pid)
+        call(0)
+        single = peak_rss(proc.pid)
+        reset_peak_rss(proc.pid)
+        start = time.monotonic()
+        with ThreadPoolExecutor(4) as pool:
+            outs = list(pool.map(call, range(4)))
+        under_load = peak_rss(proc.pid)
+        seconds = time.monotonic() - start
+    assert all(np.asarray(Image.open(o)).shape == (512, 512, 3) for o in outs)
+    print(f"RSS: idle {base / 2**20:.0f} MiB; peak one call {single / 2**20:.0f} MiB; "
+          f"peak 4 clients {under_load / 2**20:.0f} MiB ({seconds:.1f} s)")
+    assert under_load <= 1.5 * single
+    # stricter: what the requests add above the idle server (48 MiB of slack for the server's own buffers;
+    # computing in the callers' threads instead of the model's own added about 4x one call here)
+    assert under_load - base <= 1.5 * max(single - base, 0) + 48 * 2**20
+
+
+def proc_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def test_queue_reports_the_requests_ahead_and_passes_errors_on():
+    model = ModelCache("cpu", concurrency=1).get(LINF)
+    release, seen = threading.Event(), []
+    with ThreadPoolExecutor(2) as pool:
+        holder = pool.submit(model.call, lambda: release.wait(5))
+        while model.running == 0:
+            time.sleep(0.01)
+        waiter = pool.submit(model.call, lambda: "done", on_wait=seen.append)
+        time.sleep(0.1)
+        assert seen == [1] and model.waiting == 1 and not waiter.done()
+        release.set()
+        assert holder.result(5) and waiter.result(5) == "done"
+    with pytest.raises(ZeroDivisionError):
+        model.call(lambda: 1 / 0)
+    assert model.running == 0 and model.waiting == 0
