@@ -8,10 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from flowsr_lp.cli import configure_logging
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FLOWSR_LP_SHARED", ROOT.parent / "shared"))
 REFERENCE = SHARED / "reference"
 DATA = SHARED / "data"
+if DATA.is_dir():  # named data sets (Set5, DIV2K ...) resolve there, also in subprocesses
+    os.environ["FLOWSR_LP_DATA"] = os.pathsep.join(p for p in (os.environ.get("FLOWSR_LP_DATA"), str(DATA)) if p)
 
 
 def under_ci() -> bool:
@@ -57,4 +61,11 @@ def no_grad():
 @pytest.fixture(autouse=True)
 def _deterministic_threads():
     torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _package_log_on_stderr():
+    """The package's log as the command line shows it (info and up on stderr), for every test."""
+    configure_logging()
     yield

@@ -41,9 +41,10 @@ class Dataset:
 
 
 def data_roots() -> list[Path]:
+    """Where named data sets are looked for: $FLOWSR_LP_DATA (os.pathsep-separated), then
+    ./data and ./data/benchmark."""
     roots = [Path(p) for p in os.environ.get(DATA_ROOTS_ENV, "").split(os.pathsep) if p]
-    checkout_shared = Path(__file__).resolve().parents[3] / "shared" / "data"  # beside a source checkout
-    return roots + [Path("data"), Path("data") / "benchmark", checkout_shared]
+    return roots + [Path("data"), Path("data") / "benchmark"]
 
 
 def resolve_dataset(spec: str) -> Dataset:

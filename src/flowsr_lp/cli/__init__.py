@@ -40,19 +40,32 @@ class _LevelPrefix(logging.Formatter):
         return self.PREFIX.get(record.levelno, "") + super().format(record)
 
 
-def configure_logging(verbosity: int) -> None:
-    """The package's log to stderr: -q warnings and errors only, default info, -v debug."""
-    handler = logging.StreamHandler(sys.stderr)
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a record is emitted (not when the handler was made)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def configure_logging(quiet: int = 0, verbose: int = 0) -> None:
+    """The package's log on stderr: info by default (-q only hides progress bars), -qq warnings
+    and errors only, -v debug."""
+    handler = _StderrHandler()
     handler.setFormatter(_LevelPrefix("%(message)s"))
     log = logging.getLogger("flowsr_lp")
     log.handlers = [handler]
     log.propagate = False
-    log.setLevel(logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG)
+    log.setLevel(logging.DEBUG if verbose > 0 else logging.WARNING if quiet > 1 else logging.INFO)
 
 
 def _verbosity_options(p: argparse.ArgumentParser, default) -> None:
     p.add_argument("-q", "--quiet", action="count", default=default,
-                   help="less output: no progress bars, warnings and errors only")
+                   help="no progress bars; twice (-qq): warnings and errors only")
     p.add_argument("-v", "--verbose", action="count", default=default, help="more output (debug messages)")
 
 
@@ -87,7 +100,7 @@ def error_message(e: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(args.verbose - args.quiet)
+    configure_logging(args.quiet, args.verbose)
     if not getattr(args, "run", None):
         parser.print_help()
         return 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import logging
 import os
 import shutil
 import socket
@@ -34,9 +35,12 @@ TIMEOUT_S = 60.0     # socket timeout
 CHUNK = 1 << 20
 CHECKSUMS = ".checksums.json"
 
+log = logging.getLogger(__name__)
+
 
 def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    """A progress message, on the package's log (the command line shows it on stderr)."""
+    log.info(msg)
 
 
 def downloads_dir(root: Path | str) -> Path:

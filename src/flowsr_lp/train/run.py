@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import torch
@@ -110,12 +109,12 @@ def train(cfg: dict, resume: bool = False, overwrite: bool = False) -> None:
             for p in flow.parameters():
                 torch.distributed.broadcast(p.data, 0)
     if rank == 0:
-        print(f"training {cfg['task']} for {trainer.total} iterations ({trainer.per_epoch} per epoch), "
-              f"{sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6:.2f} M trainable parameters, "
-              f"perceptual loss: {label}, device {device}, {world} process(es)", file=sys.stderr)
+        logger.info("training %s for %d iterations (%d per epoch), %.2f M trainable parameters, perceptual loss: "
+                    "%s, device %s, %d process(es)", cfg["task"], trainer.total, trainer.per_epoch,
+                    sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6, label, device, world)
     path = trainer.run()
     if rank == 0:
-        print(f"model written to {path}", file=sys.stderr)
+        logger.info("model written to %s", path)
     finish(world)
 
 
