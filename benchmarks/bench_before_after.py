@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 import flowsr_lp
-from common import alternate, header, load, report
+from common import CASES, alternate, build, header, load, report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,25 +41,10 @@ def import_before(spec: str, tmp: Path):
     return importlib.import_module("flowsr_lp_before")
 
 
-def build(pkg, case: str):
-    """(resolver, call kwargs) for a case, from package `pkg` (either version)."""
-    linf = importlib.import_module(pkg.__name__ + ".flows.linf")
-    if case.startswith("linf"):
-        name = "linf-patch-rrdb" if case == "linf-rrdb" else "linf-patch-edsr-baseline"
-        flow = linf.LINF(linf.RELEASED[name])
-        prior = None
-        if case == "linf-lp":
-            lp = importlib.import_module(pkg.__name__ + ".priors.linf_lp")
-            prior = lp.LINFLatentModule(lp.RELEASED["linf-lp-unet"])
-        return flow, prior
-    srflow = importlib.import_module(pkg.__name__ + ".flows.srflow")
-    return srflow.SRFlow(srflow.RELEASED["srflow-df2k-4x"]), None
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--before", required=True)
-    ap.add_argument("--case", default="linf-patch", choices=["linf-patch", "linf-rrdb", "linf-lp", "srflow"])
+    ap.add_argument("--case", default="linf-patch", choices=CASES)
     ap.add_argument("--lr", type=int, default=64)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--repeats", type=int, default=7)

@@ -2,6 +2,7 @@
 the full-size random-weight models of the issue's cases."""
 from __future__ import annotations
 
+import importlib
 import os
 import resource
 import statistics
@@ -12,12 +13,15 @@ from typing import Callable
 import torch
 
 from flowsr_lp.precision import hardware_line
+from flowsr_lp.runtime import keep_freed_memory
 
 
 def header(title: str) -> None:
-    """Print what, where (CPU model, bf16 units, threads, torch, GPU, load) and how."""
+    """Print what, where (CPU model, bf16 units, threads, torch, GPU, load) and how; the
+    allocator is set up as the CLI sets it (freed memory kept for the next call)."""
+    kept = keep_freed_memory()
     print(title)
-    print("hardware:", hardware_line())
+    print("hardware:", hardware_line(), "; allocator keeps freed memory:", kept)
     print("command:", " ".join([os.path.basename(sys.executable), *sys.argv]))
 
 
@@ -68,3 +72,28 @@ def report(times: dict[str, dict[str, list[float]]], base: str) -> None:
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+#: the issue's cases: full-size released architectures with random weights
+CASES = ["linf-patch", "linf-lp", "linf-rrdb", "linf-rrdb-lp", "srflow", "srflow-lp"]
+
+
+def build(pkg, case: str):
+    """(flow, prior or None) of a case, built from package `pkg` (flowsr_lp or an older copy):
+    linf-patch = EDSR-baseline 3x3 LINF, linf-rrdb = RRDB (nb 23) 3x3 LINF, srflow = SRFlow 4x
+    (nb 23, K 16, L 3); "-lp" adds the released UNet (dim 64) latent module."""
+    mod = lambda name: importlib.import_module(f"{pkg.__name__}.{name}")  # noqa: E731
+    prior = None
+    if case.startswith("linf"):
+        linf = mod("flows.linf")
+        flow = linf.LINF(linf.RELEASED["linf-patch-rrdb" if "rrdb" in case else "linf-patch-edsr-baseline"])
+        if case.endswith("-lp"):
+            lp = mod("priors.linf_lp")
+            prior = lp.LINFLatentModule(lp.RELEASED["linf-lp-unet"])
+    else:
+        srflow = mod("flows.srflow")
+        flow = srflow.SRFlow(srflow.RELEASED["srflow-df2k-4x"])
+        if case.endswith("-lp"):
+            lp = mod("priors.srflow_lp")
+            prior = lp.SRFlowLatentModule(lp.RELEASED["srflow-lp-unet"])
+    return flow.eval(), prior.eval() if prior is not None else None

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .errors import UsageError
+from .runtime import available_cpus
 
 log = logging.getLogger(__name__)
 
@@ -140,25 +141,6 @@ def float32_transform(method):
             return method(self, *(_to_float32(a) for a in args), **{k: _to_float32(v) for k, v in kwargs.items()})
 
     return run
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, e.g. a container's share)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def free_cpus() -> int:
-    """CPUs not already kept busy by other work: the available CPUs minus the one-minute
-    load average (at least 1). Threads beyond this only slow everyone down."""
-    n = available_cpus()
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return n
-    return max(1, min(n, round(n - load)))
 
 
 def hardware_line() -> str:
