@@ -226,8 +226,9 @@ def metrics_table(rows: list[dict]) -> str:
     for r in rows:
         cells = [f"{r[c]:.4f}" if c == "SSIM" else f"{r[c]:.2f}" for c in cols if c in r]
         lines.append(f"| {r['method']} | " + (" | ".join(cells) if cells else r.get("note", "")) + " |")
-    return ("\n".join(lines) + "\n\nPSNR/SSIM against the known HR (RGB, scale pixels shaved); LR-PSNR: the output "
-            "downscaled vs the LR; grid: excess jump across 3x3 patch borders, in gray levels (0 = none).")
+    known = "PSNR/SSIM against the known HR (RGB, scale pixels shaved); " if "PSNR" in cols else ""
+    return ("\n".join(lines) + f"\n\n{known}LR-PSNR: the output downscaled vs the LR; grid: excess jump across "
+            "3x3 patch borders, in gray levels (0 = none).")
 
 
 def build(app: App) -> gr.Blocks:
@@ -268,7 +269,7 @@ def build(app: App) -> gr.Blocks:
                         slider = gr.ImageSlider(label="Drag to compare", height=420, elem_id="compare")
                     with gr.Tab("Zoom"):
                         pick = gr.Image(label="Click a point", interactive=False, height=300, format="png")
-                        zoomed = gr.Image(label="Zoomed crops", interactive=False, format="png")
+                        zoomed = gr.Image(label="Zoomed crops", interactive=False, format="png", elem_id="zoom")
                     with gr.Tab("Grid artifacts"):
                         heat = gr.Image(label="Grid score per 24x24 block", interactive=False, format="png")
                     with gr.Tab("Best temperature"):
