@@ -15,9 +15,9 @@ from .. import __version__
 from ..datasets.registry import DataError
 from ..errors import FlowSRError
 from ..metrics import LPIPSUnavailable
-from . import data, demo, evaluate, models, temperature_map, train, upscale
+from . import app, data, demo, evaluate, models, temperature_map, train, upscale
 
-COMMANDS = (demo, upscale, train, evaluate, temperature_map, data, models)
+COMMANDS = (demo, upscale, train, evaluate, temperature_map, data, models, app)
 
 # (exception type, exit code), first match wins. 2: the call as a whole failed (bad option,
 # unusable model or data, nothing done); commands themselves return 1 when some inputs failed.

@@ -26,8 +26,8 @@ def add_parser(sub, parents=()) -> None:
 
 
 def run(args) -> int:
-    if args.concurrency < 1 or args.max_models < 1 or not 0 <= args.port < 65536:
-        raise UsageError("--concurrency and --max-models must be >= 1 and --port in 0-65535")
+    if args.concurrency < 1 or args.max_models < 1 or not 0 < args.port < 65536:
+        raise UsageError("--concurrency and --max-models must be >= 1 and --port in 1-65535")
     try:  # imported here: Gradio is an optional extra, and the other commands never need it
         from ..app.ui import AppConfig, launch
     except ImportError as e:
