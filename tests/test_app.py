@@ -290,3 +290,17 @@ def test_queue_reports_the_requests_ahead_and_passes_errors_on():
     with pytest.raises(ZeroDivisionError):
         model.call(lambda: 1 / 0)
     assert model.running == 0 and model.waiting == 0
+
+
+def test_precision_is_part_of_the_model_key_and_shown(image):
+    fp32, bf16 = ModelCache("cpu"), ModelCache("cpu", precision="bf16")
+    assert fp32.key(LINF) != bf16.key(LINF)
+    model = bf16.get(LINF)
+    s = service.Settings(scale=2, draws=1)
+    res = service.run(model, service.plan(image, model, s, 1.0), s)
+    assert res.precision == "bf16" and res.prior.finite
+    ref = service.run(fp32.get(LINF), service.plan(image, fp32.get(LINF), s, 1.0), s)
+    assert ref.precision == "fp32"
+    assert (res.prior.sr - ref.prior.sr).abs().max() < 0.1  # close, not bit-equal
+    with pytest.raises(UsageError):
+        ModelCache("cpu", precision="fp8")

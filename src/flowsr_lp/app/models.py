@@ -17,7 +17,8 @@ import torch
 from ..checkpoints import load_flow, load_prior
 from ..errors import ModelNotFoundError, UsageError
 from ..hub import registry
-from ..pipeline import SuperResolver
+from ..pipeline import LearnedPrior, SuperResolver
+from ..precision import parse_precision, precision_name
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +53,18 @@ def local_choice(flow: str, prior: str | None = None) -> ModelChoice:
 
 
 class LoadedModel:
-    """A flow ready to run: `sampling` draws latents at a temperature, `learned` uses the
-    latent module (None without one). `call()` runs work in this model's own queue: on its
+    """A flow ready to run: one pipeline (`resolver`) and the learned-prior strategy (`prior`,
+    None without a latent module). `call()` runs work in this model's own queue: on its
     `concurrency` worker threads, so at most that many requests compute at once and the
     tensors of every request come from the same few threads' memory."""
 
-    def __init__(self, choice: ModelChoice, flow, prior, concurrency: int):
+    def __init__(self, choice: ModelChoice, flow, prior, concurrency: int, precision: str = "fp32"):
         self.choice = choice
         self.flow = flow
-        self.sampling = SuperResolver(flow)
-        self.learned = SuperResolver(flow, prior) if prior is not None else None
+        self.resolver = SuperResolver(flow, precision=precision)
+        self.prior = LearnedPrior(prior) if prior is not None else None
+        if self.prior is not None:
+            self.prior.check(flow)
         self.concurrency = concurrency
         self._workers = ThreadPoolExecutor(concurrency, thread_name_prefix=f"model-{choice.name}")
         self._lock = threading.Lock()
@@ -74,12 +77,14 @@ class LoadedModel:
         return getattr(self.flow, "fixed_scale", None)
 
     @property
+    def device(self) -> torch.device:
+        return self.resolver.device
+
+    @property
     def precision(self) -> str:
-        """The dtype the pipeline computes in, as shown on the page."""
-        named = getattr(self.sampling, "precision", None)
-        if named is not None:
-            return str(named)
-        return str(next(self.flow.parameters()).dtype).removeprefix("torch.")
+        """What the encoder, conditioning and latent module compute in ("fp32", "bf16", ...;
+        the flow's invertible transform is always float32)."""
+        return precision_name(self.resolver.dtype)
 
     def call(self, fn, *args, on_wait=None):
         """fn(*args) in this model's queue; `on_wait(n)` is told first when n requests must
@@ -108,15 +113,17 @@ class LoadedModel:
 
 
 class ModelCache:
-    """Loads each (flow, prior, device) once, thread-safe: concurrent first requests for a
+    """Loads each (flow, prior, device, precision) once, thread-safe: concurrent first requests for a
     model wait for one load; requests for other models do not wait for it. At most
     `max_models` stay loaded (least recently used dropped; a request still running on a
     dropped model keeps it alive until it ends)."""
 
-    def __init__(self, device: str | torch.device = "cpu", concurrency: int = 1, max_models: int = 4):
+    def __init__(self, device: str | torch.device = "cpu", concurrency: int = 1, max_models: int = 4,
+                 precision: str = "fp32"):
         if concurrency < 1 or max_models < 1:
             raise UsageError("concurrency and max_models must be >= 1")
         self.device = torch.device(device)
+        self.precision = parse_precision(precision)
         self.concurrency = concurrency
         self.max_models = max_models
         self._models: OrderedDict[tuple, LoadedModel] = OrderedDict()
@@ -125,7 +132,7 @@ class ModelCache:
         self.loads = 0
 
     def key(self, choice: ModelChoice) -> tuple:
-        return (choice.flow, choice.prior, str(self.device))
+        return (choice.flow, choice.prior, str(self.device), self.precision)
 
     def get(self, choice: ModelChoice) -> LoadedModel:
         key = self.key(choice)
@@ -154,4 +161,4 @@ class ModelCache:
         prior = load_prior(choice.prior, device=self.device) if choice.prior else None
         self.loads += 1
         log.info("loaded %s in %.2f s", choice.name, time.perf_counter() - t0)
-        return LoadedModel(choice, flow, prior, self.concurrency)
+        return LoadedModel(choice, flow, prior, self.concurrency, self.precision)

@@ -21,7 +21,7 @@ from ..data.resize import imresize
 from ..errors import ExplodingInverse, ImageError, UsageError
 from ..images import image_size, load_rgb_uint8, read_image, write_png
 from ..metrics import diversity, grid_score, lr_psnr, psnr, ssim
-from ..pipeline import finite_mask, output_size
+from ..pipeline import TemperatureSampling, finite_mask, output_size
 from ..temperature import temperature_map
 from .models import LoadedModel
 
@@ -170,37 +170,32 @@ def bicubic(inputs: Inputs) -> torch.Tensor:
     return F.interpolate(inputs.lr, size=inputs.out_size, mode="bicubic", align_corners=False).clamp(0, 1)[0]
 
 
-def sample(model: LoadedModel, inputs: Inputs, tau: float, seed: int) -> Output:
+def generate(model: LoadedModel, prepared, strategy, seed: int | None) -> Output:
     t0 = time.perf_counter()
-    lr = inputs.lr.to(model.sampling.device)
-    sr = model.sampling.upscale(lr, inputs.out_size, tau=tau, generator=torch.Generator().manual_seed(seed))
+    sr = model.resolver.generate(prepared, strategy).images
     return Output(sr[0].float().cpu(), seed, time.perf_counter() - t0)
 
 
-def predict(model: LoadedModel, inputs: Inputs) -> Output:
-    t0 = time.perf_counter()
-    sr = model.learned.upscale(inputs.lr.to(model.learned.device), inputs.out_size)
-    return Output(sr[0].float().cpu(), None, time.perf_counter() - t0)
-
-
 def compute(model: LoadedModel, p: Plan, s: Settings, sampling: bool, prior: bool, report) -> Result:
-    """Decode the image, then s.draws draws at s.tau and/or the learned prior (no queueing:
-    callers go through `model.call`)."""
-    prior = prior and model.learned is not None
-    steps = (s.draws if sampling else 0) + int(prior)
+    """Decode the image, condition the flow once, then s.draws draws at s.tau and/or the
+    learned prior (no queueing: callers go through `model.call`)."""
+    prior = prior and model.prior is not None
+    steps = (s.draws if sampling else 0) + int(prior) + 1
     t0 = time.perf_counter()
+    report(0.0, "conditioning the flow")
     inputs = read_inputs(p)
+    prepared = model.resolver.prepare(inputs.lr, size=inputs.out_size)
     draws = []
     for k in range(s.draws if sampling else 0):
-        report(k / steps, f"tau {s.tau:g}: draw {k + 1} of {s.draws}")
-        draws.append(sample(model, inputs, s.tau, s.seed + k))
+        report((k + 1) / steps, f"tau {s.tau:g}: draw {k + 1} of {s.draws}")
+        draws.append(generate(model, prepared, TemperatureSampling(s.tau, seed=s.seed + k), s.seed + k))
     learned = None
     if prior:
-        report(len(draws) / steps, "learned prior")
-        learned = predict(model, inputs)
+        report((len(draws) + 1) / steps, "learned prior")
+        learned = generate(model, prepared, model.prior, None)
     report(1.0, "done")
     return Result(inputs, bicubic(inputs), draws, learned, model.choice.name, model.precision,
-                  str(model.sampling.device), time.perf_counter() - t0, s.tau)
+                  str(model.device), time.perf_counter() - t0, s.tau)
 
 
 def _queued(model: LoadedModel, work, report):
@@ -219,7 +214,7 @@ def run(model: LoadedModel, p: Plan, s: Settings, *, sampling: bool = True, prio
 def upscale_file(model: LoadedModel, path: str | Path, s: Settings, use_prior: bool, out_dir: Path,
                  max_megapixels: float, progress=None) -> Path:
     """The API call: one SR image (learned prior, or one draw at s.tau), written as a PNG."""
-    if use_prior and model.learned is None:
+    if use_prior and model.prior is None:
         raise UsageError(f"{model.choice.name} has no learned prior; call with use_prior=False")
     p = plan(path, model, s, max_megapixels)
     report = progress or (lambda frac, text: None)
@@ -289,6 +284,6 @@ def best_temperatures(model: LoadedModel, path: str | Path, s: Settings, max_meg
             raise ImageError(f"a {hw[0]}x{hw[1]} image is too small for a temperature map at x{s.scale:g}")
         taus = [round(0.1 * k, 1) for k in range(11)]
         return temperature_map(model.flow, hr_u8, model.fixed_scale or s.scale, taus, region, "psnr", s.seed,
-                               device=model.sampling.device, progress=False)
+                               device=model.device, progress=False)
 
     return model.call(work)

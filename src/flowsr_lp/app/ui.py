@@ -37,6 +37,7 @@ class AppConfig:
     concurrency: int = 1  # requests running at once on each loaded model
     device: str = "cpu"
     max_models: int = 4
+    precision: str = "fp32"  # of the encoder, conditioning and latent module: fp32, bf16, fp16 or auto
     allow_local_paths: bool = True  # off for --share: no probing of the server's disk
     choices: list[ModelChoice] = field(default_factory=registry_choices)
 
@@ -77,7 +78,7 @@ class App:
 
     def __init__(self, config: AppConfig):
         self.config = config
-        self.cache = ModelCache(config.device, config.concurrency, config.max_models)
+        self.cache = ModelCache(config.device, config.concurrency, config.max_models, config.precision)
         self.work = Path(tempfile.mkdtemp(prefix="flowsr-lp-app-"))
         self.samples = sample_photos(self.work / "samples", 4, 144)
         self.choices = {c.name: c for c in config.choices}
@@ -118,7 +119,7 @@ class App:
         with page_errors():
             model = self.cache.get(self.choice(name, flow_path, prior_path))
         fixed = model.fixed_scale
-        prior = "with its learned prior" if model.learned is not None else "no learned prior"
+        prior = "with its learned prior" if model.prior is not None else "no learned prior"
         info = (f"**{model.choice.name}**: {model.flow.kind}, {prior}, "
                 f"{f'fixed x{fixed}' if fixed else 'any scale 1-8'}; {model.precision} on {self.cache.device}")
         scale = gr.update(value=fixed, interactive=False) if fixed else gr.update(interactive=True)

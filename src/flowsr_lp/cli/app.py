@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..cli_options import add_device, positive_float, resolve_device
 from ..errors import UsageError
+from ..precision import PRECISIONS
 
 
 def add_parser(sub, parents=()) -> None:
@@ -21,6 +22,9 @@ def add_parser(sub, parents=()) -> None:
     p.add_argument("--concurrency", type=int, default=1,
                    help="requests running at once on each loaded model; the others wait in its queue (default 1)")
     p.add_argument("--max-models", type=int, default=4, help="models kept loaded (default 4)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="what the encoder, conditioning and latent module compute in; auto: bf16 where the "
+                        "hardware has bf16 units (default fp32; the flow's inverse is always float32)")
     add_device(p)
     p.set_defaults(run=run)
 
@@ -33,7 +37,7 @@ def run(args) -> int:
     except ImportError as e:
         raise UsageError(f"the app needs Gradio: pip install 'flowsr-lp[app]' ({e})") from None
     config = AppConfig(max_megapixels=args.max_megapixels, concurrency=args.concurrency,
-                       device=str(resolve_device(args.device)), max_models=args.max_models,
+                       device=str(resolve_device(args.device)), max_models=args.max_models, precision=args.precision,
                        allow_local_paths=not args.share)
     launch(config, host=args.host, port=args.port, share=args.share, block=True, quiet=args.quiet > 0)
     return 0
