@@ -292,6 +292,7 @@ def test_queue_reports_the_requests_ahead_and_passes_errors_on():
     assert model.running == 0 and model.waiting == 0
 
 
+@pytest.mark.slow
 def test_precision_is_part_of_the_model_key_and_shown(image):
     fp32, bf16 = ModelCache("cpu"), ModelCache("cpu", precision="bf16")
     assert fp32.key(LINF) != bf16.key(LINF)
