@@ -17,6 +17,8 @@ once with `prepare` and call `generate` for each strategy.
 from __future__ import annotations
 
 import abc
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -26,22 +28,36 @@ from PIL import Image
 
 from .data.resize import imresize
 from .errors import UsageError
-from .flows.base import Flow, Latent
+from .flows.base import Flow, Latent, checked_size
 from .precision import reduced, resolve_precision
 from .priors.tiling import predict_latent
 
 ImageLike = Union[torch.Tensor, Image.Image, np.ndarray]
 
 
+#: SuperResolver's default limit on output pixels per image (64 MP, as the CLI's default
+#: --max-megapixels); `max_output_pixels=None` lifts it
+MAX_OUTPUT_PIXELS = 64_000_000
+
+
 def output_size(lr_hw: tuple[int, int], scale: float | tuple[float, float]) -> tuple[int, int]:
     """HR size for an LR size and a (possibly anisotropic) scale: round(h * s)."""
-    sh, sw = (scale, scale) if isinstance(scale, (int, float)) else scale
-    if not (sh > 0 and sw > 0):
-        raise ValueError(f"scale must be positive, got {scale}")
+    sh, sw = (scale, scale) if isinstance(scale, numbers.Real) else _pair(scale)
+    if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+               for v in (sh, sw)):
+        raise ValueError(f"scale must be a positive finite number or (sh, sw), got {scale!r}")
     H, W = round(lr_hw[0] * sh), round(lr_hw[1] * sw)
     if H < 1 or W < 1:
         raise ValueError(f"scale {scale} gives an empty output for a {lr_hw[0]}x{lr_hw[1]} input")
     return H, W
+
+
+def _pair(scale) -> tuple:
+    try:
+        sh, sw = scale
+    except (TypeError, ValueError):
+        raise ValueError(f"scale must be a positive finite number or (sh, sw), got {scale!r}") from None
+    return sh, sw
 
 
 def finite_mask(sr: torch.Tensor) -> torch.Tensor:
@@ -65,8 +81,10 @@ def as_lr_batch(image: ImageLike) -> tuple[torch.Tensor, str]:
         arr = np.asarray(image.convert("RGB"))
         return torch.from_numpy(arr.copy()).permute(2, 0, 1)[None].float() / 255, "pil"
     if isinstance(image, np.ndarray):
+        if image.dtype not in (np.uint8, np.uint16) and image.dtype.kind != "f":
+            raise TypeError(f"numpy image must be uint8, uint16 or float in [0, 1], got {image.dtype}")
         arr = image[:, :, None].repeat(3, 2) if image.ndim == 2 else image
-        if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.size == 0:
             raise UsageError(f"numpy image must be H x W x 3 (or H x W), got shape {image.shape}")
         arr = arr[:, :, :3]
         kind = "numpy-float" if arr.dtype.kind == "f" else "numpy-uint8"
@@ -78,8 +96,26 @@ def as_lr_batch(image: ImageLike) -> tuple[torch.Tensor, str]:
         t = image[None] if image.dim() == 3 else image
         if t.dim() != 4 or t.shape[1] != 3:
             raise UsageError(f"image tensor must be 3 x H x W or B x 3 x H x W, got {tuple(image.shape)}")
-        return (t.float() / 255 if t.dtype == torch.uint8 else t), kind
+        if t.numel() == 0:
+            raise UsageError(f"image tensor is empty: shape {tuple(image.shape)}")
+        if t.dtype == torch.uint8:
+            return t.float() / 255, kind
+        if not t.is_floating_point():
+            raise TypeError(f"image tensor must be float in [0, 1] or uint8, got {t.dtype}")
+        return _checked_range(t), kind
     raise UsageError(f"unsupported image type {type(image).__name__} (expected a tensor, PIL image or numpy array)")
+
+
+def _checked_range(t: torch.Tensor) -> torch.Tensor:
+    """Float pixels must be finite and in [0, 1] (a little overshoot, as resampling makes, is
+    fine); 0..255 floats would decode to garbage."""
+    lo, hi = torch.aminmax(t.detach())
+    if not (torch.isfinite(lo) and torch.isfinite(hi)):
+        raise UsageError("image tensor holds NaN or inf")
+    if lo < -0.5 or hi > 1.5:
+        raise UsageError(f"image tensor values span [{lo.item():.3g}, {hi.item():.3g}]; expected floats in [0, 1]"
+                         + (" (divide 0..255 values by 255)" if hi > 2 else ""))
+    return t
 
 
 @dataclass
@@ -177,9 +213,6 @@ class LearnedPrior(LatentStrategy):
 
     def latent(self, flow: Flow, lr: torch.Tensor, ctx, scale: float) -> Latent:
         start = flow.initial_prior(lr, ctx, getattr(self.prior.config, "initial_prior", "paper"))
-        # channels-last (NHWC) maps: oneDNN convolves them without reordering
-        start, lr = (tuple(z.contiguous(memory_format=torch.channels_last) for z in start),
-                     lr.contiguous(memory_format=torch.channels_last))
         return predict_latent(self.prior, start, lr, self.max_pixels, self.tile, self.overlap, self.margin)
 
     def __repr__(self) -> str:
@@ -212,7 +245,11 @@ class SuperResolver:
 
     def __init__(self, flow: Flow, prior=None, *, strategy: LatentStrategy | None = None,
                  prior_max_pixels: int | None = 1 << 20, prior_tile: int = 256, prior_overlap: int = 32,
-                 prior_margin: int = 32, precision: str | torch.dtype = "fp32"):
+                 prior_margin: int = 32, precision: str | torch.dtype = "fp32",
+                 max_output_pixels: int | None = MAX_OUTPUT_PIXELS):
+        if max_output_pixels is not None and not (isinstance(max_output_pixels, numbers.Real) and max_output_pixels > 0):
+            raise ValueError(f"max_output_pixels must be a positive number or None, got {max_output_pixels!r}")
+        self.max_output_pixels = max_output_pixels
         self.flow = flow.eval()
         self.dtype = resolve_precision(precision, self.device)
         self.prior = prior.eval() if prior is not None else None
@@ -236,7 +273,11 @@ class SuperResolver:
             if scale is None:
                 raise UsageError("give a scale or an output size")
             size = output_size(lr_hw, scale)
-        return int(size[0]), int(size[1])
+        h, w = checked_size(size)
+        if self.max_output_pixels is not None and h * w > self.max_output_pixels:
+            raise UsageError(f"output {h}x{w} is {h * w / 1e6:.1f} MP, over this SuperResolver's limit of "
+                             f"{self.max_output_pixels / 1e6:g} MP (max_output_pixels=None lifts it)")
+        return h, w
 
     @torch.no_grad()
     def prepare(self, image: ImageLike, *, scale=None, size=None) -> Prepared:

@@ -8,12 +8,26 @@ caller that wants displayable pixels clamps, and can check for non-finite values
 from __future__ import annotations
 
 import abc
+import numbers
 from typing import Any
 
 import torch
 from torch import nn
 
 Latent = tuple[torch.Tensor, ...]
+
+
+def checked_size(size, what: str = "output size") -> tuple[int, int]:
+    """(H, W) as two positive integers; floats (even 1e9) are a TypeError, not truncated."""
+    try:
+        h, w = size
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} must be (H, W), two positive integers, got {size!r}") from None
+    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in (h, w)):
+        raise TypeError(f"{what} must be two integers, got {size!r}")
+    if h < 1 or w < 1:
+        raise ValueError(f"{what} must be positive, got {(int(h), int(w))}")
+    return int(h), int(w)
 
 
 class Flow(nn.Module, abc.ABC):
@@ -65,6 +79,47 @@ class Flow(nn.Module, abc.ABC):
             z = torch.randn(shape, generator=generator, device=gen_device, dtype=dtype)
             out.append(z.to(device) * tau)
         return tuple(out)
+
+    # ---- argument checks: one clear error instead of a failure deep inside a convolution ----
+    def checked_images(self, x, what: str, size: tuple[int, int] | list[tuple[int, int]] | None = None,
+                       batch: int | None = None) -> torch.Tensor:
+        """`x` as B x 3 x H x W in the flow's float dtype (float64 / float16 / bfloat16 are
+        converted); uint8 and other integer tensors, wrong ranks, channel counts, empty
+        batches and (with `size`, one (H, W) or a list of those allowed, and `batch`) the
+        wrong size are TypeError / ValueError."""
+        expect = "a B x 3 x H x W float tensor in [0, 1]"
+        if not torch.is_tensor(x):
+            raise TypeError(f"{what} must be {expect}, got {type(x).__name__}")
+        if x.dtype == torch.uint8:
+            raise TypeError(f"{what} is uint8: pass floats in [0, 1] (x.float() / 255), or give the image to "
+                            "SuperResolver, which converts it")
+        if not x.is_floating_point():
+            raise TypeError(f"{what} must be {expect}, got dtype {x.dtype}")
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"{what} must be {expect}, got shape {tuple(x.shape)}")
+        if x.numel() == 0:
+            raise ValueError(f"{what} is empty: shape {tuple(x.shape)}")
+        sizes = [tuple(size)] if size is not None and not isinstance(size, list) else [tuple(s) for s in size or []]
+        if sizes and tuple(x.shape[-2:]) not in sizes:
+            raise ValueError(f"{what} is {x.shape[-2]}x{x.shape[-1]} but this context is for {sizes[0][0]}x{sizes[0][1]}")
+        if batch is not None and x.shape[0] != batch:
+            raise ValueError(f"{what} holds {x.shape[0]} images but this context was made for {batch}")
+        dtype = self.device_dtype()[1]
+        return x if x.dtype == dtype else x.to(dtype)
+
+    def checked_latent(self, latent, ctx) -> Latent:
+        """`latent` as a tuple of tensors of exactly `latent_shapes(ctx)`, in the flow's dtype."""
+        expected = [tuple(s) for s in self.latent_shapes(ctx)]
+        if not isinstance(latent, (tuple, list)) or not all(torch.is_tensor(z) for z in latent):
+            raise TypeError(f"a {self.kind} latent is a tuple of {len(expected)} tensor(s) of shapes {expected}, "
+                            f"got {type(latent).__name__}")
+        got = [tuple(z.shape) for z in latent]
+        if got != expected:
+            raise ValueError(f"latent of shapes {got} does not fit this context: expected {expected}")
+        if not all(z.is_floating_point() for z in latent):
+            raise TypeError(f"latent tensors must be floating point, got {[z.dtype for z in latent]}")
+        dtype = self.device_dtype()[1]
+        return tuple(z if z.dtype == dtype else z.to(dtype) for z in latent)
 
     def device_dtype(self) -> tuple[torch.device, torch.dtype]:
         p = next(self.parameters())

@@ -21,7 +21,7 @@ from ..nets.rdn import RDN
 from ..nets.rrdb import RRDBNet
 from ..nets.swinir import SwinIR
 from ..precision import float32_transform, full_precision
-from .base import Flow, Latent
+from .base import Flow, Latent, checked_size
 from .layers import InvertibleLinear
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -219,9 +219,8 @@ class LINF(Flow):
                   window: tuple[int, int, int, int] | None = None) -> LINFContext:
         """`window` = (top, left, h, w) restricts the queries to part of the HR image (as in
         FlowSR-LP's training crops); decode then returns that part only."""
-        H, W = (int(s) for s in out_size)
-        if H < 1 or W < 1:
-            raise ValueError(f"output size must be positive, got {out_size}")
+        lr = self.checked_images(lr, "lr")
+        H, W = checked_size(out_size)
         top, left, h_out, w_out = window or (0, 0, H, W)
         if top < 0 or left < 0 or h_out < 1 or w_out < 1 or top + h_out > H or left + w_out > W:
             raise ValueError(f"window {window} does not fit an output of {(H, W)}")
@@ -333,11 +332,13 @@ class LINF(Flow):
         return [(ctx.inp.shape[0], self.dim, *ctx.grid_size)]
 
     def encode(self, hr: torch.Tensor, ctx: LINFContext):
+        hr = self.checked_images(hr, "hr", ctx.out_size, ctx.inp.shape[0])
         m = (hr - 0.5) / 0.5 - self._bilinear_base(ctx)
         z, log_p = self.encode_patches(to_patches(m, self.config.patch_size, ctx.grid_size), ctx)
         return (z,), log_p.flatten(1).sum(1)
 
     def decode(self, latent: Latent, ctx: LINFContext) -> torch.Tensor:
+        latent = self.checked_latent(latent, ctx)
         H, W = ctx.out_size
         m = self.decode_residual(latent, ctx)[:, :, :H, :W]
         return (m + self._bilinear_base(ctx)) * 0.5 + 0.5

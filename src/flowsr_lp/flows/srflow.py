@@ -109,6 +109,7 @@ class SRFlow(Flow):
 
     # ---- conditioning ------------------------------------------------------------------
     def condition(self, lr: torch.Tensor, out_size: tuple[int, int] | None = None) -> SRFlowContext:
+        lr = self.checked_images(lr, "lr")
         s = self.config.scale
         h, w = lr.shape[-2:]
         if out_size is not None and tuple(out_size) != (s * h, s * w):
@@ -142,6 +143,8 @@ class SRFlow(Flow):
     @float32_transform
     def encode(self, hr: torch.Tensor, ctx: SRFlowContext):
         """HR in [0, 1] -> ((eps..., z), log p in nats per image). No dequantisation noise."""
+        padded = tuple(self.config.scale * n for n in ctx.lr.shape[-2:])  # initial_prior encodes the padded size
+        hr = self.checked_images(hr, "hr", [ctx.out_size, padded], ctx.lr.shape[0])
         latent, logdet = self.flowUpsamplerNet(_pad_even(hr, self.config.scale), self._level_conds(ctx))
         return latent, logdet + gaussian_log_p(latent[-1])
 
@@ -151,6 +154,7 @@ class SRFlow(Flow):
         return self.flowUpsamplerNet.inverse(latent, self._level_conds(ctx))
 
     def decode(self, latent: Latent, ctx: SRFlowContext) -> torch.Tensor:
+        latent = self.checked_latent(latent, ctx)
         H, W = ctx.out_size
         return self.decode_with_logdet(latent, ctx)[0][:, :, :H, :W]
 
