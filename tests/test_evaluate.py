@@ -101,6 +101,7 @@ def test_named_sets_resolve_in_the_prepared_layout(tmp_path, monkeypatch):
     assert ds.hr == tmp_path / "benchmark" / "Set14" / "HR" and ds.lr.name == "LR_bicubic"
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_same_report(tmp_path, set5_two, flow_file):
     args = ["--flow", flow_file, "--data", str(set5_two), "--scales", "2", "--tau", "0.8", "--runs", "2",
             "--no-lpips", "--device", "cpu"]

@@ -103,6 +103,7 @@ def _weights(path):
     return torch.load(path, weights_only=True)["model"]
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_ends_with_the_same_weights(tmp_path, images, flow_file):
     full = prior_recipe(tmp_path, images, flow_file, out="full", iterations=16)
     assert main(["train-prior", full]) == 0
@@ -131,13 +132,14 @@ def test_resume_after_a_kill_ends_with_the_same_weights(tmp_path, images, flow_f
     assert steps == sorted(set(steps)) and steps[-1] == 16  # no duplicated rows after the resume
 
 
+@pytest.mark.slow
 def test_two_process_ddp_matches_one_process(tmp_path, images, flow_file):
     """gloo on the CPU; the EDSR-baseline generator has no BatchNorm, whose per-process
     statistics would differ by design (SyncBatchNorm is GPU-only in PyTorch)."""
     single = prior_recipe(tmp_path, images, flow_file, out="one", iterations=6, generator="edsr")
     double = prior_recipe(tmp_path, images, flow_file, out="two", iterations=6, generator="edsr")
     assert main(["train-prior", single]) == 0
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     r = subprocess.run(torchrun + ["-m", "flowsr_lp", "train-prior", double], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     a, b = _weights(tmp_path / "one" / "checkpoint.pt"), _weights(tmp_path / "two" / "checkpoint.pt")
@@ -157,6 +159,7 @@ def test_missing_vgg_weights_stop_with_a_clear_message(tmp_path, images, flow_fi
     assert "nope.pth: no such file" in err and "--perceptual none" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_perceptual_loss_with_given_vgg_weights(tmp_path, images, flow_file):
     from torchvision.models import vgg19
 
