@@ -1,13 +1,20 @@
 """Small models and images for fast tests."""
 from __future__ import annotations
 
+import csv
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
+from PIL import Image
+from skimage import data as skdata
 
 from flowsr_lp.flows.linf import LINF, LINFConfig
+from flowsr_lp.flows.srflow import SRFlow, SRFlowConfig
+from flowsr_lp.priors import LINFLatentModule, LINFPriorConfig
 
 
 def tiny_linf(patch_size: int = 3, encoder: str = "edsr-baseline", seed: int = 0) -> LINF:
@@ -36,8 +43,6 @@ def write_png16(path, a: np.ndarray) -> None:
 
 
 def tiny_srflow(scale: int = 4, seed: int = 0, perturb: float = 0.05):
-    from flowsr_lp.flows.srflow import SRFlow, SRFlowConfig
-
     torch.manual_seed(seed)
     flow = SRFlow(SRFlowConfig(scale=scale, nf=8, nb=2, gc=4, K=2, taps=(0, 1), hidden_channels=8))
     with torch.no_grad():  # zero-initialised couplings would make the test trivially pass
@@ -54,19 +59,12 @@ SMALL = {
 
 
 def tiny_linf_prior(kind="unet", inputs="both", seed=0):
-    from flowsr_lp.priors import LINFLatentModule, LINFPriorConfig
-
     torch.manual_seed(seed)
     return LINFLatentModule(LINFPriorConfig(inputs=inputs, **SMALL[kind])).eval()
 
 
 def natural_images(folder, n: int = 8, size: int = 96):
     """n crops of scikit-image's bundled photos, written as PNGs (small training sets)."""
-    from pathlib import Path
-
-    from PIL import Image
-    from skimage import data as skdata
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     photos = [skdata.astronaut(), skdata.coffee(), skdata.chelsea(), skdata.rocket()]
@@ -78,15 +76,11 @@ def natural_images(folder, n: int = 8, size: int = 96):
 
 
 def write_recipe(path, **sections) -> str:
-    import yaml
-
     path.write_text(yaml.safe_dump(sections))
     return str(path)
 
 
 def read_csv(path):
-    import csv
-
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
 
