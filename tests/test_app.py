@@ -123,10 +123,12 @@ def test_exploding_inverse_is_shown_as_such_and_never_written(cache, image, tmp_
     shown = views.display(bad[0].sr)
     assert not np.array_equal(shown, to_uint8(bad[0].sr))  # not the clamped image
     nonfinite = ~torch.isfinite(bad[0].sr).all(0).numpy()
-    nonfinite[:30] = False  # below the banner
+    nonfinite[:60] = False  # below the banner
     marked = shown[nonfinite]
     assert len(marked) and ((marked == views.MARKER_BAD).all(1) | (marked == views.MARKER_STRIPE).all(1)).all()
     assert "exploding inverse" in service.exploding_message(bad[0])
+    n_ok = len(res.draws) - len(bad)
+    assert f"tau 3 ({n_ok} of {len(res.draws)} finite)" in [r["method"] for r in service.scores(res)]
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(ExplodingInverse, match=f"seed {bad[0].seed}"):  # the API reports it, writes nothing

@@ -244,7 +244,9 @@ def scores(res: Result) -> list[dict]:
     rows = []
     methods = [("bicubic", [res.bicubic])]
     if res.draws:
-        methods.append((f"tau {res.tau:g}", [d.sr.clamp(0, 1) for d in res.finite_draws]))
+        n, ok = len(res.draws), len(res.finite_draws)
+        methods.append((f"tau {res.tau:g}" + (f" ({ok} of {n} finite)" if ok < n else ""),
+                        [d.sr.clamp(0, 1) for d in res.finite_draws]))
     if res.prior is not None and res.prior.finite:
         methods.append(("learned prior", [res.prior.sr]))
     for name, images in methods:

@@ -21,12 +21,18 @@ def _font(size: int):
 
 
 def label(img: np.ndarray, text: str, size: int = 14) -> np.ndarray:
-    """A dark banner with `text` across the top of the image."""
+    """A dark banner with `text` across the top of the image (lines split at "\n"), the font
+    shrunk until the longest line fits."""
     im = Image.fromarray(img)
     draw = ImageDraw.Draw(im)
-    h = min(im.height, size + 8)
+    lines = text.split("\n")
+    while size > 6 and max(draw.textlength(line, font=_font(size)) for line in lines) > im.width - 6:
+        size -= 1
+    font = _font(size)
+    h = min(im.height, len(lines) * (size + 3) + 5)
     draw.rectangle((0, 0, im.width, h), fill=(0, 0, 0))
-    draw.text((4, 3), text, fill=(255, 255, 255), font=_font(size))
+    for k, line in enumerate(lines):
+        draw.text((3, 3 + k * (size + 3)), line, fill=(255, 255, 255), font=font)
     return np.asarray(im)
 
 
@@ -41,7 +47,7 @@ def exploding_marker(sr: torch.Tensor) -> np.ndarray:
     yy, xx = np.mgrid[:H, :W]
     img[((xx + yy) // 6) % 4 == 0] = MARKER_STRIPE
     share = bad.float().mean().item()
-    return label(img, f"EXPLODING INVERSE: {100 * share:.2g}% inf/NaN", size=max(10, min(20, W // 16)))
+    return label(img, f"EXPLODING INVERSE\n{100 * share:.2g}% inf/NaN", size=20)
 
 
 def display(sr: torch.Tensor) -> np.ndarray:
@@ -72,7 +78,7 @@ def heat_figure(background: torch.Tensor, panels: list[tuple[str, torch.Tensor]]
     H, W = img.shape[:2]
     if vmax is None:
         vmax = max(float(m.max()) for _, m in panels) or 1.0
-    fig = Figure(figsize=(3.2 * len(panels) + 0.9, 3.4), dpi=110)
+    fig = Figure(figsize=(3.2 * len(panels) + 1.3, 3.4), dpi=110)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (title, m) in zip(axes, panels):
