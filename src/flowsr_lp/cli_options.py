@@ -63,6 +63,12 @@ def add_device(p: argparse.ArgumentParser) -> None:
                    help="torch device: auto (CUDA when available, else CPU), cpu, cuda, cuda:1, mps ... (default auto)")
 
 
+def add_precision(p: argparse.ArgumentParser, default: str = "fp32") -> None:
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"], default=default,
+                   help="what the encoder, conditioning networks and latent module compute in; the flow's "
+                        f"transform stays fp32. auto: bf16 where the hardware has bf16 units (default {default})")
+
+
 def add_taps(p: argparse.ArgumentParser) -> None:
     p.add_argument("--taps", type=parse_taps, default=None,
                    help="SRFlow only: RRDB block indices the flow conditions on, e.g. 1,8,15,22 "

@@ -20,6 +20,7 @@ from .data.folders import load_rgb_uint8
 from .evaluate import EvalOptions, evaluate, summarise
 from .metrics import LPIPSUnavailable
 from .metrics.perceptual import lpips_model
+from .precision import hardware_line
 from .report import write_outputs
 from .temperature import save_temperature_map, temperature_map
 from .hub.registry import BUNDLED
@@ -53,7 +54,7 @@ def training_record(path: Path) -> dict:
 
 
 def run_demo(out: Path, images: int = 3, size: int = 288, runs: int = 10, device: str = "cpu",
-             alexnet_weights: str | None = None, progress: bool = True) -> dict:
+             alexnet_weights: str | None = None, progress: bool = True, precision: str = "auto") -> dict:
     t0 = time.time()
     out = Path(out)
     hr_dir = out / "photos" / "HR"
@@ -78,7 +79,8 @@ def run_demo(out: Path, images: int = 3, size: int = 288, runs: int = 10, device
         models[label] = {"flow": flow_name, "prior": prior_name, "flow_training": training_record(bundled_path(flow_name)),
                          "prior_training": training_record(bundled_path(prior_name))}
         opts = EvalOptions(data=[str(hr_dir.parent)], scales=scales, taus=taus, runs=runs, use_lpips=use_lpips,
-                           alexnet_weights=alexnet_weights, lr_source="make", report_images=1, label=label)
+                           alexnet_weights=alexnet_weights, lr_source="make", report_images=1, label=label,
+                           precision=precision)
         r, n, c = evaluate(flow, prior, opts, out, progress=progress)
         rows += r
         notes += n
@@ -97,7 +99,7 @@ def run_demo(out: Path, images: int = 3, size: int = 288, runs: int = 10, device
     meta = {"description": f"bundled small LINF and SRFlow, {len(photos)} scikit-image photos ({size}x{size} HR), "
                            f"{runs} draws per temperature", "models": models, "runs": runs,
             "seeds": {f"run {r}": r for r in range(runs)}, "torch": torch.__version__,
-            "device": device, "seconds": round(time.time() - t0, 1)}
+            "device": device, "precision": precision, "hardware": hardware_line(), "seconds": round(time.time() - t0, 1)}
     paths = write_outputs(out, rows, summary, crops, meta, notes, "FlowSR-LP demo: learned prior vs temperature",
                           extra=[("Temperature map", tmap_html)])
     (out / "demo.json").write_text(json.dumps({"summary": summary, "temperature_map": tsum, "notes": notes}, indent=1))

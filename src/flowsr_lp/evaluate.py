@@ -103,6 +103,7 @@ class EvalOptions:
     report_images: int = 2
     label: str = ""  # prefixed to method names ("LINF tau=0.8"), to put several flows in one report
     bicubic: bool = False  # add a bicubic baseline row (MATLAB-style bicubic upsampling of the LR)
+    precision: str = "fp32"  # the SuperResolver's compute precision (fp32 | bf16 | fp16 | auto)
 
 
 def protocol_metrics(sr: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor, scale: float, dataset: str,
@@ -140,7 +141,7 @@ def methods(opts: EvalOptions, resolver: SuperResolver) -> list[tuple[str, float
 def evaluate(flow, prior, opts: EvalOptions, out_dir: Path, rank: int = 0, world: int = 1, progress: bool = True):
     """Rows (one per image, scale, method and run) and report crops for this process's share
     of the images; rank r takes images i with i % world == r."""
-    resolver = SuperResolver(flow, prior)
+    resolver = SuperResolver(flow, prior, precision=opts.precision)
     device = resolver.device
     fixed = getattr(flow, "fixed_scale", None)
     rows, notes, crops = [], [], []

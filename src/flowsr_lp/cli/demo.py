@@ -8,7 +8,8 @@ from ..demo import run_demo
 from ..errors import UsageError
 from ..hub.registry import BUNDLED
 from ..hub.resolve import bundled_path
-from ..cli_options import add_device, resolve_device
+from ..cli_options import add_device, add_precision, resolve_device
+from ..runtime import configure_cpu
 
 
 def add_parser(sub, parents=()) -> None:
@@ -23,6 +24,7 @@ def add_parser(sub, parents=()) -> None:
     p.add_argument("--runs", type=int, default=10, help="draws per temperature (default 10)")
     p.add_argument("--alexnet-weights", help="AlexNet ImageNet weights, for LPIPS")
     add_device(p)
+    add_precision(p, default="auto")
     p.set_defaults(run=run)
 
 
@@ -30,8 +32,11 @@ def run(args) -> int:
     missing = [n for n in BUNDLED if not bundled_path(n).is_file()]
     if missing:
         raise UsageError(f"bundled models missing from the installation: {', '.join(missing)}")
-    res = run_demo(Path(args.out), args.images, args.size, args.runs, str(resolve_device(args.device)),
-                   args.alexnet_weights, progress=not args.quiet)
+    device = resolve_device(args.device)
+    if device.type == "cpu":  # threads: the cores the machine's load leaves free
+        configure_cpu()
+    res = run_demo(Path(args.out), args.images, args.size, args.runs, str(device),
+                   args.alexnet_weights, progress=not args.quiet, precision=args.precision)
     print(res["paths"]["markdown"].read_text())
     for n in res["notes"]:
         print(f"note: {n}", file=sys.stderr)

@@ -17,7 +17,7 @@ from ..errors import UsageError
 from ..evaluate import EvalOptions, evaluate, summarise
 from ..hub.resolve import flow_for_prior
 from ..report import write_outputs
-from ..cli_options import add_device, add_scales, add_taps, add_taus, resolve_device
+from ..cli_options import add_device, add_precision, add_scales, add_taps, add_taus, resolve_device
 
 
 def add_parser(sub, parents=()) -> None:
@@ -50,6 +50,7 @@ def add_parser(sub, parents=()) -> None:
     p.add_argument("--report-images", type=int, default=2, help="images per data set and scale shown as crops")
     p.add_argument("-o", "--out", default="eval", help="output folder (default ./eval)")
     add_device(p)
+    add_precision(p)
     p.set_defaults(run=run)
 
 
@@ -60,7 +61,7 @@ def run(args) -> int:
     opts = EvalOptions(data=args.data, scales=args.scales, taus=args.taus, runs=args.runs, protocol=args.protocol,
                        seed=args.seed, use_lpips=not args.no_lpips, alexnet_weights=args.alexnet_weights,
                        max_images=args.max_images, lr_source=args.lr_source, report_images=args.report_images,
-                       bicubic=args.bicubic)
+                       bicubic=args.bicubic, precision=args.precision)
     out = Path(args.out)
     args.flow = args.flow or flow_for_prior(args.prior)
     if args.flow is None:

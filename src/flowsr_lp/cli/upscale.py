@@ -9,7 +9,8 @@ from ..errors import UsageError
 from ..images import list_images
 from ..pipeline import SuperResolver
 from ..upscale import load_models, output_paths, upscale_files
-from ..cli_options import add_device, add_taps, parse_scale, parse_size, resolve_device, temperature
+from ..cli_options import add_device, add_precision, add_taps, parse_scale, parse_size, resolve_device, temperature
+from ..runtime import configure_cpu
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ def add_parser(sub, parents=()) -> None:
     p.add_argument("--retries", type=int, default=0, help="on an exploding inverse, draw a new sample up to N times")
     p.add_argument("-o", "--out", required=True, help="output folder, or a .png path for a single input")
     add_device(p)
+    add_precision(p)
     p.add_argument("--max-megapixels", type=float, default=64.0,
                    help="refuse outputs larger than this many megapixels (default 64)")
     p.add_argument("--prior-max-pixels", type=int, default=1 << 20,
@@ -46,7 +48,10 @@ def add_parser(sub, parents=()) -> None:
 def run(args) -> int:
     if args.retries < 0:
         raise UsageError("--retries must be >= 0")
-    flow, prior = load_models(args.flow, args.prior, resolve_device(args.device), args.taps)
+    device = resolve_device(args.device)
+    if device.type == "cpu":
+        configure_cpu()
+    flow, prior = load_models(args.flow, args.prior, device, args.taps)
     scale = args.scale
     fixed = getattr(flow, "fixed_scale", None)
     if scale is None and args.size is None:
@@ -57,7 +62,7 @@ def run(args) -> int:
         raise UsageError(f"this flow is fixed-scale x{fixed}; --scale {scale} is not possible")
     if prior is not None and args.tau is not None:
         log.warning("--tau is ignored with a learned prior (the latent is predicted, not sampled)")
-    resolver = SuperResolver(flow, prior, prior_max_pixels=args.prior_max_pixels)
+    resolver = SuperResolver(flow, prior, prior_max_pixels=args.prior_max_pixels, precision=args.precision)
     inputs = list_images(args.inputs)
     if not inputs:
         raise UsageError("no input images found")
