@@ -4,6 +4,7 @@ import no sibling); library code does not import it."""
 from __future__ import annotations
 
 import argparse
+import math
 import re
 
 import torch
@@ -38,8 +39,34 @@ def temperature(text: str) -> float:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid temperature {text!r}") from None
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"temperature must be >= 0, got {text!r}")
+    if not (v >= 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"temperature must be finite and >= 0, got {text!r}")
+    return v
+
+
+def _int_at_least(low: int, what: str):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {what} {text!r} (expected an integer)") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"{what} must be >= {low}, got {text!r}")
+        return v
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
+
+
+positive_int = _int_at_least(1, "positive integer")
+count = _int_at_least(0, "count")
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed's range, less room for seed + retries
+
+
+def seed(text: str) -> int:
+    """A random seed in [0, 2^63 - 1]."""
+    v = _int_at_least(0, "seed")(text)
+    if v > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"seed must be <= 2^63 - 1, got {text!r}")
     return v
 
 
@@ -99,4 +126,7 @@ def resolve_device(name: str) -> torch.device:
         raise UsageError(f"--device {name}: no such CUDA device here (use --device auto or cpu)")
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise UsageError(f"--device {name}: MPS is not available here (use --device auto or cpu)")
+    backend = getattr(torch, dev.type, None)
+    if dev.type == "meta" or (dev.type not in ("cpu", "cuda", "mps") and not getattr(backend, "is_available", lambda: False)()):
+        raise UsageError(f"--device {name}: not a device that can run the models here (use --device auto or cpu)")
     return dev

@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from .checkpoints import load_flow, load_prior
 from .errors import ExplodingInverse, ImageError, UsageError
-from .images import IMAGE_SUFFIXES, read_image, write_png
+from .images import IMAGE_SUFFIXES, image_size, read_image, write_png
 from .pipeline import SuperResolver, TemperatureSampling, output_size
 from .hub.resolve import default_models, flow_for_prior
 
@@ -29,10 +29,20 @@ def load_models(flow_path, prior_path, device, taps=None):
 
 
 def output_paths(inputs: list[Path], out: Path) -> list[Path]:
-    single_file = len(inputs) == 1 and out.suffix.lower() in IMAGE_SUFFIXES
-    if single_file and out.suffix.lower() != ".png":
+    """One output per input: `out` itself for a single input named like an image, else
+    `out/STEM.png`. Several inputs and an `out` that is a file (or named like one) is a
+    usage error, found before any work."""
+    named_like_image = out.suffix.lower() in IMAGE_SUFFIXES
+    if len(inputs) > 1 and (named_like_image or (out.exists() and not out.is_dir())):
+        raise UsageError(f"-o {out}: {len(inputs)} inputs need an output folder, and {out} is "
+                         + ("an existing file" if out.exists() else "named like an image file"))
+    if len(inputs) == 1 and out.is_dir():
+        named_like_image = False
+    if named_like_image and out.suffix.lower() != ".png":
         raise UsageError(f"{out}: outputs are PNG files; use a .png name or a folder")
-    return [out] if single_file else [out / (p.stem + ".png") for p in inputs]
+    if not named_like_image and out.exists() and not out.is_dir():
+        raise UsageError(f"-o {out}: an existing file, not a folder")
+    return [out] if named_like_image else [out / (p.stem + ".png") for p in inputs]
 
 
 def upscale_with_retries(resolver: SuperResolver, lr: torch.Tensor, size, tau=None, seed: int = 0,
@@ -72,23 +82,30 @@ def upscale_files(resolver: SuperResolver, inputs: list[Path], outs: list[Path],
                 raise ImageError(f"{src}: output would overwrite the input; choose another -o")
             if dst in seen:
                 raise ImageError(f"{src}: output {dst} is already taken by {seen[dst]}")
-            lr, notes = read_image(src)
-            for note in notes:
-                log.warning("%s: %s", src, note)
-            hw = size or output_size(tuple(lr.shape[-2:]), scale)
+            hw = size or output_size(image_size(src), scale)  # from the header: nothing decoded yet
             mp = hw[0] * hw[1] / 1e6
             if mp > max_megapixels:
                 raise ImageError(f"{src}: output {hw[0]}x{hw[1]} is {mp:.1f} MP, over the "
                                  f"--max-megapixels limit of {max_megapixels:g}")
-            write_png(upscale_with_retries(resolver, lr, hw, tau, seed, retries, src), dst)
+            lr, notes = read_image(src)
+            for note in notes:
+                log.warning("%s: %s", src, note)
+            sr = upscale_with_retries(resolver, lr, hw, tau, seed, retries, src)
+            try:
+                write_png(sr, dst)
+            except OSError as e:  # read-only folder, disk full ...
+                raise ImageError(f"{src}: cannot write {dst}: {e.strerror or e}") from None
             seen[dst] = src
-        except (ImageError, ExplodingInverse, ValueError) as e:
+        except (ImageError, ExplodingInverse, ValueError, OSError) as e:
             failures += 1
-            msg = str(e)
+            msg = " ".join((str(e) or type(e).__name__).split())
             log.error("%s", msg if msg.startswith(str(src)) else f"{src}: {msg}")
         except torch.OutOfMemoryError:
             failures += 1
             log.error("%s: out of memory at %s; lower --max-megapixels or the scale, or use a device with more "
                       "memory", src, "x".join(map(str, hw)) if hw else "this size")
+        except RuntimeError as e:  # any other failure of the device or the model on this input
+            failures += 1
+            log.error("%s: %s", src, (str(e).strip().splitlines() or [type(e).__name__])[0])
     bar.close()
     return failures

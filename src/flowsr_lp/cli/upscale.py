@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..images import list_images
+from ..cli_options import count, positive_float, positive_int, seed
 from ..pipeline import SuperResolver
 from ..upscale import load_models, output_paths, upscale_files
 from ..cli_options import add_device, add_precision, add_taps, parse_scale, parse_size, resolve_device, temperature
@@ -33,21 +34,23 @@ def add_parser(sub, parents=()) -> None:
     g.add_argument("--size", type=parse_size, help="output size HxW")
     p.add_argument("--tau", type=temperature, default=None, help="sampling temperature (default: the flow's "
                    "recommended one; ignored with --prior)")
-    p.add_argument("--seed", type=int, default=0, help="random seed; each image is seeded with it (default 0)")
-    p.add_argument("--retries", type=int, default=0, help="on an exploding inverse, draw a new sample up to N times")
+    p.add_argument("--seed", type=seed, default=0, help="random seed; each image is seeded with it (default 0)")
+    p.add_argument("--retries", type=count, default=0, help="on an exploding inverse, draw a new sample up to N times")
     p.add_argument("-o", "--out", required=True, help="output folder, or a .png path for a single input")
     add_device(p)
     add_precision(p)
-    p.add_argument("--max-megapixels", type=float, default=64.0,
+    p.add_argument("--max-megapixels", type=positive_float, default=64.0,
                    help="refuse outputs larger than this many megapixels (default 64)")
-    p.add_argument("--prior-max-pixels", type=int, default=1 << 20,
+    p.add_argument("--prior-max-pixels", type=positive_int, default=1 << 20,
                    help="latent maps with more positions than this run the prior in blended tiles (default 2^20)")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
-    if args.retries < 0:
-        raise UsageError("--retries must be >= 0")
+    inputs = list_images(args.inputs)  # outputs checked before any work
+    if not inputs:
+        raise UsageError("no input images found")
+    outs = output_paths(inputs, Path(args.out))
     device = resolve_device(args.device)
     if device.type == "cpu":
         configure_cpu()
@@ -63,10 +66,6 @@ def run(args) -> int:
     if prior is not None and args.tau is not None:
         log.warning("--tau is ignored with a learned prior (the latent is predicted, not sampled)")
     resolver = SuperResolver(flow, prior, prior_max_pixels=args.prior_max_pixels, precision=args.precision)
-    inputs = list_images(args.inputs)
-    if not inputs:
-        raise UsageError("no input images found")
-    outs = output_paths(inputs, Path(args.out))
     failures = upscale_files(resolver, inputs, outs, scale=scale, size=args.size, tau=args.tau, seed=args.seed,
                              retries=args.retries, max_megapixels=args.max_megapixels, progress=not args.quiet)
     print(f"{len(inputs) - failures} of {len(inputs)} image(s) written to {args.out}", file=sys.stderr)
