@@ -307,3 +307,40 @@ def test_precision_is_part_of_the_model_key_and_shown(image):
     assert (res.prior.sr - ref.prior.sr).abs().max() < 0.1  # close, not bit-equal
     with pytest.raises(UsageError):
         ModelCache("cpu", precision="fp8")
+
+
+def test_page_handlers_without_a_browser(tmp_path):
+    import gradio as gr
+
+    from flowsr_lp.app.ui import LOCAL, App, AppConfig
+    from flowsr_lp.hub.registry import WEIGHTS
+
+    image = photo(tmp_path / "in.png", 40)
+    app = App(AppConfig(allow_local_paths=False))
+    try:
+        def progress(frac, desc=None):
+            pass
+
+        out = app.on_run(str(image), "linf-small", "", "", False, 3, "", 0.5, 1, 2, progress=progress)
+        status, gallery, prior_img, table, pair, shown, heat, files, pick = out
+        assert "**linf-small** x3" in status and "40x40 -> 120x120" in status and "fp32" in status
+        assert [g[0].shape for g in gallery] == [(120, 120, 3)] * 2 and prior_img.shape == (120, 120, 3)
+        assert pair[0] is shown["tau"] and pair[1] is shown["learned prior"]
+        assert {"bicubic", "tau", "learned prior"} == set(shown) and heat.ndim == 3
+        assert sorted(Path(f).name for f in files) == ["in_prior.png", "in_tau0.5_seed1.png", "in_tau0.5_seed2.png"]
+        assert "| learned prior |" in table
+        with pytest.raises(gr.Error, match="local checkpoints are off"):
+            app.on_run(str(image), LOCAL, str(WEIGHTS / "linf-small.safetensors"), "", False, 3, "", 0.5, 1, 1,
+                       progress=progress)
+        with pytest.raises(gr.Error, match="upload, paste or pick"):
+            app.on_run(None, "linf-small", "", "", False, 3, "", 0.5, 1, 1, progress=progress)
+    finally:
+        app.close()
+    local = App(AppConfig())
+    try:
+        _, scale, size, info = local.on_model(LOCAL, str(WEIGHTS / "srflow-small.safetensors"), "")
+        assert "fixed x4" in info and "no learned prior" in info and scale["value"] == 4
+        with pytest.raises(gr.Error, match="no such checkpoint"):
+            local.on_model(LOCAL, str(tmp_path / "missing.pth"), "")
+    finally:
+        local.close()
