@@ -190,6 +190,14 @@ class TemperatureSampling(LatentStrategy):
         return flow.sample_latent(ctx, tau, gen)
 
 
+def check_prior_fits(flow: Flow, prior) -> None:
+    """Raise `UsageError` unless the latent module predicts latents of the flow's channels."""
+    if tuple(prior.latent_channels) != tuple(flow.latent_channels):
+        raise UsageError(f"the latent module predicts latents of {list(prior.latent_channels)} channels but "
+                         f"this {flow.kind} flow's latents have {list(flow.latent_channels)}: they do not belong "
+                         "together")
+
+
 class LearnedPrior(LatentStrategy):
     """FlowSR-LP: a latent module predicts the latent from the flow's initial prior (the
     latent of the upsampled LR) and the LR image.
@@ -206,10 +214,7 @@ class LearnedPrior(LatentStrategy):
         self.max_pixels, self.tile, self.overlap, self.margin = max_pixels, tile, overlap, margin
 
     def check(self, flow: Flow) -> None:
-        if tuple(self.prior.latent_channels) != tuple(flow.latent_channels):
-            raise UsageError(f"the latent module predicts latents of {list(self.prior.latent_channels)} channels but "
-                             f"this {flow.kind} flow's latents have {list(flow.latent_channels)}: they do not belong "
-                             "together")
+        check_prior_fits(flow, self.prior)
 
     def latent(self, flow: Flow, lr: torch.Tensor, ctx, scale: float) -> Latent:
         start = flow.initial_prior(lr, ctx, getattr(self.prior.config, "initial_prior", "paper"))

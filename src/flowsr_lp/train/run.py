@@ -9,7 +9,7 @@ import torch
 from ..checkpoints import CheckpointError, build_model, load_flow, load_prior, save_flow, save_prior
 from ..flows.layers import ActNorm
 from ..nets.vgg import PerceptualLoss, VGGWeightsMissing, load_vgg_state
-from ..pipeline import SuperResolver
+from ..pipeline import SuperResolver, check_prior_fits
 from .objectives import FlowNLL, LINFFinetune, PriorObjective
 from ..distributed import finish, setup_distributed
 from .trainer import Trainer, TrainingError, check_out_folder
@@ -90,7 +90,7 @@ def train(cfg: dict, resume: bool = False, overwrite: bool = False) -> None:
         try:
             prior = (load_prior(prior_spec["checkpoint"], device=device) if prior_spec.get("checkpoint")
                      else build_model("prior", prior_spec["family"], prior_spec.get("config", {})).to(device))
-            SuperResolver(flow, prior)  # refuses a prior that does not fit the flow
+            check_prior_fits(flow, prior)
         except (CheckpointError, ValueError, TypeError) as e:
             raise TrainingError(f"prior: {e}") from None
         if run["channels_last"] and device.type == "cuda":
