@@ -42,18 +42,23 @@ class AppConfig:
     choices: list[ModelChoice] = field(default_factory=registry_choices)
 
 
-class ImageInput(gr.Image):
-    """gr.Image whose unreadable uploads become a message on the page."""
+def image_input(**kwargs) -> gr.Image:
+    """gr.Image (a file path) whose unreadable uploads become a message on the page: Gradio
+    opens the file with PIL before any handler runs. (Wrapped on the instance: a subclass
+    would make Gradio write a .pyi file next to this module.)"""
+    component = gr.Image(type="filepath", image_mode=None, **kwargs)
+    preprocess = component.preprocess
 
-    is_template = True  # drawn by gr.Image's own front end
-
-    def preprocess(self, payload):
+    def guarded(payload):
         try:
-            return super().preprocess(payload)
+            return preprocess(payload)
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
             name = getattr(payload, "orig_name", None) or "the file"
             why = (str(e).splitlines() or [type(e).__name__])[0].replace(str(getattr(payload, "path", "")), name)
             raise gr.Error(f"{name}: not a readable image ({why[:120]})") from None
+
+    component.preprocess = guarded
+    return component
 
 
 @contextmanager
@@ -240,8 +245,8 @@ def build(app: App) -> gr.Blocks:
                     "model, by sampling its latent at a temperature and with the latent module's prediction.")
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
-                image = ImageInput(type="filepath", sources=["upload", "clipboard"], image_mode=None,
-                                   label="Image (upload or paste)", elem_id="input-image", height=260)
+                image = image_input(sources=["upload", "clipboard"], label="Image (upload or paste)",
+                                    elem_id="input-image", height=260)
                 gr.Examples([[str(p)] for p in app.samples], inputs=[image], label="Sample photos")
                 known_hr = gr.Checkbox(False, label="Known HR: downscale it first, then score against it")
                 model = gr.Dropdown(names, value=app.default.name, label="Model")
@@ -280,7 +285,7 @@ def build(app: App) -> gr.Blocks:
                 files = gr.File(label="PNG downloads", file_count="multiple", elem_id="downloads")
         shown = gr.State({})
         with gr.Row(visible=False):  # the /upscale API's own inputs and output
-            api_in = [ImageInput(type="filepath", image_mode=None), gr.Number(4.0), gr.Number(0.8),
+            api_in = [image_input(), gr.Number(4.0), gr.Number(0.8),
                       gr.Checkbox(True), gr.Number(0, precision=0)]
             api_out = gr.File()
             api_go = gr.Button()
