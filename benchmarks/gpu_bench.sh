@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The issue's GPU figures in one short run: 512x512 LR x4, LINF-LP (EDSR-baseline and RRDB)
+# and SRFlow-LP, fp32 and bf16, batch 1 and 8; images/s and peak GPU memory per variant.
+# Usage: bash benchmarks/gpu_bench.sh [repeats]   (prints the hardware first; needs CUDA)
+set -euo pipefail
+cd "$(dirname "$0")"
+R=${1:-3}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+for B in 1 8; do
+  python bench_speed.py --device cuda --lr 512 --batch "$B" --repeats "$R" \
+    --cases linf-lp,linf-rrdb-lp,srflow-lp --precisions fp32,bf16
+done
