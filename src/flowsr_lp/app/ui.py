@@ -115,6 +115,11 @@ class App:
             raise gr.Error(f"unknown model {name!r}")
         return self.choices[name]
 
+    def model_for(self, image, name: str, flow_path: str, prior_path: str):
+        if not image:
+            raise gr.Error("upload, paste or pick an image first")
+        return self.cache.get(self.choice(name, flow_path, prior_path))
+
     # ---- events ---------------------------------------------------------------------
     def on_model(self, name: str, flow_path: str, prior_path: str):
         """Model picked: its scale rules and precision (loads it once, for every session)."""
@@ -134,9 +139,7 @@ class App:
     def on_run(self, image, name, flow_path, prior_path, known_hr, scale, size_text, tau, seed, draws,
                progress=gr.Progress()):
         with page_errors():
-            if not image:
-                raise gr.Error("upload, paste or pick an image first")
-            model = self.cache.get(self.choice(name, flow_path, prior_path))
+            model = self.model_for(image, name, flow_path, prior_path)
             s = service.Settings(scale=float(scale), out_size=service.parse_size(size_text), tau=float(tau),
                                  seed=int(seed or 0), draws=int(draws), known_hr=bool(known_hr))
             plan = service.plan(image, model, s, self.config.max_megapixels)
@@ -201,9 +204,7 @@ class App:
 
     def on_temperature_map(self, image, name, flow_path, prior_path, scale, seed, progress=gr.Progress()):
         with page_errors():
-            if not image:
-                raise gr.Error("upload, paste or pick an image first")
-            model = self.cache.get(self.choice(name, flow_path, prior_path))
+            model = self.model_for(image, name, flow_path, prior_path)
             progress(0.0, desc="decoding 11 temperatures")
             r = service.best_temperatures(model, image, service.Settings(scale=float(scale), seed=int(seed or 0)),
                                           self.config.max_megapixels)
