@@ -309,6 +309,7 @@ def test_precision_is_part_of_the_model_key_and_shown(image):
         ModelCache("cpu", precision="fp8")
 
 
+@pytest.mark.slow
 def test_page_handlers_without_a_browser(tmp_path):
     import gradio as gr
 
@@ -329,6 +330,9 @@ def test_page_handlers_without_a_browser(tmp_path):
         assert {"bicubic", "tau", "learned prior"} == set(shown) and heat.ndim == 3
         assert sorted(Path(f).name for f in files) == ["in_prior.png", "in_tau0.5_seed1.png", "in_tau0.5_seed2.png"]
         assert "| learned prior |" in table
+        fig, text = app.on_temperature_map(str(photo(tmp_path / "hr.png", 72)), "linf-small", "", "", 3, 0,
+                                           progress=progress)
+        assert fig.ndim == 3 and "downscaled x3" in text and "Best single tau" in text
         with pytest.raises(gr.Error, match="local checkpoints are off"):
             app.on_run(str(image), LOCAL, str(WEIGHTS / "linf-small.safetensors"), "", False, 3, "", 0.5, 1, 1,
                        progress=progress)

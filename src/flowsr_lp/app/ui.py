@@ -292,10 +292,11 @@ def build(app: App) -> gr.Blocks:
             api_go = gr.Button()
 
         model_inputs = [model, flow_path, prior_path]
-        for trigger in (model.change, demo.load):
-            trigger(app.on_model, model_inputs, [local_box, scale, size, model_info], queue=False,
-                    api_visibility="private")
-        flow_path.submit(app.on_model, model_inputs, [local_box, scale, size, model_info], api_visibility="private")
+        model_outputs = [local_box, scale, size, model_info]
+        demo.load(app.on_model, model_inputs, model_outputs, queue=False, api_visibility="private")
+        # queued: picking a registry name may download it first
+        model.change(app.on_model, model_inputs, model_outputs, concurrency_limit=None, api_visibility="private")
+        flow_path.submit(app.on_model, model_inputs, model_outputs, concurrency_limit=None, api_visibility="private")
         run.click(app.on_run, [image] + model_inputs + [known_hr, scale, size, tau, seed, draws],
                   [status, gallery, prior_img, metrics, slider, shown, heat, files, pick],
                   concurrency_limit=None, api_visibility="private")
