@@ -59,7 +59,7 @@ def test_tiny_evaluate_writes_every_output(tmp_path, set5_two, flow_file, capsys
     assert groups[(3.0, "tau=0.8")]["diversity"] > 0 and groups[(3.0, "tau=0")]["diversity"] is None
     assert summary["meta"]["seeds"] == {"tau run 0": 0, "tau run 1": 1}
     md = (out / "table.md").read_text()
-    assert "| Method | PSNR (↑) | SSIM (↑) | LR-PSNR (↑) | %Inf (↓)" in md and "Set5mini x3" in md
+    assert "| Method | Images | PSNR (↑) | SSIM (↑) | LR-PSNR (↑) | %Inf (↓)" in md and "Set5mini x3" in md
     html = (out / "report.html").read_text()
     assert html.count("<img") == 1 + 2 * 2 * 4  # plot + (HR, bicubic, tau 0, tau 0.8) per image and scale
 
@@ -128,6 +128,7 @@ window.addEventListener('load', () => {
 </script>"""
 
 
+@pytest.mark.slow
 def test_report_opens_in_headless_chromium(tmp_path, set5_two, flow_file):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:

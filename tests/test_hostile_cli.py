@@ -185,3 +185,85 @@ def test_a_flow_with_args_of_the_wrong_type(tmp_path, capsys):
     code, err = upscale(capsys, rgb(tmp_path / "a.png"), "--flow", tmp_path / "f.pth", "--scale", "2",
                         "-o", tmp_path / "out")
     assert code == 2 and "malformed checkpoint fields" in assert_clean(err)[0]
+
+
+# ---- items 7, 8: evaluate, temperature-map, demo ----------------------------------------------------
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory):
+    d = tmp_path_factory.mktemp("set") / "Mini" / "HR"
+    d.mkdir(parents=True)
+    for i in range(2):
+        rgb(d / f"img{i}.png", 24, 24, seed=i)
+    return d.parent
+
+
+def evaluate(capsys, *args):
+    code = main(["evaluate", "--quiet", "--no-lpips", "--device", "cpu", *map(str, args)])
+    return code, capsys.readouterr()
+
+
+BAD_EVAL_OPTIONS = [("--tau", "nan"), ("--tau", "inf"), ("--tau", "-1"), ("--scales", "nan"), ("--scales", "0"),
+                    ("--scales", "inf"), ("--max-images", "0"), ("--max-images", "-2"), ("--runs", "0"),
+                    ("--seed", "-5"), ("--report-images", "-1")]
+
+
+@pytest.mark.parametrize("option,value", BAD_EVAL_OPTIONS, ids=[f"{o}={v}" for o, v in BAD_EVAL_OPTIONS])
+def test_bad_evaluate_options_exit_2(tmp_path, capsys, models, small_set, option, value):
+    with pytest.raises(SystemExit) as info:
+        main(["evaluate", "--flow", models[0], "--data", str(small_set), option, value, "-o", str(tmp_path / "ev")])
+    assert info.value.code == 2
+    assert_clean(capsys.readouterr().err)
+    assert not (tmp_path / "ev").exists()
+
+
+def test_evaluate_reports_a_corrupt_image_and_finishes(tmp_path, capsys, models, small_set):
+    data = tmp_path / "Mini"
+    import shutil
+
+    shutil.copytree(small_set, data)
+    (data / "HR" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n but then garbage")
+    code, out = evaluate(capsys, "--flow", models[0], "--data", data, "--scales", "2", "--tau", "0.5",
+                         "-o", tmp_path / "ev")
+    assert code == 0, out.err
+    assert "broken.png" in assert_clean(out.err)[0]
+    md = (tmp_path / "ev" / "table.md").read_text()
+    assert "Mini x2 (2 images)" in md and "| tau=0.5 | 2 |" in md
+    import json
+
+    notes = json.loads((tmp_path / "ev" / "summary.json").read_text())["notes"]
+    assert any("broken.png left out of every mean" in n for n in notes)
+
+
+def test_temperature_map_on_a_1x1_image_is_one_line(tmp_path, capsys, models):
+    img = rgb(tmp_path / "one.png", 1, 1)
+    code = main(["temperature-map", str(img), "--flow", models[0], "--metric", "psnr", "-o", str(tmp_path / "tm")])
+    assert code == 2 and "too small" in assert_clean(capsys.readouterr().err)[0]
+
+
+@pytest.mark.parametrize("image", [b"", b"not a png"], ids=["empty", "text"])
+def test_temperature_map_on_a_broken_image_is_one_line(tmp_path, capsys, models, image):
+    (tmp_path / "x.png").write_bytes(image)
+    code = main(["temperature-map", str(tmp_path / "x.png"), "--flow", models[0], "--metric", "psnr",
+                 "-o", str(tmp_path / "tm")])
+    assert code == 2 and "x.png" in assert_clean(capsys.readouterr().err)[0]
+
+
+@pytest.mark.parametrize("option,value", [("--region", "0"), ("--seed", "-1"), ("--scale", "nan"), ("--taus", "nan")])
+def test_bad_temperature_map_options_exit_2(tmp_path, capsys, models, option, value):
+    img = rgb(tmp_path / "a.png", 24, 24)
+    with pytest.raises(SystemExit) as info:
+        main(["temperature-map", str(img), "--flow", models[0], option, value, "-o", str(tmp_path / "tm")])
+    assert info.value.code == 2
+    assert_clean(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("args", [["--images", "0"], ["--size", "0"], ["--images", "5"], ["--size", "20"],
+                                  ["--size", "5000"], ["--runs", "0"]], ids=lambda a: "=".join(a))
+def test_bad_demo_options_are_one_line(tmp_path, capsys, args):
+    try:
+        code = main(["demo", "--quiet", *args, "-o", str(tmp_path / "demo")])
+    except SystemExit as e:
+        code = e.code
+    assert code == 2
+    assert_clean(capsys.readouterr().err)
+    assert not (tmp_path / "demo").exists()

@@ -17,6 +17,7 @@ from PIL import Image
 
 from .checkpoints import load_flow, load_prior, read_checkpoint
 from .data.folders import load_rgb_uint8
+from .errors import UsageError
 from .evaluate import EvalOptions, evaluate, summarise
 from .metrics import LPIPSUnavailable
 from .metrics.perceptual import lpips_model
@@ -30,11 +31,19 @@ RETRAIN = ("flowsr-lp train-prior configs/cpu/linf-small-lp.yaml --perceptual vg
            "--set loss.latent_weight=0 --set loss.pixel_weight=0")
 
 
+#: scikit-image's bundled photos the demo crops, and the crop sizes they allow (chelsea is 300 px high)
+PHOTOS = ("chelsea", "astronaut", "coffee", "rocket")
+MIN_SIZE, MAX_SIZE = 48, 300
+
+
 def sample_photos(folder: Path, n: int, size: int) -> list[Path]:
     """Centre crops (size x size, a multiple of 12) of scikit-image's bundled photos."""
     from skimage import data as sk
 
-    photos = {"chelsea": sk.chelsea, "astronaut": sk.astronaut, "coffee": sk.coffee, "rocket": sk.rocket}
+    if not (1 <= n <= len(PHOTOS) and MIN_SIZE <= size <= MAX_SIZE):
+        raise UsageError(f"the demo takes 1 to {len(PHOTOS)} photos (--images) of {MIN_SIZE} to {MAX_SIZE} px "
+                         f"(--size), not {n} of {size} px")
+    photos = {name: getattr(sk, name) for name in PHOTOS}
     size -= size % 12
     folder.mkdir(parents=True, exist_ok=True)
     paths = []

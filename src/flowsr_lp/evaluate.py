@@ -3,6 +3,7 @@ learned prior; per-image rows, means, %Inf over repeated runs, diversity and gri
 written as CSV, JSON, a Markdown table and an HTML report (see report.py)."""
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -18,6 +19,8 @@ from .metrics import diversity, grid_score, inf_rate, lpips, lr_psnr, psnr, ssim
 from .metrics.perceptual import lpips_model
 from .pipeline import LatentStrategy, SuperResolver, TemperatureSampling, bicubic
 from .report import save_crops
+
+log = logging.getLogger(__name__)
 
 DATA_ROOTS_ENV = "FLOWSR_LP_DATA"
 METRICS = ("psnr", "ssim", "lpips", "lr_psnr", "grid")
@@ -159,7 +162,13 @@ def evaluate(flow, prior, opts: EvalOptions, out_dir: Path, rank: int = 0, world
     bar = tqdm(mine, desc="evaluate", unit="img", disable=not progress or rank != 0)
     for ds, i, path, scale in bar:
         bar.set_postfix_str(f"{ds.name} x{scale:g} {path.name}")
-        hr, lr, lr_from = make_pair(path, ds, scale, opts.lr_source)
+        try:
+            hr, lr, lr_from = make_pair(path, ds, scale, opts.lr_source)
+        except (ImageError, ValueError) as e:  # a corrupt or unusable image: say so, go on with the others
+            msg = " ".join(str(e).split())
+            log.error("%s", msg)
+            notes.append(f"{ds.name} x{scale:g}: {path.name} left out of every mean: {msg}")
+            continue
         hr, lr = hr[None].to(device), lr[None].to(device)
         base = {"dataset": ds.name, "image": path.stem, "scale": scale, "lr_source": lr_from}
         shown = {}
@@ -191,7 +200,9 @@ def evaluate(flow, prior, opts: EvalOptions, out_dir: Path, rank: int = 0, world
 
 def summarise(rows: list[dict]) -> list[dict]:
     """Means per (dataset, scale, method): metrics averaged over finite runs of an image,
-    then over images; %Inf (each image's share of runs that exploded) over images."""
+    then over images; %Inf (each image's share of runs that exploded) over images.
+    `images` counts the images evaluated, `covers` how many of them each metric's mean
+    covers: an image whose every run exploded has no metric values (see report.coverage)."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["dataset"], float(r["scale"]), r["method"]), []).append(r)
@@ -202,6 +213,7 @@ def summarise(rows: list[dict]) -> list[dict]:
             per_image.setdefault(r["image"], []).append(r)
         entry = {"dataset": ds, "scale": scale, "method": method, "images": len(per_image), "runs": len(rs),
                  "inf_rate": sum(float(img_rows[0]["inf_rate"]) for img_rows in per_image.values()) / len(per_image)}
+        entry["covers"] = {}
         for m in METRICS + ("diversity",):
             vals = []
             for img_rows in per_image.values():
@@ -209,6 +221,8 @@ def summarise(rows: list[dict]) -> list[dict]:
                 if v:
                     vals.append(sum(v) / len(v))
             entry[m] = sum(vals) / len(vals) if vals else None
+            if vals:
+                entry["covers"][m] = len(vals)
         out.append(entry)
     order = {m: k for k, m in enumerate(dict.fromkeys(r["method"] for r in rows))}
     return sorted(out, key=lambda e: (e["dataset"], e["scale"], order[e["method"]]))

@@ -116,7 +116,7 @@ def read_image(path: str | Path, max_pixels: int | None = MAX_DECODE_PIXELS) -> 
     if _png_bit_depth(path) == 16 and not any("16-bit" in n for n in notes):
         notes.append("16-bit colour PNG read at 8-bit precision")
     arr = arr.astype(np.float32) / 255.0 if arr.dtype == np.uint8 else arr
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))), notes
+    return torch.from_numpy(np.array(arr.transpose(2, 0, 1), order="C")), notes
 
 
 def load_rgb_uint8(path: str | Path, max_pixels: int | None = MAX_DECODE_PIXELS) -> torch.Tensor:
@@ -125,7 +125,7 @@ def load_rgb_uint8(path: str | Path, max_pixels: int | None = MAX_DECODE_PIXELS)
     arr = _decode(Path(path), [], max_pixels)
     if arr.dtype != np.uint8:
         arr = np.round(arr * 255.0).astype(np.uint8)
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+    return torch.from_numpy(np.array(arr.transpose(2, 0, 1), order="C"))  # a writable copy
 
 
 def _to_rgb_array(im: Image.Image, notes: list[str]) -> np.ndarray:

@@ -61,6 +61,30 @@ def by_set(summary: list[dict]) -> dict[tuple, list[dict]]:
     return groups
 
 
+PARTIAL = "†"
+PARTIAL_NOTE = (f"{PARTIAL} the mean covers fewer images than the row evaluated: images whose every run exploded "
+                "(inf/NaN) have no metric values, and %Inf counts them. Means over different images are not "
+                "directly comparable.")
+
+
+def covered(e: dict, metric: str = "psnr") -> int:
+    """How many images the row's mean of `metric` covers (all of them for older summaries)."""
+    return e.get("covers", {}).get(metric, e["images"] if e.get(metric) is not None else 0)
+
+
+def coverage(e: dict) -> str:
+    """The Images cell: '10', or '8 of 10†' when only 8 images have a finite run."""
+    n = covered(e)
+    return f"{e['images']}" if n == e["images"] else f"{n} of {e['images']}{PARTIAL}"
+
+
+def _cell(e: dict | None, metric: str) -> str:
+    if e is None:
+        return _fmt(None, metric)
+    partial = e.get(metric) is not None and metric in e.get("covers", {}) and covered(e, metric) < e["images"]
+    return _fmt(e.get(metric), metric) + (PARTIAL if partial else "")
+
+
 def shown_columns(entries: list[dict]) -> list[str]:
     return [c for c in COLUMNS if any(e.get(c) is not None for e in entries)]
 
@@ -80,11 +104,13 @@ def markdown(summary: list[dict]) -> str:
     groups = by_set(summary)
     for (ds, scale), es in groups.items():
         cols = shown_columns(es)
-        out.append(f"### {ds} x{scale:g} ({es[0]['images']} images)\n")
-        out.append("| Method | " + " | ".join(HEADERS[c] for c in cols) + " |")
-        out.append("|---|" + "---|" * len(cols))
+        out.append(f"### {ds} x{scale:g} ({max(e['images'] for e in es)} images)\n")
+        out.append("| Method | Images | " + " | ".join(HEADERS[c] for c in cols) + " |")
+        out.append("|---|---|" + "---|" * len(cols))
         for e in es:
-            out.append(f"| {e['method']} | " + " | ".join(_fmt(e.get(c), c) for c in cols) + " |")
+            out.append(f"| {e['method']} | {coverage(e)} | " + " | ".join(_cell(e, c) for c in cols) + " |")
+        if any(PARTIAL in coverage(e) for e in es):
+            out.append(f"\n{PARTIAL_NOTE}")
         out.append("")
     if len(groups) > 1:
         keys = list(groups)
@@ -95,9 +121,13 @@ def markdown(summary: list[dict]) -> str:
             out.append(f"### {HEADERS[metric]} across data sets and scales\n")
             out.append("| Method | " + " | ".join(f"{d} x{s:g}" for d, s in keys) + " |")
             out.append("|---|" + "---|" * len(keys))
+            cells = []
             for m in methods:
-                vals = [next((e.get(metric) for e in groups[k] if e["method"] == m), None) for k in keys]
-                out.append(f"| {m} | " + " | ".join(_fmt(v, metric) for v in vals) + " |")
+                entries = [next((e for e in groups[k] if e["method"] == m), None) for k in keys]
+                cells.append([_cell(e, metric) for e in entries])
+                out.append(f"| {m} | " + " | ".join(cells[-1]) + " |")
+            if any(PARTIAL in c for row in cells for c in row):
+                out.append(f"\n{PARTIAL_NOTE}")
             out.append("")
     return "\n".join(out)
 
@@ -149,11 +179,14 @@ def write_html(path: Path, title: str, summary: list[dict], crops: list[dict], m
         parts.append(f"<p class='note'>{esc(n)}</p>")
     for (ds, scale), es in by_set(summary).items():
         cols = shown_columns(es)
-        parts.append(f"<h2>{esc(ds)} ×{scale:g}</h2><table><tr><th>Method</th>"
+        parts.append(f"<h2>{esc(ds)} ×{scale:g}</h2><table><tr><th>Method</th><th>Images</th>"
                      + "".join(f"<th>{esc(HEADERS[c])}</th>" for c in cols) + "</tr>")
         for e in es:
-            parts.append(f"<tr><td>{esc(e['method'])}</td>" + "".join(f"<td>{_fmt(e.get(c), c)}</td>" for c in cols) + "</tr>")
+            parts.append(f"<tr><td>{esc(e['method'])}</td><td>{esc(coverage(e))}</td>"
+                         + "".join(f"<td>{esc(_cell(e, c))}</td>" for c in cols) + "</tr>")
         parts.append("</table>")
+        if any(PARTIAL in coverage(e) for e in es):
+            parts.append(f"<p class='note'>{esc(PARTIAL_NOTE)}</p>")
     if plot:
         parts.append(f"<h2>Perception-distortion</h2><img src='{esc(plot)}' alt='perception-distortion plot'>"
                      + ("" if x_key == "lpips" else "<p class='note'>LPIPS was not computed; the x axis is the grid score.</p>"))

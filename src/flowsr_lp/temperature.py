@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from .data.folders import load_rgb_uint8
 from .data.resize import imresize, modcrop
-from .images import write_png
+from .images import ImageError, write_png
 from .metrics import lpips, psnr
 from .pipeline import SuperResolver, TemperatureSampling
 
@@ -98,8 +98,12 @@ def temperature_map(flow, hr_u8: torch.Tensor, scale: float, taus: list[float], 
     holds the map, the composite image and the scores."""
     scale = getattr(flow, "fixed_scale", None) or scale
     s = int(scale) if float(scale).is_integer() else 1
+    h, w = hr_u8.shape[-2:]
     hr_u8 = modcrop(hr_u8, 2 * s if getattr(flow, "fixed_scale", None) else s)
-    lr = imresize(hr_u8, out_size=(round(hr_u8.shape[-2] / scale), round(hr_u8.shape[-1] / scale))).float() / 255
+    lr_hw = (round(hr_u8.shape[-2] / scale), round(hr_u8.shape[-1] / scale))
+    if min(lr_hw) < 1:
+        raise ImageError(f"a {h}x{w} image is too small for x{scale:g}: its LR would be empty")
+    lr = imresize(hr_u8, out_size=lr_hw).float() / 255
     hr = (hr_u8.float() / 255)[None].to(device)
     with torch.no_grad():
         srs = samples_at_temperatures(flow, lr[None].to(device), tuple(hr.shape[-2:]), taus, seed)

@@ -4,11 +4,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..demo import run_demo
+from ..demo import MAX_SIZE, MIN_SIZE, run_demo
 from ..errors import UsageError
 from ..hub.registry import BUNDLED
 from ..hub.resolve import bundled_path
-from ..cli_options import add_device, add_precision, resolve_device
+from ..cli_options import add_device, add_precision, positive_int, resolve_device
 from ..runtime import configure_cpu
 
 
@@ -19,9 +19,11 @@ def add_parser(sub, parents=()) -> None:
                                    "SRFlow: sampling at several temperatures (10 draws each) and the learned prior. "
                                    "Writes an HTML report with metrics, crops and a temperature map.")
     p.add_argument("-o", "--out", default="demo", help="output folder (default ./demo)")
-    p.add_argument("--images", type=int, default=3, help="number of photos (1-4, default 3)")
-    p.add_argument("--size", type=int, default=288, help="HR crop size in pixels (default 288)")
-    p.add_argument("--runs", type=int, default=10, help="draws per temperature (default 10)")
+    p.add_argument("--images", type=positive_int, default=3, help="number of photos (1-4, default 3)")
+    p.add_argument("--size", type=positive_int, default=288,
+                   help=f"HR crop size in pixels ({MIN_SIZE}-{MAX_SIZE}, rounded down to a multiple of 12; "
+                        "default 288)")
+    p.add_argument("--runs", type=positive_int, default=10, help="draws per temperature (default 10)")
     p.add_argument("--alexnet-weights", help="AlexNet ImageNet weights, for LPIPS")
     add_device(p)
     add_precision(p, default="auto")

@@ -17,6 +17,7 @@ from ..errors import UsageError
 from ..evaluate import EvalOptions, evaluate, summarise
 from ..hub.resolve import flow_for_prior
 from ..report import write_outputs
+from ..cli_options import count, positive_int, seed
 from ..cli_options import add_device, add_precision, add_scales, add_taps, add_taus, resolve_device
 
 
@@ -37,17 +38,18 @@ def add_parser(sub, parents=()) -> None:
     add_taus(p, [0.8], "sampling temperatures (default 0.8)")
     p.add_argument("--bicubic", action="store_true", help="add a bicubic baseline row (MATLAB-style bicubic "
                    "upsampling of the LR) to every table and the report")
-    p.add_argument("--runs", type=int, default=1, help="samples per image and temperature (for %%Inf, diversity)")
+    p.add_argument("--runs", type=positive_int, default=1,
+                   help="samples per image and temperature (for %%Inf, diversity)")
     p.add_argument("--protocol", choices=["linf", "srflow"], default="linf",
                    help="linf: float PSNR (Y on benchmarks, RGB on DIV2K, shave = scale), MATLAB SSIM; "
                         "srflow: uint8 images, RGB PSNR, skimage SSIM")
     p.add_argument("--lr-source", choices=["auto", "make", "folder"], default="auto",
                    help="official LR files where present (auto), always MATLAB-bicubic from HR (make), or files only")
-    p.add_argument("--seed", type=int, default=0, help="run r samples with seed + r (recorded in the outputs)")
-    p.add_argument("--max-images", type=int, default=None)
+    p.add_argument("--seed", type=seed, default=0, help="run r samples with seed + r (recorded in the outputs)")
+    p.add_argument("--max-images", type=positive_int, default=None, help="use the first N images of each set")
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS (needs AlexNet ImageNet weights)")
     p.add_argument("--alexnet-weights", help="torchvision AlexNet ImageNet weights file for LPIPS")
-    p.add_argument("--report-images", type=int, default=2, help="images per data set and scale shown as crops")
+    p.add_argument("--report-images", type=count, default=2, help="images per data set and scale shown as crops")
     p.add_argument("-o", "--out", default="eval", help="output folder (default ./eval)")
     add_device(p)
     add_precision(p)
@@ -55,8 +57,6 @@ def add_parser(sub, parents=()) -> None:
 
 
 def run(args) -> int:
-    if args.runs < 1:
-        raise UsageError("--runs must be >= 1")
     rank, world, device = setup_distributed(str(resolve_device(args.device)))
     opts = EvalOptions(data=args.data, scales=args.scales, taus=args.taus, runs=args.runs, protocol=args.protocol,
                        seed=args.seed, use_lpips=not args.no_lpips, alexnet_weights=args.alexnet_weights,

@@ -8,7 +8,7 @@ from ..data.folders import load_rgb_uint8
 from ..errors import UsageError
 from ..metrics import LPIPSUnavailable
 from ..temperature import save_temperature_map, temperature_map
-from ..cli_options import add_device, add_taps, add_taus, positive_float, resolve_device
+from ..cli_options import add_device, add_taps, add_taus, positive_float, positive_int, resolve_device, seed
 
 DEFAULT_TAUS = [round(0.1 * k, 6) for k in range(11)]
 
@@ -24,10 +24,10 @@ def add_parser(sub, parents=()) -> None:
     add_taps(p)
     p.add_argument("--scale", type=positive_float, default=4.0, help="upscaling factor (default 4)")
     add_taus(p, None, "temperature grid (default 0, 0.1, ..., 1)")
-    p.add_argument("--region", type=int, default=24, help="region side in HR pixels (default 24: on LINF's 3x3 grid)")
+    p.add_argument("--region", type=positive_int, default=24, help="region side in HR pixels (default 24: on LINF's 3x3 grid)")
     p.add_argument("--metric", choices=["lpips", "psnr", "l1"], default="lpips")
     p.add_argument("--alexnet-weights", help="AlexNet ImageNet weights for LPIPS")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("-o", "--out", default="temperature-map")
     add_device(p)
     p.set_defaults(run=run)
@@ -35,8 +35,6 @@ def add_parser(sub, parents=()) -> None:
 
 def run(args) -> int:
     taus = [round(t, 6) for t in args.taus] if args.taus else DEFAULT_TAUS
-    if args.region < 1:
-        raise UsageError("--region must be >= 1")
     device = resolve_device(args.device)
     flow = load_flow(args.flow, device=device, taps=args.taps)
     hr_u8 = load_rgb_uint8(Path(args.image))
