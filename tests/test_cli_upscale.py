@@ -1,5 +1,5 @@
 """`flowsr-lp upscale`: real images, every kind of bad input, atomic outputs."""
-import subprocess
+import runpy
 import sys
 
 import numpy as np
@@ -165,9 +165,13 @@ def test_refuses_to_overwrite_input(tmp_path, capsys, flow_file):
     assert Image.open(src).size == (12, 10)
 
 
-def test_module_entry_point_help():
-    r = subprocess.run([sys.executable, "-m", "flowsr_lp", "upscale", "--help"], capture_output=True, text=True)
-    assert r.returncode == 0 and "--flow" in r.stdout and "--scale" in r.stdout
+def test_module_entry_point_help(monkeypatch, capsys):
+    """`python -m flowsr_lp upscale --help`, run in this process."""
+    monkeypatch.setattr(sys, "argv", ["flowsr_lp", "upscale", "--help"])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_module("flowsr_lp", run_name="__main__")
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "--flow" in out and "--scale" in out
 
 
 def test_upscale_with_learned_prior(tmp_path, capsys):

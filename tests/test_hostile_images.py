@@ -189,6 +189,7 @@ SIGTERM_WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_write_leaves_no_part_file(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", SIGTERM_WRITER, str(tmp_path / "out.png")],
                             stdout=subprocess.PIPE, text=True)

@@ -80,6 +80,7 @@ def test_linf_patch_flow_nll_falls(tmp_path, images):
     assert load_flow(tmp_path / "run" / "model.safetensors").kind == "linf-patch"
 
 
+@pytest.mark.slow
 def test_srflow_nll_falls_from_scratch(tmp_path, images):
     cfg = {"scale": 4, "nf": 8, "nb": 2, "gc": 4, "K": 2, "taps": [0, 1], "hidden_channels": 16}
     path = flow_recipe(tmp_path, images, "srflow", cfg, {"kind": "srflow", "hr_size": 32, "scale": 4}, lr=5e-4)
