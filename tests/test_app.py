@@ -265,9 +265,9 @@ def test_peak_memory_under_four_clients_stays_within_1_5x_of_one_call(tmp_path):
     print(f"RSS: idle {base / 2**20:.0f} MiB; peak one call {single / 2**20:.0f} MiB; "
           f"peak 4 clients {under_load / 2**20:.0f} MiB ({seconds:.1f} s)")
     assert under_load <= 1.5 * single
-    # stricter: what the requests add above the idle server (48 MiB of slack for the server's own buffers;
+    # stricter: what the requests add above the idle server (64 MiB of slack for the server's own buffers;
     # computing in the callers' threads instead of the model's own added about 4x one call here)
-    assert under_load - base <= 1.5 * max(single - base, 0) + 48 * 2**20
+    assert under_load - base <= 1.5 * max(single - base, 0) + 64 * 2**20
 
 
 def proc_rss(pid: int) -> int:
