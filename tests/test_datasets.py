@@ -232,7 +232,7 @@ def _with_sha(monkeypatch, sha: str) -> None:
 
 def test_published_checksum_mismatch_is_not_kept(server, archives, tmp_path, monkeypatch):
     _with_sha(monkeypatch, "0" * 64)
-    with pytest.raises(DataError, match="sha256 mismatch.*published.*removed"):
+    with pytest.raises(DataError, match="sha256 mismatch.*published.*deleted"):
         download("Flickr2K", tmp_path, mirror=server.url, progress=False)
     assert list((tmp_path / "downloads").iterdir()) == []
     _with_sha(monkeypatch, hashlib.sha256(archives["Flickr2K.tar"]).hexdigest())

@@ -11,6 +11,7 @@ import zipfile
 import pytest
 
 import flowsr_lp
+from flowsr_lp import downloader
 from flowsr_lp.errors import CheckpointError, DownloadError, ModelNotFoundError
 from flowsr_lp.hub import cache, download, registry
 from flowsr_lp.hub.resolve import flow_for_prior, resolve, status
@@ -180,7 +181,7 @@ def test_an_interrupted_download_resumes_on_the_next_run(home, server, use_table
     server.cut[f"/m/{FLOW}"] = 123_456
     with pytest.raises(DownloadError, match="download failed after 1 tries .*run again to resume from byte 123456"):
         resolve("ref-linf")
-    assert cached_files(home) == [f"models/{FLOW}.part"]
+    assert cached_files(home) == [f"models/{FLOW}.part", f"models/{FLOW}.part.json"]  # + the version resumed
     assert resolve("ref-linf").read_bytes() == ref_bytes[FLOW]
     assert server.gets(f"/m/{FLOW}") == [None, "bytes=123456-"]
     assert cached_files(home) == [f"models/{FLOW}"]
@@ -191,7 +192,7 @@ def test_full_disk_is_one_line_and_leaves_nothing(home, server, use_table, monke
 
     def full(f, chunk):
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(download, "_write", full)
+    monkeypatch.setattr(downloader, "_write", full)
     with pytest.raises(DownloadError, match=r"disk full while writing .*FLOWSR_LP_HOME"):
         resolve("ref-linf")
     assert cached_files(home) == []

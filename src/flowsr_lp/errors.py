@@ -28,6 +28,10 @@ class DownloadError(CheckpointError):
     """A download failed (network, HTTP status, truncated, wrong checksum, disk full)."""
 
 
+class DataError(FlowSRError):
+    """A data set cannot be downloaded or prepared (network, checksum, archive contents)."""
+
+
 class ImageError(FlowSRError, ValueError):
     """An input image cannot be used (unreadable, not an image, too large)."""
 

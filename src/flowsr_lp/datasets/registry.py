@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import DataError
+
 DIV2K_BASE = "https://data.vision.ee.ethz.ch/cvl/DIV2K"
 EDSR_BASE = "https://cv.snu.ac.kr/research/EDSR"
-
-
-class DataError(Exception):
-    """A download or preparation problem, described in one line."""
 
 
 @dataclass(frozen=True)

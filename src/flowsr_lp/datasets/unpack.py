@@ -18,7 +18,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .fetch import CHUNK, downloads_dir, say, verify
+from ..downloader import CHUNK
+from .fetch import downloads_dir, say, verify
 from .registry import DataError, Dataset, Target, resolve
 
 

@@ -9,14 +9,11 @@ holds; a pinned checksum is checked again every time the file is used.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
-import logging
 import os
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
+from ..downloader import ChecksumTable, check, digests  # noqa: F401  (check, digests: re-exported for resolve.py)
 from ..errors import DownloadError
 
 try:
@@ -24,9 +21,7 @@ try:
 except ImportError:  # Windows: no lock; concurrent first downloads are not coordinated there
     fcntl = None
 
-log = logging.getLogger("flowsr_lp.hub")
 RECORD = "checksums.json"
-CHUNK = 1 << 20
 
 
 def home() -> Path:
@@ -52,17 +47,6 @@ def make_dir(path: Path) -> Path:
     return path
 
 
-def digests(path: Path) -> dict[str, str]:
-    """{'sha256': hex, 'git-sha1': hex} of a file, in one pass (git-sha1: the git blob id,
-    sha1 of b'blob <size>\\0' + content)."""
-    sha256, blob = hashlib.sha256(), hashlib.sha1(b"blob %d\0" % path.stat().st_size)
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            sha256.update(chunk)
-            blob.update(chunk)
-    return {"sha256": sha256.hexdigest(), "git-sha1": blob.hexdigest()}
-
-
 def _key(path: Path, root: Path) -> str:
     return path.resolve().relative_to(root.resolve()).as_posix()
 
@@ -70,38 +54,13 @@ def _key(path: Path, root: Path) -> str:
 def recorded(path: Path, root: Path | None = None) -> str | None:
     """The 'sha256:<hex>' recorded for a cached file on its first download, or None."""
     root = root or home()
-    try:
-        table = json.loads((root / RECORD).read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        raise DownloadError(f"{root / RECORD}: unreadable ({e}); fix or delete it") from None
-    entry = table.get(_key(path, root))
-    return f"sha256:{entry['sha256']}" if entry else None
+    return ChecksumTable(root / RECORD).get(_key(path, root))
 
 
 def record(path: Path, sha256: str, source: str, root: Path | None = None) -> None:
     """Remember the sha256 of a first download (trust on first use) and say so."""
     root = root or home()
-    try:
-        table = json.loads((root / RECORD).read_text())
-    except FileNotFoundError:
-        table = {}
-    table[_key(path, root)] = {"sha256": sha256, "source": source,
-                               "recorded": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
-    tmp = root / (RECORD + ".tmp")
-    tmp.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, root / RECORD)
-    log.warning("%s: no published checksum; recorded sha256 %s (unverified: later uses are checked against it)",
-                path.name, sha256)
-
-
-def check(path: Path, expected: str, what: str) -> None:
-    """Raise DownloadError unless `path` has the checksum `expected` ('<algorithm>:<hex>')."""
-    algo, _, want = expected.partition(":")
-    got = digests(path)[algo]
-    if got != want.lower():
-        raise DownloadError(f"{what}: {algo} mismatch: expected {want}, got {got}")
+    ChecksumTable(root / RECORD).put(_key(path, root), sha256, source)
 
 
 @contextlib.contextmanager
