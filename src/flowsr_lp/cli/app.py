@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..cli_options import add_device, positive_float, resolve_device
 from ..errors import UsageError
 from ..precision import PRECISIONS
+from ..runtime import configure_cpu
 
 
 def add_parser(sub, parents=()) -> None:
@@ -36,8 +37,11 @@ def run(args) -> int:
         from ..app.ui import AppConfig, launch
     except ImportError as e:
         raise UsageError(f"the app needs Gradio: pip install 'flowsr-lp[app]' ({e})") from None
+    device = resolve_device(args.device)
+    if device.type == "cpu":
+        configure_cpu()
     config = AppConfig(max_megapixels=args.max_megapixels, concurrency=args.concurrency,
-                       device=str(resolve_device(args.device)), max_models=args.max_models, precision=args.precision,
+                       device=str(device), max_models=args.max_models, precision=args.precision,
                        allow_local_paths=not args.share)
     launch(config, host=args.host, port=args.port, share=args.share, block=True, quiet=args.quiet > 0)
     return 0
