@@ -6,6 +6,7 @@ import torch
 
 from flowsr_lp.flows import layers
 from flowsr_lp.flows.layers import InvertibleLayer, InvertibleLinear, InvertibleSequence, InvConv1x1
+from flowsr_lp.flows.linf import AffineFlow, ConditionalAffine
 
 from helpers import tiny_linf, tiny_srflow
 
@@ -19,7 +20,7 @@ def _subclasses(cls):
 def test_every_layer_has_the_same_signature():
     found = {c.__name__ for c in _subclasses(InvertibleLayer)}
     assert {"ActNorm", "InvConv1x1", "InvertibleLinear", "CondAffineCoupling", "FlowStep", "Squeeze",
-            "InvertibleSequence"} <= found
+            "InvertibleSequence", "ConditionalAffine", "AffineFlow"} <= found
     for cls in _subclasses(InvertibleLayer):
         for name in ("forward", "inverse"):
             params = list(inspect.signature(getattr(cls, name)).parameters.values())
@@ -49,6 +50,21 @@ def test_linear_and_sequence_log_dets_are_the_jacobians():
     torch.testing.assert_close(ld_inv, -ld)
     jac = torch.autograd.functional.jacobian(lambda v: seq(v.view(1, 3, 4, 2))[0].flatten(), x[:1].flatten())
     torch.testing.assert_close(ld[0], torch.linalg.slogdet(jac)[1], atol=1e-4, rtol=1e-4)
+
+
+def test_linf_affine_flow_is_a_layer_with_the_jacobian_log_det():
+    torch.manual_seed(0)
+    flow = AffineFlow(4, 3)
+    x, cond = torch.randn(5, 4), torch.randn(5, 3, 2, 4)
+    z, ld = flow(x, cond)
+    back, ld_inv = flow.inverse(z, cond)
+    torch.testing.assert_close(back, x, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ld_inv, -ld)
+    assert torch.equal(flow.invert(z, cond), back)  # decoding's path, without the log-det
+    for n in range(2):  # each row has its own condition, hence its own log-det
+        jac = torch.autograd.functional.jacobian(lambda v: flow(v[None], cond[n:n + 1])[0][0], x[n])
+        torch.testing.assert_close(ld[n], torch.linalg.slogdet(jac)[1], atol=1e-5, rtol=1e-5)
+    assert not list(ConditionalAffine(0).parameters())  # key names stay LINF's: linears.i, last
 
 
 @pytest.mark.parametrize("make", [lambda: InvertibleLinear(4), lambda: InvConv1x1(4)], ids=["linear", "conv1x1"])

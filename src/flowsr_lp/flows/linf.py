@@ -22,9 +22,7 @@ from ..nets.rrdb import RRDBNet
 from ..nets.swinir import SwinIR
 from ..precision import float32_transform, full_precision
 from .base import Flow, Latent, checked_size
-from .layers import InvertibleLinear
-
-_LOG_2PI = math.log(2 * math.pi)
+from .layers import InvertibleLayer, InvertibleLinear, chain, chain_inverse, gaussian_log_p
 
 
 @dataclass
@@ -80,40 +78,63 @@ def from_patches(p: torch.Tensor, ps: int) -> torch.Tensor:
     return p.reshape(b, 3, h * ps, w * ps)
 
 
-class AffineFlow(nn.Module):
+class ConditionalAffine(InvertibleLayer):
+    """x * scale + shift elementwise, from the condition's `index`-th (scale, shift) pair:
+    cond (N, L, 2, D), scale = sigmoid(s + 2) + 1e-4. No parameters of its own."""
+
+    def __init__(self, index: int):
+        super().__init__()
+        self.index = index
+
+    def _params(self, cond: torch.Tensor):
+        s, shift = cond[:, self.index, 0], cond[:, self.index, 1]
+        return torch.sigmoid(s + 2.0) + 1e-4, shift
+
+    def forward(self, x, cond=None):
+        scale, shift = self._params(cond)
+        return x * scale + shift, torch.log(scale).sum(-1)
+
+    def inverse(self, y, cond=None):
+        scale, shift = self._params(cond)
+        return (y - shift) / scale, -torch.log(scale).sum(-1)
+
+    def undo(self, y: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """`inverse` without the log-det."""
+        scale, shift = self._params(cond)
+        return (y - shift) / scale
+
+
+class AffineFlow(InvertibleLayer):
     """LINF's flow on D-vectors: L x [invertible linear, conditional elementwise affine],
-    then a last linear. The affine parameters come from the condition vector."""
+    then a last linear; cond (N, L, 2, D) holds the affine parameters. Key names as in
+    LINF's checkpoints (`linears.i`, `last`)."""
 
     def __init__(self, dim: int, n_layers: int):
         super().__init__()
         self.linears = nn.ModuleList([InvertibleLinear(dim) for _ in range(n_layers)])
+        self.affines = nn.ModuleList([ConditionalAffine(i) for i in range(n_layers)])
         self.last = InvertibleLinear(dim)
 
-    @staticmethod
-    def _affine(cond: torch.Tensor, i: int):
-        s, shift = cond[:, i, 0], cond[:, i, 1]
-        return torch.sigmoid(s + 2.0) + 1e-4, shift
+    def steps(self) -> list[InvertibleLayer]:
+        return [m for pair in zip(self.linears, self.affines) for m in pair] + [self.last]
 
     @float32_transform
-    def forward(self, x: torch.Tensor, cond: torch.Tensor):
-        """x (N, D), cond (N, L, 2, D) -> z (N, D), log p(x | cond) (N,) in nats."""
-        logdet = x.new_zeros(x.shape[0])
-        for i, lin in enumerate(self.linears):
-            x, ld = lin(x)
-            scale, shift = self._affine(cond, i)
-            x = x * scale + shift
-            logdet = logdet + ld + torch.log(scale).sum(-1)
-        z, ld = self.last(x)
-        log_pz = -0.5 * (z * z + _LOG_2PI).sum(-1)
-        return z, logdet + ld + log_pz
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None):
+        """x (N, D) -> (z (N, D), log-det (N,))."""
+        return chain(self.steps(), x, cond, x.new_zeros(x.shape[0]))
 
     @float32_transform
-    def inverse(self, z: torch.Tensor, cond: torch.Tensor):
-        """z (N, D), cond (N, L, 2, D) -> x (N, D) (the linears' inverses are cached)."""
-        x, _ = self.last.inverse(z)
-        for i in reversed(range(len(self.linears))):
-            scale, shift = self._affine(cond, i)
-            x, _ = self.linears[i].inverse((x - shift) / scale)
+    def inverse(self, z: torch.Tensor, cond: torch.Tensor | None = None):
+        """z (N, D) -> (x (N, D), log-det (N,)); the linears' inverses are cached."""
+        return chain_inverse(self.steps(), z, cond, z.new_zeros(z.shape[0]))
+
+    @float32_transform
+    def invert(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """`inverse` without the log-det, which decoding does not need (the log of every
+        scale would be about a fifth of LINF's decode time)."""
+        x = self.last.inverse(z)[0]
+        for lin, affine in zip(reversed(self.linears), reversed(self.affines)):
+            x = lin.inverse(affine.undo(x, cond))[0]
         return x
 
 
@@ -308,7 +329,8 @@ class LINF(Flow):
         for r0, r1 in self._chunks(ctx):
             x = patches[:, :, r0:r1].permute(0, 2, 3, 1)
             shape = x.shape
-            z, log_p = self.imnet(x.reshape(-1, self.dim), self._cond_view(self._cond_rows(ctx, r0, r1)))
+            z, logdet = self.imnet(x.reshape(-1, self.dim), self._cond_view(self._cond_rows(ctx, r0, r1)))
+            log_p = logdet + gaussian_log_p(z)
             zs.append(z.view(shape).permute(0, 3, 1, 2))
             log_ps.append(log_p.view(shape[:3]))
         return torch.cat(zs, 2), torch.cat(log_ps, 1)
@@ -319,7 +341,7 @@ class LINF(Flow):
         for r0, r1 in self._chunks(ctx):
             x = z[:, :, r0:r1].permute(0, 2, 3, 1)
             shape = x.shape
-            m = self.imnet.inverse(x.reshape(-1, self.dim), self._cond_view(self._cond_rows(ctx, r0, r1)))
+            m = self.imnet.invert(x.reshape(-1, self.dim), self._cond_view(self._cond_rows(ctx, r0, r1)))
             out.append(m.view(shape).permute(0, 3, 1, 2))
         return torch.cat(out, 2)
 
