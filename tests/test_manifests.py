@@ -82,7 +82,8 @@ def test_load_flow_builds_released_linf_from_official_dict(name, tmp_path):
 @pytest.mark.parametrize("name", sorted(srflow.RELEASED))
 def test_srflow_released_configs_match_manifest(name):
     expected = manifest("srflow_lp_manifest.json")[name]
-    model = srflow.SRFlow(srflow.RELEASED[name])
+    with torch.device("meta"):  # shapes only
+        model = srflow.SRFlow(srflow.RELEASED[name])
     got = shapes(model)
     assert sorted(got) == sorted(expected)
     assert got == expected
