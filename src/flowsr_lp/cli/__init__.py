@@ -1,6 +1,6 @@
 """Command line: `flowsr-lp [-q|-v] COMMAND ...` (also `python -m flowsr_lp`).
 
-Each command is a module here with `add_parser(sub)` and `run(args)`; this module builds the
+Each command is a module here with `add_parser(sub, parents)` and `run(args)`; this module builds the
 parser, configures `logging` from -q/-v, and maps the package's exceptions to exit codes in
 one place (`EXIT_CODES`). Library modules never import this package."""
 from __future__ import annotations
