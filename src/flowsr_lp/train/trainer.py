@@ -163,12 +163,15 @@ class Trainer:
             return []
         buffers = [(b, b.detach().clone()) for b in self.objective.buffers()]
         rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
         used = torch.zeros(len(params), device=self.device)
         for step in (0, 1):
             loss, _ = self.objective({**batch, "step": step})
             grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
             used += torch.tensor([g is not None for g in grads], dtype=used.dtype, device=self.device)
         torch.set_rng_state(rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
         with torch.no_grad():
             for b, saved in buffers:
                 b.copy_(saved)
