@@ -29,12 +29,13 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3, help="seeded draws per image at tau")
     ap.add_argument("--precision", default="bf16", help="the reduced precision to check against fp32")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--flows", default="LINF,SRFlow", help="which bundled setups: LINF, SRFlow or both")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     header(f"{a.data} x4, bundled models, fp32 vs {a.precision}, {a.max_images or 'all'} images, {a.runs} runs at tau")
     worst = 0.0
     inf_same = True
-    for label, flow_name, prior_name, tau in SETUPS:
+    for label, flow_name, prior_name, tau in (s for s in SETUPS if s[0] in a.flows.split(",")):
         flow, prior = load_flow(bundled_path(flow_name)), load_prior(bundled_path(prior_name))
         res = {}
         for p in ("fp32", a.precision):

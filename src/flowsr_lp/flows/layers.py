@@ -246,7 +246,10 @@ class CondAffineCoupling(InvertibleLayer):
         """fFeatures(cond) and the condition's share of fAffine's first conv, in one conv over
         the wide condition (no concatenated copy of it)."""
         ff, fa = self.fFeatures[0], self.fAffine[0]
-        h = F.conv2d(cond, torch.cat([ff.weight, fa.weight[:, self.half :]], 0), padding=1)
+        # a conditioning network (it never sees z): it runs in the condition's dtype (bf16 when
+        # the condition was computed under autocast), the transform itself in float32
+        w = torch.cat([ff.weight, fa.weight[:, self.half :]], 0).to(cond.dtype)
+        h = F.conv2d(cond, w, padding=1).float()
         n = ff.weight.shape[0]
         return self.fFeatures[1:](ff.actnorm(h[:, :n])[0]), h[:, n:]
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..model_config import ModelConfig
 from ..nets.rrdb import RRDBNet
-from ..precision import float32_transform
+from ..precision import compute_dtype, float32_transform
 from .base import Flow, Latent
 from .layers import FlowStep, MultiScaleFlow, Split2d, Squeeze, gaussian_log_p
 
@@ -128,8 +128,9 @@ class SRFlow(Flow):
         conds = {}
         for level in range(1, self.config.L + 1):  # level l runs at HR / 2^l; key 0 is LR / 2
             f = feats[s // 2**level]
-            # float32 also when computed under autocast: the flow reads it in float32
-            conds[level] = torch.cat([f, F.interpolate(stack, size=f.shape[-2:], mode="nearest")], 1).float()
+            # in the autocast dtype (float32 without autocast): the coupling layers'
+            # condition-only convolutions run in it
+            conds[level] = torch.cat([f, F.interpolate(stack, size=f.shape[-2:], mode="nearest")], 1).to(compute_dtype(f))
         return SRFlowContext(lr, (s * h, s * w), conds)
 
     # ---- the flow interface -----------------------------------------------------------
