@@ -267,3 +267,14 @@ def test_bad_demo_options_are_one_line(tmp_path, capsys, args):
     assert code == 2
     assert_clean(capsys.readouterr().err)
     assert not (tmp_path / "demo").exists()
+
+
+def test_max_megapixels_above_the_api_default_is_honoured(tmp_path, capsys, models, monkeypatch):
+    """--max-megapixels sets the SuperResolver's limit too (its default is 64 MP)."""
+    import flowsr_lp.pipeline as pipeline
+
+    # as if the API default were 100 pixels: only the CLI's limit can let a 20x24 output through
+    monkeypatch.setitem(pipeline.SuperResolver.__init__.__kwdefaults__, "max_output_pixels", 100)
+    code, err = upscale(capsys, rgb(tmp_path / "a.png"), "--flow", models[0], "--scale", "2",
+                        "--max-megapixels", "1", "-o", tmp_path / "out")
+    assert code == 0, err

@@ -65,7 +65,8 @@ def run(args) -> int:
         raise UsageError(f"this flow is fixed-scale x{fixed}; --scale {scale} is not possible")
     if prior is not None and args.tau is not None:
         log.warning("--tau is ignored with a learned prior (the latent is predicted, not sampled)")
-    resolver = SuperResolver(flow, prior, prior_max_pixels=args.prior_max_pixels, precision=args.precision)
+    resolver = SuperResolver(flow, prior, prior_max_pixels=args.prior_max_pixels, precision=args.precision,
+                             max_output_pixels=args.max_megapixels * 1e6)  # the CLI's limit, not the API default
     failures = upscale_files(resolver, inputs, outs, scale=scale, size=args.size, tau=args.tau, seed=args.seed,
                              retries=args.retries, max_megapixels=args.max_megapixels, progress=not args.quiet)
     print(f"{len(inputs) - failures} of {len(inputs)} image(s) written to {args.out}", file=sys.stderr)
