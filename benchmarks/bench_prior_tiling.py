@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from flowsr_lp import load_flow, load_prior
 from flowsr_lp.images import read_image
 from flowsr_lp.priors.tiling import predict_latent, tile_starts
+from flowsr_lp.precision import hardware_line
 
 SHARED = Path(os.environ.get("FLOWSR_LP_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
@@ -36,6 +37,7 @@ def main() -> None:
                     "instead of its bicubic /scale version")
     ap.add_argument("--tiles", default="64:16:0,64:0:32,64:16:32,96:32:32", help="tile:overlap:margin triples")
     a = ap.parse_args()
+    print("hardware:", hardware_line())
     torch.manual_seed(0)
     flow, prior = load_flow(a.flow), load_prior(a.prior)
     img = a.image or sorted((SHARED / "data" / "B100" / "HR").glob("*.png"))[0]

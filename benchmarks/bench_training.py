@@ -22,6 +22,7 @@ from flowsr_lp.flows.linf import LINF, RELEASED as FLOWS
 from flowsr_lp.nets.vgg import PerceptualLoss
 from flowsr_lp.priors.linf_lp import LINFLatentModule, RELEASED as PRIORS
 from flowsr_lp.train.objectives import FlowNLL, PriorObjective
+from flowsr_lp.precision import hardware_line
 
 SHARED = Path(os.environ.get("FLOWSR_LP_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
@@ -68,6 +69,7 @@ def main() -> None:
     ap.add_argument("--amp", default="none", choices=["none", "bf16"])
     ap.add_argument("--only", choices=["prior", "nll"], default=None)
     a = ap.parse_args()
+    print("hardware:", hardware_line())
     if a.threads:
         torch.set_num_threads(a.threads)
     device = torch.device(a.device)

@@ -14,10 +14,12 @@ from PIL import Image
 from flowsr_lp import save_flow
 from flowsr_lp.cli import main as cli
 from flowsr_lp.flows.linf import LINF, LINFConfig
+from flowsr_lp.precision import hardware_line
 
 
 def main() -> int:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "gpu-smoke")
+    print("hardware:", hardware_line())
     assert torch.cuda.is_available(), "needs a CUDA device"
     from skimage import data as sk
 

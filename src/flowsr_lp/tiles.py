@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from .errors import UsageError
-from .pipeline import SuperResolver, TemperatureSampling
+from .pipeline import SRResult, SuperResolver, TemperatureSampling, finite_mask
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,33 @@ def tile_unit(scale: float, patch: int = 1, lr_multiple: int = 1, limit: int = 6
             return u
     raise UsageError(f"scale {scale:g} cannot be tiled (no LR step up to {limit} maps to whole HR patches); "
                      "upscale the image whole or use a scale like 2, 3, 4")
+
+
+#: LR images with more pixels than this are upscaled in tiles by the command line
+TILE_ABOVE_LR_PIXELS = 512 * 512
+
+
+def tile_scale(resolver: SuperResolver, lr: torch.Tensor, size: tuple[int, int],
+               above: int | None = None) -> float | None:
+    """The scale to upscale `lr` to `size` in tiles with, when the image is larger than
+    `above` LR pixels and tiling can reproduce the size exactly; else None (upscale whole)."""
+    h, w = lr.shape[-2:]
+    if h * w <= (TILE_ABOVE_LR_PIXELS if above is None else above) or size[0] * w != size[1] * h:
+        return None
+    scale = size[0] / h
+    patch = getattr(getattr(resolver.flow, "config", None), "patch_size", 1)
+    fixed = getattr(resolver.flow, "fixed_scale", None)
+    try:
+        tile_unit(scale, patch, lr_multiple=2 if fixed is not None else 1)
+    except UsageError:
+        return None
+    return scale if Fraction(scale).limit_denominator(1000) * h == size[0] else None
+
+
+def tiled_result(resolver: SuperResolver, lr: torch.Tensor, scale: float, strategy) -> SRResult:
+    """`upscale_tiled` as the `SRResult` of a whole-image `generate`."""
+    sr = upscale_tiled(resolver, lr, scale, strategy=strategy)
+    return SRResult(sr, finite_mask(sr), strategy)
 
 
 def _round_to(x: int, unit: int) -> int:

@@ -11,6 +11,7 @@ from .checkpoints import load_flow, load_prior
 from .errors import ExplodingInverse, ImageError, UsageError
 from .images import IMAGE_SUFFIXES, image_size, read_image, write_png
 from .pipeline import SuperResolver, TemperatureSampling, output_size
+from .tiles import tile_scale, tiled_result
 from .hub.resolve import default_models, flow_for_prior
 
 log = logging.getLogger(__name__)
@@ -50,11 +51,13 @@ def upscale_with_retries(resolver: SuperResolver, lr: torch.Tensor, size, tau=No
     """One SR image (3 x H x W, raw) with the resolver's strategy (sampling at `tau` when it
     has no learned prior); on an exploding inverse, redraw with seed + 1, ... up to `retries`
     times; raises `ExplodingInverse` when every draw exploded."""
-    prepared = resolver.prepare(lr, size=size)
+    scale = tile_scale(resolver, lr, size)  # a large image: in tiles, with a progress bar
+    prepared = resolver.prepare(lr, size=size) if scale is None else None
     sampling = resolver.prior is None
     for attempt in range(retries + 1):
         strategy = TemperatureSampling(tau, seed=seed + attempt) if sampling else resolver.strategy
-        result = resolver.generate(prepared, strategy)
+        result = (resolver.generate(prepared, strategy) if prepared is not None
+                  else tiled_result(resolver, lr[None] if lr.dim() == 3 else lr, scale, strategy))
         if result.all_finite:
             return result.images[0]
         if strategy.deterministic:
