@@ -52,6 +52,6 @@ def configure_cpu(threads: int | None = None) -> int:
     n = threads if threads else free_cpus()
     torch.set_num_threads(n)
     kept = keep_freed_memory()
-    log.info("CPU: %d thread(s) of %d available (load %.1f)%s", n, available_cpus(), os.getloadavg()[0],
-             ", allocator keeps freed memory" if kept else "")
+    log.info("CPU: %d thread(s) of %d available (%d free under the current load)%s", n, available_cpus(),
+             free_cpus(), ", allocator keeps freed memory" if kept else "")
     return n
