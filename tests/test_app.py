@@ -2,6 +2,7 @@
 and the /upscale API called by gradio_client (4 clients at once, memory under that load)."""
 from __future__ import annotations
 
+import importlib.util
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-pytest.importorskip("gradio", reason="the app extra (gradio) is not installed")
+if importlib.util.find_spec("gradio") is None:  # not imported here: seconds for the fast tier
+    pytest.skip("the app extra (gradio) is not installed", allow_module_level=True)
 pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")  # inside gradio
 
 from app_server import app_in_thread, app_process, photo  # noqa: E402

@@ -5,14 +5,16 @@ prior, wait for both, check their sizes, click to zoom, save a screenshot.
 The screenshot goes to $FLOWSR_LP_ARTIFACTS (a folder) when set, else to the test's tmp_path."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-pytest.importorskip("gradio", reason="the app extra (gradio) is not installed")
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+for _name, _what in (("gradio", "the app extra (gradio)"), ("playwright", "playwright")):
+    if importlib.util.find_spec(_name) is None:  # not imported at collection: seconds for the fast tier
+        pytest.skip(f"{_what} is not installed", allow_module_level=True)
 
 from app_server import app_in_thread, photo  # noqa: E402
 from conftest import under_ci  # noqa: E402
@@ -43,7 +45,9 @@ def test_upload_sample_and_prior_in_chromium(tmp_path, chromium):
     artifacts.mkdir(parents=True, exist_ok=True)
     image = photo(tmp_path / "astronaut.png", 64)
     outside = []
-    with app_in_thread() as (app, url), sync_api.sync_playwright() as pw:
+    from playwright.sync_api import sync_playwright  # slow tier only
+
+    with app_in_thread() as (app, url), sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1300})
