@@ -76,18 +76,21 @@ def _pair(flow, prior=None, **kw):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,worst", [(n, 2.0) for n in LINF_MODELS] + [("srflow-4x-nb4-k2", 3.0)])
-def test_bf16_within_2_of_255_of_fp32_when_sampling(name, worst):
-    """All interior pixels within 2/255 for LINF; for SRFlow 99.9 % of them, and all within
-    3/255: its coupling layers' condition convolutions (85 % of its flow's work, 1.5x faster
-    in bf16) feed every level's affine parameters, which the random weights amplify."""
+@pytest.mark.parametrize("name", LINF_MODELS + ["srflow-4x-nb4-k2"])
+@pytest.mark.parametrize("seed", [0, 4])
+def test_bf16_within_2_of_255_of_fp32_when_sampling(name, seed):
+    """Issue 13's gate: every interior pixel of the bf16 output within 2/255 of fp32, on two
+    inputs. It holds because what the error is amplified from stays float32: the RRDB's first
+    conv (it reads the pixels), SRFlow's coarsest-level condition (decoding starts there) and
+    the shifts of the LINF layers decoded first (all in bf16: up to 2.6/255 for SRFlow, 2.2
+    for LINF)."""
     flow = _srflow() if name.startswith("srflow") else load_flow(need(REFERENCE / f"{name}.pth"))
     fp32, bf16 = _pair(flow)
     assert bf16.dtype == torch.bfloat16
-    out = [r.upscale(_lr(), scale=4, tau=0.5, generator=torch.Generator().manual_seed(1)) for r in (fp32, bf16)]
+    lr = torch.rand(1, 3, 40, 40, generator=torch.Generator().manual_seed(seed))
+    out = [r.upscale(lr, scale=4, tau=0.5, generator=torch.Generator().manual_seed(1)) for r in (fp32, bf16)]
     assert out[1].dtype == torch.float32
-    assert 0 < _interior_gap(*out) <= worst  # bf16 did run (not identical), and stayed close
-    assert _interior_gap(*out, quantile=0.999) <= 2.0
+    assert 0 < _interior_gap(*out) <= 2.0  # bf16 did run (not identical), and stayed close
 
 
 @pytest.mark.slow

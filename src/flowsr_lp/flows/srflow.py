@@ -129,8 +129,11 @@ class SRFlow(Flow):
         for level in range(1, self.config.L + 1):  # level l runs at HR / 2^l; key 0 is LR / 2
             f = feats[s // 2**level]
             # in the autocast dtype (float32 without autocast): the coupling layers'
-            # condition-only convolutions run in it
-            conds[level] = torch.cat([f, F.interpolate(stack, size=f.shape[-2:], mode="nearest")], 1).to(compute_dtype(f))
+            # condition-only convolutions run in it. The coarsest level stays float32: decoding
+            # starts there, so its errors pass through every finer level (it is 1/21 of the
+            # convolutions' work; in bf16 it alone moved the random-weight output by 1.7/255)
+            dtype = compute_dtype(f) if level < self.config.L else torch.float32
+            conds[level] = torch.cat([f, F.interpolate(stack, size=f.shape[-2:], mode="nearest")], 1).to(dtype)
         return SRFlowContext(lr, (s * h, s * w), conds)
 
     # ---- the flow interface -----------------------------------------------------------
