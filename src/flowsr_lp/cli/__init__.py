@@ -12,9 +12,7 @@ import sys
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .. import __version__
-from ..datasets.registry import DataError
 from ..errors import FlowSRError
-from ..metrics import LPIPSUnavailable
 from . import app, data, demo, evaluate, models, temperature_map, train, upscale
 
 COMMANDS = (demo, upscale, train, evaluate, temperature_map, data, models, app)
@@ -23,8 +21,6 @@ COMMANDS = (demo, upscale, train, evaluate, temperature_map, data, models, app)
 # unusable model or data, nothing done); commands themselves return 1 when some inputs failed.
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (FlowSRError, 2),
-    (DataError, 2),
-    (LPIPSUnavailable, 2),
     (FileNotFoundError, 2),
     (KeyboardInterrupt, 130),
 )
@@ -92,7 +88,7 @@ def error_message(e: BaseException) -> str:
     if isinstance(e, OSError) and e.filename and e.strerror:
         return f"{e.filename}: {e.strerror}"
     text = str(e).strip() or type(e).__name__
-    if not isinstance(e, (FlowSRError, DataError)):
+    if not isinstance(e, FlowSRError):
         text = text.splitlines()[0]  # e.g. torch's multi-line RuntimeErrors
     return " ".join(text.split())
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import FlowSRError
+
 ALEXNET_HELP = ("LPIPS needs torchvision's AlexNet ImageNet weights (alexnet-owt-7be5be79.pth, from "
                 "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth): pass --alexnet-weights PATH, set "
                 "FLOWSR_LP_ALEXNET=PATH, or put the file in ~/.cache/torch/hub/checkpoints/; or evaluate with --no-lpips")
@@ -16,8 +18,8 @@ ALEXNET_HELP = ("LPIPS needs torchvision's AlexNet ImageNet weights (alexnet-owt
 _MODELS: dict = {}
 
 
-class LPIPSUnavailable(RuntimeError):
-    pass
+class LPIPSUnavailable(FlowSRError, RuntimeError):
+    """LPIPS cannot run here (its AlexNet weights are missing): the message says how to get them."""
 
 
 def _alexnet_state(path: str | Path | None) -> dict:

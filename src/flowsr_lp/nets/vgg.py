@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import FlowSRError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 WEIGHTS_HELP = ("VGG19 ImageNet weights are not available (no network?). Pass --vgg-weights PATH to "
@@ -16,8 +18,8 @@ WEIGHTS_HELP = ("VGG19 ImageNet weights are not available (no network?). Pass --
                 "it with --perceptual none (pixel L1 + latent L1).")
 
 
-class VGGWeightsMissing(RuntimeError):
-    pass
+class VGGWeightsMissing(FlowSRError, RuntimeError):
+    """VGG19's ImageNet weights are not available: the message says how to get them."""
 
 
 def _vgg19_features():
