@@ -172,10 +172,12 @@ class LatentStrategy(abc.ABC):
 class TemperatureSampling(LatentStrategy):
     """z ~ N(0, tau^2). `tau=None`: the flow's recommended temperature at the scale. Noise
     from `generator` when given, else from a fresh generator seeded with `seed` (None: torch's
-    global one). The same seed gives the same unit noise at every temperature."""
+    global one). The same seed gives the same unit noise at every temperature. `seed` may
+    also be a list, one seed per batch item: each item then gets the noise it would get
+    alone with its seed, so batching same-size images does not change them."""
 
     tau: float | None = None
-    seed: int | None = None
+    seed: int | list[int] | None = None
     generator: torch.Generator | None = field(default=None, repr=False)
 
     @property
@@ -185,7 +187,9 @@ class TemperatureSampling(LatentStrategy):
     def latent(self, flow: Flow, lr: torch.Tensor, ctx, scale: float) -> Latent:
         tau = flow.default_tau(scale) if self.tau is None else self.tau
         gen = self.generator
-        if gen is None and self.seed is not None:
+        if gen is None and isinstance(self.seed, (list, tuple)):
+            gen = [torch.Generator().manual_seed(s) for s in self.seed]
+        elif gen is None and self.seed is not None:
             gen = torch.Generator().manual_seed(self.seed)
         return flow.sample_latent(ctx, tau, gen)
 

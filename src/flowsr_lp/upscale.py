@@ -1,6 +1,7 @@
 """Image files in, PNGs out, through one `SuperResolver`; one failing input never stops the rest."""
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -10,8 +11,8 @@ from tqdm import tqdm
 from .checkpoints import load_flow, load_prior
 from .errors import ExplodingInverse, ImageError, UsageError
 from .images import IMAGE_SUFFIXES, image_size, read_image, write_png
-from .pipeline import SuperResolver, TemperatureSampling, output_size
-from .tiles import tile_scale, tiled_result
+from .pipeline import SRResult, SuperResolver, TemperatureSampling, output_size
+from .tiles import TILE_ABOVE_LR_PIXELS, tile_scale, tiled_result
 from .hub.resolve import default_models, flow_for_prior
 
 log = logging.getLogger(__name__)
@@ -47,17 +48,23 @@ def output_paths(inputs: list[Path], out: Path) -> list[Path]:
 
 
 def upscale_with_retries(resolver: SuperResolver, lr: torch.Tensor, size, tau=None, seed: int = 0,
-                         retries: int = 0, name="") -> torch.Tensor:
+                         retries: int = 0, name="", first: SRResult | None = None) -> torch.Tensor:
     """One SR image (3 x H x W, raw) with the resolver's strategy (sampling at `tau` when it
     has no learned prior); on an exploding inverse, redraw with seed + 1, ... up to `retries`
-    times; raises `ExplodingInverse` when every draw exploded."""
+    times; raises `ExplodingInverse` when every draw exploded. `first`: the first draw's
+    result when it was already computed (the image's share of a batch)."""
     scale = tile_scale(resolver, lr, size)  # a large image: in tiles, with a progress bar
-    prepared = resolver.prepare(lr, size=size) if scale is None else None
+    prepared = None
     sampling = resolver.prior is None
     for attempt in range(retries + 1):
         strategy = TemperatureSampling(tau, seed=seed + attempt) if sampling else resolver.strategy
-        result = (resolver.generate(prepared, strategy) if prepared is not None
-                  else tiled_result(resolver, lr[None] if lr.dim() == 3 else lr, scale, strategy))
+        if attempt == 0 and first is not None:
+            result = first
+        elif scale is not None:
+            result = tiled_result(resolver, lr[None] if lr.dim() == 3 else lr, scale, strategy)
+        else:
+            prepared = prepared or resolver.prepare(lr, size=size)
+            result = resolver.generate(prepared, strategy)
         if result.all_finite:
             return result.images[0]
         if strategy.deterministic:
@@ -70,45 +77,100 @@ def upscale_with_retries(resolver: SuperResolver, lr: torch.Tensor, size, tau=No
     raise ExplodingInverse(f"exploding inverse: the flow's output went inf/NaN ({tries}); nothing written{hint}")
 
 
+def batch_limit(lr_hw: tuple[int, int], batch_size: int) -> int:
+    """How many images of this LR size run together: at most `batch_size`, and at most as
+    many LR pixels as the largest image upscaled whole (`TILE_ABOVE_LR_PIXELS`), so a batch
+    needs no more memory than one such image."""
+    return max(1, min(batch_size, TILE_ABOVE_LR_PIXELS // (lr_hw[0] * lr_hw[1])))
+
+
+class _Failures:
+    """Counts inputs that failed; `each(src)` logs one input's failure as one error line and
+    lets the others go on."""
+
+    def __init__(self):
+        self.count = 0
+
+    @contextlib.contextmanager
+    def each(self, src: Path, hw=None):
+        try:
+            yield
+        except (ImageError, ExplodingInverse, ValueError, OSError) as e:
+            self.count += 1
+            msg = " ".join((str(e) or type(e).__name__).split())
+            log.error("%s", msg if msg.startswith(str(src)) else f"{src}: {msg}")
+        except torch.OutOfMemoryError:
+            self.count += 1
+            log.error("%s: out of memory at %s; lower --max-megapixels or the scale, or use a device with more "
+                      "memory", src, "x".join(map(str, hw)) if hw else "this size")
+        except RuntimeError as e:  # any other failure of the device or the model on this input
+            self.count += 1
+            log.error("%s: %s", src, (str(e).strip().splitlines() or [type(e).__name__])[0])
+
+
 def upscale_files(resolver: SuperResolver, inputs: list[Path], outs: list[Path], *, scale=None, size=None,
                   tau=None, seed: int = 0, retries: int = 0, max_megapixels: float = 64.0,
-                  progress: bool = True) -> int:
+                  progress: bool = True, batch_size: int = 1) -> int:
     """Upscale each input to its output path (by `scale` or to `size`); each failure is logged
-    as an error and the rest still run. Returns the number of failures."""
-    failures, seen = 0, {}
-    bar = tqdm(list(zip(inputs, outs)), desc="upscale", unit="img", disable=not progress)
-    for src, dst in bar:
-        bar.set_postfix_str(src.name)
-        hw = None
-        try:
+    as an error and the rest still run. Inputs of the same LR size run through the resolver
+    together, up to `batch_size` at a time (see `batch_limit`); every image is still seeded
+    with `seed` as when alone. Returns the number of failures."""
+    failures, seen, groups = _Failures(), {}, {}
+    bar = tqdm(total=len(inputs), desc="upscale", unit="img", disable=not progress)
+    for src, dst in zip(inputs, outs):  # checks from the headers, in input order: nothing decoded yet
+        with failures.each(src):
             if dst.resolve() == src.resolve():
                 raise ImageError(f"{src}: output would overwrite the input; choose another -o")
             if dst in seen:
                 raise ImageError(f"{src}: output {dst} is already taken by {seen[dst]}")
-            hw = size or output_size(image_size(src), scale)  # from the header: nothing decoded yet
+            lr_hw = image_size(src)
+            hw = size or output_size(lr_hw, scale)
             mp = hw[0] * hw[1] / 1e6
             if mp > max_megapixels:
                 raise ImageError(f"{src}: output {hw[0]}x{hw[1]} is {mp:.1f} MP, over the "
                                  f"--max-megapixels limit of {max_megapixels:g}")
+            seen[dst] = src
+            groups.setdefault((lr_hw, hw), []).append((src, dst))
+            continue
+        bar.update()  # reached when the input failed
+    for (lr_hw, hw), items in groups.items():
+        n = batch_limit(lr_hw, batch_size)
+        for k in range(0, len(items), n):
+            _upscale_batch(resolver, items[k : k + n], hw, tau, seed, retries, failures, bar)
+    bar.close()
+    return failures.count
+
+
+def _upscale_batch(resolver, items, hw, tau, seed, retries, failures: _Failures, bar) -> None:
+    """Same-size inputs: read, upscaled as one batch (each with its own seed), written; an
+    image that exploded is redrawn alone (`--retries`), and if the batch as a whole fails
+    each image runs alone, so that its own error is reported."""
+    ready = []
+    for src, dst in items:
+        with failures.each(src, hw):
             lr, notes = read_image(src)
             for note in notes:
                 log.warning("%s: %s", src, note)
-            sr = upscale_with_retries(resolver, lr, hw, tau, seed, retries, src)
+            ready.append((src, dst, lr))
+            continue
+        bar.update()  # reached when the input failed
+    batch = None
+    if len(ready) > 1:
+        strategy = TemperatureSampling(tau, seed=[seed] * len(ready)) if resolver.prior is None else None
+        try:
+            batch = resolver.generate(resolver.prepare(torch.stack([lr for _, _, lr in ready]), size=hw), strategy)
+        except (RuntimeError, ValueError, UsageError) as e:  # out of memory, a device error ...: each image
+            # alone says what it is
+            log.warning("a batch of %d images failed (%s); running them one by one", len(ready),
+                        (str(e).strip().splitlines() or [type(e).__name__])[0])
+    for i, (src, dst, lr) in enumerate(ready):
+        with failures.each(src, hw):
+            first = None if batch is None else SRResult(batch.images[i : i + 1], batch.finite[i : i + 1],
+                                                        batch.strategy)
+            sr = upscale_with_retries(resolver, lr, hw, tau, seed, retries, src, first)
             try:
                 write_png(sr, dst)
             except OSError as e:  # read-only folder, disk full ...
                 raise ImageError(f"{src}: cannot write {dst}: {e.strerror or e}") from None
-            seen[dst] = src
-        except (ImageError, ExplodingInverse, ValueError, OSError) as e:
-            failures += 1
-            msg = " ".join((str(e) or type(e).__name__).split())
-            log.error("%s", msg if msg.startswith(str(src)) else f"{src}: {msg}")
-        except torch.OutOfMemoryError:
-            failures += 1
-            log.error("%s: out of memory at %s; lower --max-megapixels or the scale, or use a device with more "
-                      "memory", src, "x".join(map(str, hw)) if hw else "this size")
-        except RuntimeError as e:  # any other failure of the device or the model on this input
-            failures += 1
-            log.error("%s: %s", src, (str(e).strip().splitlines() or [type(e).__name__])[0])
-    bar.close()
-    return failures
+        bar.set_postfix_str(src.name)
+        bar.update()

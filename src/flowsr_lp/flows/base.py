@@ -70,14 +70,22 @@ class Flow(nn.Module, abc.ABC):
         """The temperature the flow's authors recommend at this scale."""
         return 0.8
 
-    def sample_latent(self, ctx, tau: float, generator: torch.Generator | None = None) -> Latent:
-        """z ~ N(0, tau^2) for every part of the latent."""
+    def sample_latent(self, ctx, tau: float, generator=None) -> Latent:
+        """z ~ N(0, tau^2) for every part of the latent. `generator`: a torch.Generator (or
+        None: torch's global one), or a list of them, one per batch item: item i then gets the
+        noise a batch of one would draw from generator i (batching leaves a seeded image as it is)."""
         device, dtype = self.device_dtype()
         out = []
         for shape in self.latent_shapes(ctx):
-            gen_device = generator.device if generator is not None else device
-            z = torch.randn(shape, generator=generator, device=gen_device, dtype=dtype)
-            out.append(z.to(device) * tau)
+            if isinstance(generator, (list, tuple)):
+                if len(generator) != shape[0]:
+                    raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+                z = torch.cat([torch.randn((1, *shape[1:]), generator=g, device=g.device, dtype=dtype).to(device)
+                               for g in generator])
+            else:
+                gen_device = generator.device if generator is not None else device
+                z = torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
+            out.append(z * tau)
         return tuple(out)
 
     # ---- argument checks: one clear error instead of a failure deep inside a convolution ----
