@@ -10,6 +10,7 @@ from PIL import Image
 
 from flowsr_lp import SuperResolver, TemperatureSampling, load_flow, load_prior
 from flowsr_lp.cli import main
+from flowsr_lp.evaluate import EvalOptions, evaluate
 from flowsr_lp.upscale import batch_limit
 
 from conftest import REFERENCE, need
@@ -86,3 +87,31 @@ def test_cli_batches_same_size_inputs_with_unchanged_results(tmp_path, capsys, m
     for name, img in outs[1].items():
         diff = np.abs(img - outs[8][name])
         assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, name  # a last-bit rounding at most
+
+
+@pytest.mark.slow
+def test_evaluate_batches_same_size_images_with_unchanged_rows(tmp_path, monkeypatch):
+    flow, prior = _models("linf-patch-edsr-baseline")
+    rng = np.random.default_rng(1)
+    data = tmp_path / "HRset"
+    data.mkdir()
+    for i, (h, w) in enumerate([(64, 64), (48, 64), (64, 64), (64, 64), (48, 64)]):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(data / f"im{i}.png")
+    calls = []
+    generate = SuperResolver.generate
+    monkeypatch.setattr(SuperResolver, "generate", lambda self, p, s=None: calls.append(p.lr.shape[0])
+                        or generate(self, p, s))
+    rows = {}
+    for batch in (1, 8):
+        calls.clear()
+        opts = EvalOptions(data=[str(data)], taus=[0.0, 0.6], runs=2, use_lpips=False, report_images=0,
+                           batch_size=batch)
+        rows[batch] = sorted(evaluate(flow, prior, opts, tmp_path / "out", progress=False)[0],
+                             key=lambda r: (r["image"], r["method"], r["run"]))
+        # per image: tau 0 (one run), tau 0.6 (two runs), the prior
+        assert sorted(calls) == ([1] * 20 if batch == 1 else [2] * 4 + [3] * 4)
+    assert len(rows[1]) == len(rows[8]) == 5 * 4
+    for a, b in zip(rows[1], rows[8]):
+        assert (a["image"], a["method"], a["run"], a["seed"], a["finite"]) == \
+               (b["image"], b["method"], b["run"], b["seed"], b["finite"])
+        assert a["psnr"] == pytest.approx(b["psnr"], abs=1e-3), (a["image"], a["method"])

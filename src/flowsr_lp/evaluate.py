@@ -19,6 +19,7 @@ from .metrics import diversity, grid_score, inf_rate, lpips, lr_psnr, psnr, ssim
 from .metrics.perceptual import lpips_model
 from .pipeline import LatentStrategy, SuperResolver, TemperatureSampling, bicubic
 from .report import save_crops
+from .upscale import batch_limit
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ class EvalOptions:
     label: str = ""  # prefixed to method names ("LINF tau=0.8"), to put several flows in one report
     bicubic: bool = False  # add a bicubic baseline row (MATLAB-style bicubic upsampling of the LR)
     precision: str = "fp32"  # the SuperResolver's compute precision (fp32 | bf16 | fp16 | auto)
+    batch_size: int = 8  # same-size images upscaled together (see upscale.batch_limit)
 
 
 def protocol_metrics(sr: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor, scale: float, dataset: str,
@@ -159,8 +161,9 @@ def evaluate(flow, prior, opts: EvalOptions, out_dir: Path, rank: int = 0, world
         files = find_images([ds.hr])[: opts.max_images]
         jobs += [(ds, i, f, s) for i, f in enumerate(files) for s in scales]
     mine = [j for j in jobs if j[1] % world == rank]
-    bar = tqdm(mine, desc="evaluate", unit="img", disable=not progress or rank != 0)
-    for ds, i, path, scale in bar:
+    bar = tqdm(total=len(mine), desc="evaluate", unit="img", disable=not progress or rank != 0)
+    pending: dict[tuple, list] = {}  # same-size pairs waiting for a batch, by (LR size, HR size)
+    for ds, i, path, scale in mine:
         bar.set_postfix_str(f"{ds.name} x{scale:g} {path.name}")
         try:
             hr, lr, lr_from = make_pair(path, ds, scale, opts.lr_source)
@@ -168,8 +171,36 @@ def evaluate(flow, prior, opts: EvalOptions, out_dir: Path, rank: int = 0, world
             msg = " ".join(str(e).split())
             log.error("%s", msg)
             notes.append(f"{ds.name} x{scale:g}: {path.name} left out of every mean: {msg}")
+            bar.update()
             continue
-        hr, lr = hr[None].to(device), lr[None].to(device)
+        key = (tuple(lr.shape[-2:]), tuple(hr.shape[-2:]))
+        group = pending.setdefault(key, [])
+        group.append((ds, i, path, scale, hr[None].to(device), lr[None].to(device), lr_from))
+        if len(group) >= batch_limit(key[0], opts.batch_size):
+            _evaluate_batch(resolver, pending.pop(key), opts, out_dir, rows, crops, bar)
+        elif sum(map(len, pending.values())) > 2 * opts.batch_size:  # many sizes: bound what waits
+            _evaluate_batch(resolver, pending.pop(next(iter(pending))), opts, out_dir, rows, crops, bar)
+    for group in pending.values():
+        _evaluate_batch(resolver, group, opts, out_dir, rows, crops, bar)
+    bar.close()
+    return rows, notes, crops
+
+
+def batched(strategy: LatentStrategy, n: int) -> LatentStrategy:
+    """The strategy for a batch of n images that each get what they would get alone."""
+    if isinstance(strategy, TemperatureSampling) and strategy.generator is None and strategy.seed is not None:
+        return TemperatureSampling(strategy.tau, seed=[strategy.seed] * n)
+    return strategy
+
+
+def _evaluate_batch(resolver: SuperResolver, items: list, opts: EvalOptions, out_dir: Path, rows: list,
+                    crops: list, bar) -> None:
+    """Rows and report crops of same-size pairs (ds, i, path, scale, hr, lr, lr_from),
+    upscaled as one batch (each image seeded as when alone)."""
+    prepared = resolver.prepare(torch.cat([it[5] for it in items]), size=tuple(items[0][4].shape[-2:]))
+    results = {m: [resolver.generate(prepared, batched(s, len(items))) for s in strategies]
+               for m, _, strategies in methods(opts, resolver)}
+    for k, (ds, i, path, scale, hr, lr, lr_from) in enumerate(items):
         base = {"dataset": ds.name, "image": path.stem, "scale": scale, "lr_source": lr_from}
         shown = {}
         if opts.bicubic:
@@ -177,17 +208,17 @@ def evaluate(flow, prior, opts: EvalOptions, out_dir: Path, rank: int = 0, world
             shown["bicubic"] = sr
             rows.append({**base, "method": f"{opts.label} bicubic".strip(), "tau": "", "run": 0, "seed": "",
                          "finite": True, "inf_rate": 0.0, **protocol_metrics(sr, hr, lr, scale, ds.name, opts)})
-        prepared = resolver.prepare(lr, size=tuple(hr.shape[-2:]))
         for method, tau, strategies in methods(opts, resolver):
-            results = [resolver.generate(prepared, s) for s in strategies]
-            inf = 100.0 * inf_rate(r.images for r in results)
-            samples = [r.images.clamp(0, 1) for r in results if r.all_finite]
+            mine = [r.images[k : k + 1] for r in results[method]]
+            inf = 100.0 * inf_rate(mine)
+            finite = [bool(torch.isfinite(x).all()) for x in mine]
+            samples = [x.clamp(0, 1) for x, ok in zip(mine, finite) if ok]
             div = diversity(torch.stack(samples)).item() if len(samples) > 1 else None
-            for run, (strategy, res) in enumerate(zip(strategies, results)):
+            for run, (strategy, images, ok) in enumerate(zip(strategies, mine, finite)):
                 row = {**base, "method": method, "tau": "" if tau is None else tau, "run": run,
-                       "seed": "" if tau is None else strategy.seed, "finite": res.all_finite, "inf_rate": inf}
-                if res.all_finite:
-                    sr = res.images.clamp(0, 1)
+                       "seed": "" if tau is None else strategy.seed, "finite": ok, "inf_rate": inf}
+                if ok:
+                    sr = images.clamp(0, 1)
                     row.update(protocol_metrics(sr, hr, lr, scale, ds.name, opts))
                     shown.setdefault(method, sr)
                     if div is not None:
@@ -195,7 +226,7 @@ def evaluate(flow, prior, opts: EvalOptions, out_dir: Path, rank: int = 0, world
                 rows.append(row)
         if i < opts.report_images:
             crops.append(save_crops(out_dir, ds.name, path.stem, scale, hr, lr, shown, opts.label))
-    return rows, notes, crops
+        bar.update()
 
 
 def summarise(rows: list[dict]) -> list[dict]:

@@ -50,6 +50,9 @@ def add_parser(sub, parents=()) -> None:
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS (needs AlexNet ImageNet weights)")
     p.add_argument("--alexnet-weights", help="torchvision AlexNet ImageNet weights file for LPIPS")
     p.add_argument("--report-images", type=count, default=2, help="images per data set and scale shown as crops")
+    p.add_argument("--batch-size", type=positive_int, default=8,
+                   help="same-size images upscaled together, up to N at a time and at most 512x512 LR pixels in "
+                        "all (default 8); every image keeps its own seeds, as when alone")
     p.add_argument("-o", "--out", default="eval", help="output folder (default ./eval)")
     add_device(p)
     add_precision(p)
@@ -61,7 +64,7 @@ def run(args) -> int:
     opts = EvalOptions(data=args.data, scales=args.scales, taus=args.taus, runs=args.runs, protocol=args.protocol,
                        seed=args.seed, use_lpips=not args.no_lpips, alexnet_weights=args.alexnet_weights,
                        max_images=args.max_images, lr_source=args.lr_source, report_images=args.report_images,
-                       bicubic=args.bicubic, precision=args.precision)
+                       bicubic=args.bicubic, precision=args.precision, batch_size=args.batch_size)
     out = Path(args.out)
     args.flow = args.flow or flow_for_prior(args.prior)
     if args.flow is None:
