@@ -1,7 +1,10 @@
 """Copy trained runs into the package as its bundled models and write weights/TRAINING.md.
 
-`python tools/bundle_weights.py [--runs runs]` after training with configs/cpu/*.yaml:
-  flowsr-lp train-flow configs/cpu/linf-small.yaml ...  (see weights/TRAINING.md for the exact commands)
+`python tools/bundle_weights.py --runs runs` after training with configs/cpu/*.yaml (the
+commands are in weights/TRAINING.md). A model may take several stages (the flows: NLL, then
+the L1 fine-tune); each stage is a run folder named after its recipe (runs/linf-small-ft for
+configs/cpu/linf-small-ft.yaml). A stage whose run folder is gone (trained in an earlier
+session) is taken from the training record of the checkpoint the next stage started from.
 Each model is re-saved in the project format with its training record in the metadata."""
 from __future__ import annotations
 
@@ -17,47 +20,95 @@ import yaml
 from flowsr_lp.checkpoints import load_flow, load_prior, read_checkpoint, save_flow, save_prior
 from flowsr_lp.hub.registry import BUNDLED, WEIGHTS
 
+#: the recipes (configs/cpu/NAME.yaml) of each bundled model, in training order
+#: (srflow-small-lp version 2 continues version 1, from the same recipe's earlier version)
+STAGES = {"linf-small": ["linf-small", "linf-small-ft"], "linf-small-lp": ["linf-small-lp"],
+          "srflow-small": ["srflow-small", "srflow-small-ft"], "srflow-small-lp": ["srflow-small-lp-v1", "srflow-small-lp"]}
+HARDWARE = "2-core x86_64 CPU (AVX512-BF16/AMX), float32, shared with other work while training"
+
 
 def last_row(path: Path) -> dict:
+    if not path.exists():
+        return {}
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     return rows[-1] if rows else {}
 
 
+def run_record(run: Path, recipe: str, command: str) -> dict:
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    summary = json.loads((run / "summary.json").read_text())
+    return {"recipe": f"configs/cpu/{recipe}.yaml", "command": command, "steps": summary["steps"],
+            "seconds": round(summary["seconds"], 1), "perceptual": summary["perceptual"],
+            "skipped_steps": summary.get("skipped_steps", 0), "data": cfg["data"]["train"]["folders"],
+            "final": last_row(run / "log.csv"), "validation": last_row(run / "val.csv"), "hardware": HARDWARE}
+
+
+def stage_records(runs: Path, name: str, commands: dict) -> list[dict]:
+    """One record per stage, oldest first."""
+    records, start = [], None
+    for recipe in reversed(STAGES[name]):
+        run = runs / recipe
+        if (run / "summary.json").is_file():
+            records.append(run_record(run, recipe, commands.get(recipe, "")))
+            cfg = yaml.safe_load((run / "config.yaml").read_text())
+            start = cfg["flow" if cfg["task"] == "flow" else "prior"].get("checkpoint")
+        elif start:  # an earlier session's stage, recorded in the checkpoint this one started from
+            old = read_checkpoint(start)[1].get("training", {})
+            records.append({**(old["stages"][-1] if "stages" in old else old), "session": "earlier"})
+            start = None
+        else:
+            raise FileNotFoundError(f"{name}: no run {run} and no checkpoint that records it")
+    return records[::-1]
+
+
+def describe(rec: dict) -> tuple[str, str]:
+    fin, val = rec.get("final", {}), rec.get("validation", {})
+    loss = ", ".join(f"{k} {float(fin[k]):.4g}" for k in ("nll", "l1", "latent") if fin.get(k))
+    vals = f"PSNR {float(val['val_psnr']):.2f} dB, LR-PSNR {float(val['val_lr_psnr']):.2f} dB" if val else "–"
+    return loss or "–", vals
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", default="runs")
-    ap.add_argument("--commands", default=None, help="JSON {name: command line} used to train each model")
+    ap.add_argument("--commands", default=None, help="JSON {recipe name: command line} used to train each stage")
     a = ap.parse_args()
     commands = json.loads(Path(a.commands).read_text()) if a.commands else {}
     lines = ["# How the bundled models were trained", "",
-             "All four were trained on the CPU (2 cores) of a development machine, from the recipes in "
-             "`configs/cpu/`, on T91 (91 images) + BSDS200 (200 images) from `../shared/data`, validated on Set5 "
-             "(x4, PSNR on RGB with shave 4, tau 0 for flows). Wall times are as measured, on a machine that "
-             "sometimes ran other work at the same time. No VGG19 ImageNet weights were available, so the "
-             "latent modules were trained with `--perceptual none` (pixel L1 + 0.1 latent L1) instead of the "
-             "paper's VGG loss; to retrain with it add `--perceptual vgg --vgg-weights vgg19-dcbb9e9d.pth "
-             "--set loss.latent_weight=0 --set loss.pixel_weight=0` (LINF) or keep `latent_weight` 0.1 (SRFlow).", "",
-             "| model | parameters | command | steps | wall time | final training loss | last validation |",
+             "All four were trained on the CPU of a development machine (2 cores, shared with other work, so wall "
+             "times are upper bounds), from the recipes in `configs/cpu/`, on T91 (91 images) + BSDS200 (200 "
+             "images) from `../shared/data`, validated on Set5 (PSNR on RGB with shave = scale, tau 0 for flows; "
+             "x4, x3 for `linf-small-lp`). The flows were trained in two stages: NLL (`linf-small.yaml`, "
+             "`srflow-small.yaml`), then steps alternating between the NLL (x 5e-4) and pixel L1 of the "
+             "temperature-0 output (`*-ft.yaml`, LINF's second stage without VGG), which lifts tau = 0 above "
+             "bicubic. `linf-small-lp` uses our every-scale initial prior (`initial_prior: antialiased`, see the "
+             "README). No VGG19 ImageNet weights were available, so the latent modules were trained with "
+             "`--perceptual none` (pixel L1 + 0.1 latent L1) instead of the paper's VGG loss; to retrain with it "
+             "add `--perceptual vgg --vgg-weights vgg19-dcbb9e9d.pth --set loss.latent_weight=0 --set "
+             "loss.pixel_weight=0` (LINF) or keep `latent_weight` 0.1 (SRFlow).", "",
+             "| model | parameters | stage: command | steps | wall time | final training loss | last validation |",
              "|---|---|---|---|---|---|---|"]
     for name in BUNDLED:
-        run = Path(a.runs) / name
+        stages = stage_records(Path(a.runs), name, commands)
+        run = Path(a.runs) / STAGES[name][-1]
         cfg = yaml.safe_load((run / "config.yaml").read_text())
-        summary = json.loads((run / "summary.json").read_text())
-        _, meta = read_checkpoint(run / "model.safetensors")
         model = (load_flow if cfg["task"] == "flow" else load_prior)(run / "model.safetensors")
-        training = {**meta.get("training", {}), "recipe": f"configs/cpu/{name}.yaml",
-                    "command": commands.get(name, ""), "data": cfg["data"]["train"]["folders"],
-                    "final": last_row(run / "log.csv"), "validation": last_row(run / "val.csv") if (run / "val.csv").exists() else {},
+        last = stages[-1]
+        training = {"recipe": stages[0]["recipe"], "stages": stages, "steps": sum(s["steps"] for s in stages),
+                    "seconds": round(sum(s["seconds"] for s in stages), 1), "perceptual": last["perceptual"],
+                    "skipped_steps": sum(s.get("skipped_steps", 0) for s in stages), "data": last["data"],
+                    "final": last["final"], "validation": last["validation"], "hardware": HARDWARE,
                     "machine": f"{platform.machine()} CPU, torch {torch.__version__}"}
         dst = WEIGHTS / f"{name}.safetensors"
         (save_flow if cfg["task"] == "flow" else save_prior)(model, dst, training=training)
         n = sum(p.numel() for p in model.parameters())
-        fin, val = training["final"], training["validation"]
-        loss = ", ".join(f"{k} {float(fin[k]):.4g}" for k in ("nll", "l1", "latent") if fin.get(k))
-        vals = f"PSNR {float(val['val_psnr']):.2f} dB, LR-PSNR {float(val['val_lr_psnr']):.2f} dB" if val else "–"
-        lines.append(f"| `{name}` | {n / 1e6:.2f} M | `{training['command'] or 'flowsr-lp train-' + cfg['task'] + ' configs/cpu/' + name + '.yaml'}` "
-                     f"| {summary['steps']} | {summary['seconds'] / 60:.1f} min | {loss} | {vals} |")
+        for i, st in enumerate(stages):
+            loss, vals = describe(st)
+            cmd = st.get("command") or f"flowsr-lp train-{cfg['task']} {st['recipe']}"
+            cmd = f"`{cmd}`" + (" (an earlier session's recipe)" if st.get("session") == "earlier" else "")
+            lines.append(f"| {f'`{name}`' if i == 0 else ''} | {f'{n / 1e6:.2f} M' if i == 0 else ''} | {cmd} "
+                         f"| {st['steps']} | {st['seconds'] / 60:.1f} min | {loss} | {vals} |")
         print(f"{name}: {dst} ({dst.stat().st_size / 1e6:.2f} MB)")
     (WEIGHTS / "TRAINING.md").write_text("\n".join(lines) + "\n")
 
