@@ -82,7 +82,7 @@ def test_bf16_within_2_of_255_of_fp32_when_sampling(name, seed):
     """Issue 13's gate: every interior pixel of the bf16 output within 2/255 of fp32, on two
     inputs. It holds because what the error is amplified from stays float32: the RRDB's first
     conv (it reads the pixels), SRFlow's coarsest-level condition (decoding starts there) and
-    the shifts of the LINF layers decoded first (all in bf16: up to 2.6/255 for SRFlow, 2.2
+    the shifts of the three LINF layers decoded first (all in bf16: up to 2.6/255 for SRFlow, 2.2
     for LINF)."""
     flow = _srflow() if name.startswith("srflow") else load_flow(need(REFERENCE / f"{name}.pth"))
     fp32, bf16 = _pair(flow)
