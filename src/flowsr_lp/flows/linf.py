@@ -103,6 +103,11 @@ class ConditionalAffine(InvertibleLayer):
         scale, shift = self._params(cond)
         return (y - shift) / scale
 
+    def apply(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """`forward` without the log-det."""
+        scale, shift = self._params(cond)
+        return x * scale + shift
+
 
 class AffineFlow(InvertibleLayer):
     """LINF's flow on D-vectors: L x [invertible linear, conditional elementwise affine],
@@ -127,6 +132,13 @@ class AffineFlow(InvertibleLayer):
     def inverse(self, z: torch.Tensor, cond: torch.Tensor | None = None):
         """z (N, D) -> (x (N, D), log-det (N,)); the linears' inverses are cached."""
         return chain_inverse(self.steps(), z, cond, z.new_zeros(z.shape[0]))
+
+    @float32_transform
+    def transform(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """`forward` without the log-det, which FlowSR-LP's initial prior does not need."""
+        for lin, affine in zip(self.linears, self.affines):
+            x = affine.apply(lin(x)[0], cond)
+        return self.last(x)[0]
 
     @float32_transform
     def invert(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -341,17 +353,21 @@ class LINF(Flow):
     def _cond_view(self, cond: torch.Tensor) -> torch.Tensor:
         return cond.reshape(-1, self.config.flow_layers, 2, self.dim)
 
-    def encode_patches(self, patches: torch.Tensor, ctx: LINFContext):
-        """Residual patches (B x D x hq x wq, [-1, 1] space) -> (z map, per-query log p)."""
+    def encode_patches(self, patches: torch.Tensor, ctx: LINFContext, log_p: bool = True):
+        """Residual patches (B x D x hq x wq, [-1, 1] space) -> (z map, per-query log p, or
+        None with `log_p=False`)."""
         zs, log_ps = [], []
         for r0, r1 in self._chunks(ctx):
             x = patches[:, :, r0:r1].permute(0, 2, 3, 1)
             shape = x.shape
-            z, logdet = self.imnet(x.reshape(-1, self.dim), self._cond_view(self._cond_rows(ctx, r0, r1)))
-            log_p = logdet + gaussian_log_p(z)
+            cond = self._cond_view(self._cond_rows(ctx, r0, r1))
+            if log_p:
+                z, logdet = self.imnet(x.reshape(-1, self.dim), cond)
+                log_ps.append((logdet + gaussian_log_p(z)).view(shape[:3]))
+            else:
+                z = self.imnet.transform(x.reshape(-1, self.dim), cond)
             zs.append(z.view(shape).permute(0, 3, 1, 2))
-            log_ps.append(log_p.view(shape[:3]))
-        return torch.cat(zs, 2), torch.cat(log_ps, 1)
+        return torch.cat(zs, 2), torch.cat(log_ps, 1) if log_p else None
 
     def decode_patches(self, z: torch.Tensor, ctx: LINFContext) -> torch.Tensor:
         """Latent map -> residual patches (B x D x hq x wq, [-1, 1] space)."""
@@ -396,7 +412,7 @@ class LINF(Flow):
         up = F.interpolate(ctx.inp, (H, W), mode=mode, align_corners=False)
         up_down = F.interpolate(up, (h, w), mode=mode, align_corners=False, antialias=kind != "paper")
         m = ctx.crop(up - F.interpolate(up_down, (H, W), mode="bilinear", align_corners=False))
-        z, _ = self.encode_patches(to_patches(m, self.config.patch_size, ctx.grid_size), ctx)
+        z, _ = self.encode_patches(to_patches(m, self.config.patch_size, ctx.grid_size), ctx, log_p=False)
         return (z,)
 
 
