@@ -61,20 +61,31 @@ def test_batch_limit_keeps_memory_of_one_whole_image():
     assert batch_limit((64, 64), 1) == 1
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("extra", [["--tau", "0"], ["--tau", "0.6", "--seed", "3"], ["--prior"]])
-def test_cli_batches_same_size_inputs_with_unchanged_results(tmp_path, capsys, monkeypatch, extra):
+def _images(folder, sizes):
+    """Random RGB PNGs im0.png, im1.png, ... of the given (h, w) sizes."""
     rng = np.random.default_rng(0)
-    src = tmp_path / "in"
-    src.mkdir()
-    for i, (h, w) in enumerate([(20, 28), (24, 24), (20, 28), (20, 28)]):
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(src / f"im{i}.png")
-    if extra == ["--prior"]:
-        extra = ["--prior", str(REFERENCE / "linf-patch-edsr-baseline-LP.pth")]
+    folder.mkdir()
+    for i, (h, w) in enumerate(sizes):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"im{i}.png")
+    return folder
+
+
+def _batch_sizes(monkeypatch) -> list:
+    """The batch size of every SuperResolver.generate call from now on."""
     calls = []
     generate = SuperResolver.generate
     monkeypatch.setattr(SuperResolver, "generate", lambda self, p, s=None: calls.append(p.lr.shape[0])
                         or generate(self, p, s))
+    return calls
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [["--tau", "0"], ["--tau", "0.6", "--seed", "3"], ["--prior"]])
+def test_cli_batches_same_size_inputs_with_unchanged_results(tmp_path, capsys, monkeypatch, extra):
+    src = _images(tmp_path / "in", [(20, 28), (24, 24), (20, 28), (20, 28)])
+    if extra == ["--prior"]:
+        extra = ["--prior", str(REFERENCE / "linf-patch-edsr-baseline-LP.pth")]
+    calls = _batch_sizes(monkeypatch)
     outs = {}
     for batch in (1, 8):
         calls.clear()
@@ -92,15 +103,8 @@ def test_cli_batches_same_size_inputs_with_unchanged_results(tmp_path, capsys, m
 @pytest.mark.slow
 def test_evaluate_batches_same_size_images_with_unchanged_rows(tmp_path, monkeypatch):
     flow, prior = _models("linf-patch-edsr-baseline")
-    rng = np.random.default_rng(1)
-    data = tmp_path / "HRset"
-    data.mkdir()
-    for i, (h, w) in enumerate([(64, 64), (48, 64), (64, 64), (64, 64), (48, 64)]):
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(data / f"im{i}.png")
-    calls = []
-    generate = SuperResolver.generate
-    monkeypatch.setattr(SuperResolver, "generate", lambda self, p, s=None: calls.append(p.lr.shape[0])
-                        or generate(self, p, s))
+    data = _images(tmp_path / "HRset", [(64, 64), (48, 64), (64, 64), (64, 64), (48, 64)])
+    calls = _batch_sizes(monkeypatch)
     rows = {}
     for batch in (1, 8):
         calls.clear()
