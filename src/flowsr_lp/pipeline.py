@@ -222,6 +222,9 @@ class LearnedPrior(LatentStrategy):
 
     def latent(self, flow: Flow, lr: torch.Tensor, ctx, scale: float) -> Latent:
         start = flow.initial_prior(lr, ctx, getattr(self.prior.config, "initial_prior", "paper"))
+        # channels-last (NHWC) maps: oneDNN convolves them without reordering
+        start, lr = (tuple(z.contiguous(memory_format=torch.channels_last) for z in start),
+                     lr.contiguous(memory_format=torch.channels_last))
         return predict_latent(self.prior, start, lr, self.max_pixels, self.tile, self.overlap, self.margin)
 
     def __repr__(self) -> str:
