@@ -64,3 +64,15 @@ def test_unknown_initial_priors_are_refused():
     lr = torch.rand(1, 3, 8, 8)
     with torch.no_grad(), pytest.raises(ValueError, match="only the paper"):
         srflow.initial_prior(lr, srflow.condition(lr, (32, 32)), "antialiased")
+
+
+def test_the_bundled_linf_prior_uses_the_every_scale_initial_prior():
+    from flowsr_lp import load_prior
+    from flowsr_lp.checkpoints import read_checkpoint
+    from flowsr_lp.hub.resolve import bundled_path
+
+    path = bundled_path("linf-small-lp")
+    assert load_prior(path).config.initial_prior == "antialiased"
+    stages = read_checkpoint(path)[1]["training"]["stages"]
+    assert [s["recipe"] for s in stages] == ["configs/cpu/linf-small-lp.yaml", "configs/cpu/linf-small-lp-ft.yaml"]
+    assert all(s["steps"] > 0 and s["seconds"] > 0 and s["final"].get("l1") for s in stages)
