@@ -60,8 +60,13 @@ def no_grad():
 
 @pytest.fixture(autouse=True)
 def _deterministic_threads():
+    """Seeded, and torch's thread count restored after each test: commands run in-process
+    (upscale, demo, app) pick threads from the load, and float reductions, so bitwise
+    comparisons with a subprocess, depend on the thread count."""
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
     yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

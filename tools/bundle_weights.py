@@ -23,7 +23,7 @@ from flowsr_lp.hub.registry import BUNDLED, WEIGHTS
 #: the recipes (configs/cpu/NAME.yaml) of each bundled model, in training order
 #: (srflow-small-lp version 2 continues version 1, from the same recipe's earlier version)
 STAGES = {"linf-small": ["linf-small", "linf-small-ft"], "linf-small-lp": ["linf-small-lp", "linf-small-lp-ft"],
-          "srflow-small": ["srflow-small", "srflow-small-ft"], "srflow-small-lp": ["srflow-small-lp-v1", "srflow-small-lp"]}
+          "srflow-small": ["srflow-small", "srflow-small-ft", "srflow-small-ft2"], "srflow-small-lp": ["srflow-small-lp-v1", "srflow-small-lp"]}
 HARDWARE = "2-core x86_64 CPU (AVX512-BF16/AMX), float32, shared with other work while training"
 
 
@@ -82,7 +82,7 @@ def main() -> None:
              "x4, x3 for `linf-small-lp`). The flows were trained in two stages: NLL (`linf-small.yaml`, "
              "`srflow-small.yaml`), then steps alternating between the NLL (x 5e-4) and pixel L1 of the "
              "temperature-0 output (`*-ft.yaml`, LINF's second stage without VGG), which lifts tau = 0 above "
-             "bicubic. `linf-small-lp` uses our every-scale initial prior (`initial_prior: antialiased`, see the "
+             "bicubic; SRFlow's continued at a lower learning rate (`srflow-small-ft2.yaml`). `linf-small-lp` uses our every-scale initial prior (`initial_prior: antialiased`, see the "
              "README) and a second stage with scales up to x6 and latent weight 0.02 (`linf-small-lp-ft.yaml`); `srflow-small-lp` "
              "continues the earlier session's module (same recipe file, version 1) for the fine-tuned flow. No VGG19 ImageNet weights were available, so the latent modules were trained with "
              "`--perceptual none` (pixel L1 + 0.1 latent L1) instead of the paper's VGG loss; to retrain with it "
