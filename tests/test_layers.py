@@ -102,3 +102,10 @@ def test_flows_decode_the_same_with_and_without_the_cache():
             fresh = flow.decode(z, ctx)
             flow.eval()
         assert torch.equal(cached[0], cached[1]) and torch.equal(cached[0], fresh)
+
+
+def test_module_apply_reaches_every_linf_submodule():
+    """No layer shadows nn.Module.apply(fn) (weight initialisers recurse through it)."""
+    seen = []
+    tiny_linf().apply(lambda m: seen.append(type(m).__name__))
+    assert "ConditionalAffine" in seen and "InvertibleLinear" in seen

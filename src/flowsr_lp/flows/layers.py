@@ -124,11 +124,19 @@ class InvertibleLinear(CachedInverse):
     def logabsdet(self) -> torch.Tensor:
         return torch.linalg.slogdet(self._weight)[1]
 
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        """`forward` without the log-det (no slogdet on the weight)."""
+        return x @ self._weight.T + self.bias
+
+    def invert(self, y: torch.Tensor) -> torch.Tensor:
+        """`inverse` without the log-det."""
+        return (y - self.bias) @ self.weight_inverse().T
+
     def forward(self, x, cond=None):
-        return x @ self._weight.T + self.bias, self.logabsdet()
+        return self.transform(x), self.logabsdet()
 
     def inverse(self, y, cond=None):
-        return (y - self.bias) @ self.weight_inverse().T, -self.logabsdet()
+        return self.invert(y), -self.logabsdet()
 
 
 # ---- SRFlow / Glow layers on B x C x H x W maps (key names as in SRFlow's checkpoints) ----

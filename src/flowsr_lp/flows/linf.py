@@ -98,15 +98,16 @@ class ConditionalAffine(InvertibleLayer):
         scale, shift = self._params(cond)
         return (y - shift) / scale, -torch.log(scale).sum(-1)
 
-    def undo(self, y: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """`inverse` without the log-det."""
-        scale, shift = self._params(cond)
-        return (y - shift) / scale
-
-    def apply(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    # not `apply`: that would shadow nn.Module.apply(fn), which recurses into every submodule
+    def transform(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """`forward` without the log-det."""
         scale, shift = self._params(cond)
         return x * scale + shift
+
+    def invert(self, y: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """`inverse` without the log-det."""
+        scale, shift = self._params(cond)
+        return (y - shift) / scale
 
 
 class AffineFlow(InvertibleLayer):
@@ -137,16 +138,16 @@ class AffineFlow(InvertibleLayer):
     def transform(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """`forward` without the log-det, which FlowSR-LP's initial prior does not need."""
         for lin, affine in zip(self.linears, self.affines):
-            x = affine.apply(lin(x)[0], cond)
-        return self.last(x)[0]
+            x = affine.transform(lin.transform(x), cond)
+        return self.last.transform(x)
 
     @float32_transform
     def invert(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """`inverse` without the log-det, which decoding does not need (the log of every
         scale would be about a fifth of LINF's decode time)."""
-        x = self.last.inverse(z)[0]
+        x = self.last.invert(z)
         for lin, affine in zip(reversed(self.linears), reversed(self.affines)):
-            x = lin.inverse(affine.undo(x, cond))[0]
+            x = lin.invert(affine.invert(x, cond))
         return x
 
 
