@@ -72,8 +72,9 @@ def strip_prefix(sd: dict, prefix: str = "module.") -> dict:
     return sd
 
 
-def _mismatch(own: dict, sd: dict) -> list[str]:
-    """What differs between a model's state dict (or its shapes) and a file's, one phrase each."""
+def _check_match(own: dict, sd: dict, what: str, path: Path) -> None:
+    """A CheckpointError naming what differs between a model's state dict (or its shapes)
+    and a file's, one phrase each."""
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     shapes = [k for k in own if k in sd and tuple(own[k].shape) != tuple(sd[k].shape)]
@@ -85,7 +86,8 @@ def _mismatch(own: dict, sd: dict) -> list[str]:
     if shapes:
         k = shapes[0]
         parts.append(f"{len(shapes)} shape mismatches (e.g. {k}: file {list(sd[k].shape)} vs model {list(own[k].shape)})")
-    return parts
+    if parts:
+        raise CheckpointError(f"{path}: does not match {what}: " + "; ".join(parts))
 
 
 def _build_on_meta(build: Callable[[], nn.Module], sd: dict, what: str, path: Path) -> None:
@@ -112,9 +114,7 @@ def _build_on_meta(build: Callable[[], nn.Module], sd: dict, what: str, path: Pa
         raise CheckpointError(f"{path}: its config cannot describe {what} ({first})") from None
     finally:
         handle.remove()
-    parts = _mismatch(own, sd)
-    if parts:
-        raise CheckpointError(f"{path}: does not match {what}: " + "; ".join(parts))
+    _check_match(own, sd, what, path)
 
 
 @contextmanager
@@ -135,12 +135,11 @@ def load_strict(model: nn.Module | Callable[[], nn.Module], sd: dict, what: str,
     built (`_build_on_meta`)."""
     if not isinstance(sd, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in sd.items()):
         raise CheckpointError(f"{path}: the weights of {what} are not a state dict of named tensors")
-    if not isinstance(model, nn.Module):
+    if isinstance(model, nn.Module):
+        _check_match(model.state_dict(), sd, what, path)
+    else:  # checked on the meta build: the real one has the same keys and shapes
         _build_on_meta(model, sd, what, path)
         model = model()
-    parts = _mismatch(model.state_dict(), sd)
-    if parts:
-        raise CheckpointError(f"{path}: does not match {what}: " + "; ".join(parts))
     model.load_state_dict(sd, strict=True)
     return model
 
