@@ -13,7 +13,7 @@ import pytest
 import flowsr_lp
 from flowsr_lp import downloader
 from flowsr_lp.errors import CheckpointError, DownloadError, ModelNotFoundError
-from flowsr_lp.hub import cache, download, registry
+from flowsr_lp.hub import download, registry
 from flowsr_lp.hub.resolve import flow_for_prior, resolve, status
 
 from conftest import REFERENCE, need
@@ -53,7 +53,7 @@ def test_git_blob_id_is_the_one_git_computes(tmp_path):
         pytest.skip("git is not installed")
     f = tmp_path / "x.bin"
     f.write_bytes(b"\x00flow\n" * 1000)
-    ours = cache.digests(f)["git-sha1"]
+    ours = downloader.digests(f)["git-sha1"]
     assert ours == subprocess.run(["git", "hash-object", str(f)], capture_output=True, text=True).stdout.strip()
     assert ours == git_blob_id(f.read_bytes())
 

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..downloader import ChecksumTable, check, digests  # noqa: F401  (check, digests: re-exported for resolve.py)
+from ..downloader import ChecksumTable
 from ..errors import DownloadError
 
 try:

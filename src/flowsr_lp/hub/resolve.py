@@ -10,8 +10,9 @@ import os
 import urllib.parse
 from pathlib import Path
 
+from ..downloader import verify
 from ..errors import CheckpointError, ModelNotFoundError
-from .cache import check, digests, home, locked, record, recorded
+from .cache import home, locked, record, recorded
 from .download import extract, fetch
 from .registry import WEIGHTS, ModelEntry, find, lookup, suggest
 
@@ -33,14 +34,10 @@ def _mirror_url(name: str) -> str | None:
     return f"{base.rstrip('/')}/{name}" if base else None
 
 
-def verify_cached(path: Path, expected: str | None, name: str) -> Path:
+def verify_cached(path: Path, expected: str | None) -> Path:
     """Check a cached file against its pinned or recorded checksum (recording one for a file
     put there by hand)."""
-    expected = expected or recorded(path)
-    if expected is None:
-        record(path, digests(path)["sha256"], "a file found in the cache")
-        return path
-    check(path, expected, f"{path}")
+    verify(path, expected or recorded(path), lambda sha256: record(path, sha256, "a file found in the cache"))
     return path
 
 
@@ -68,7 +65,7 @@ def entry_path(entry: ModelEntry, progress: bool = True) -> Path:
         if not dest.is_file():
             return _download(entry, dest, progress)
         try:
-            return verify_cached(dest, entry.checksum, entry.name)
+            return verify_cached(dest, entry.checksum)
         except CheckpointError as e:
             raise type(e)(f"{e}: the cached copy of {entry.name} changed after download; delete it to "
                           "download it again") from None
@@ -79,7 +76,7 @@ def _url_path(url: str, progress: bool) -> Path:
     dest = home() / "urls" / hashlib.sha256(url.encode()).hexdigest()[:16] / name
     with locked(dest):
         if dest.is_file():
-            return verify_cached(dest, None, url)
+            return verify_cached(dest, None)
         return fetch(dest, None, url=url, progress=progress)
 
 
