@@ -67,25 +67,28 @@ _NET_ERRORS = (socket.timeout, TimeoutError, ConnectionError, http.client.HTTPEx
 
 # ---- checksums -------------------------------------------------------------------------------------
 
-def digests(path: Path, progress: bool = False) -> dict[str, str]:
-    """{'sha256': hex, 'git-sha1': hex} of a file, in one pass (git-sha1: the git blob id,
-    sha1 of b'blob <size>\\0' + content)."""
+_HASHERS = {"sha256": lambda size: hashlib.sha256(), "git-sha1": lambda size: hashlib.sha1(b"blob %d\0" % size)}
+
+
+def digests(path: Path, progress: bool = False, algorithms=tuple(_HASHERS)) -> dict[str, str]:
+    """{algorithm: hex} of a file for each of `algorithms` ('sha256', 'git-sha1': the git blob
+    id, sha1 of b'blob <size>\\0' + content), in one pass; only those asked for are computed."""
     size = path.stat().st_size
-    sha256, blob = hashlib.sha256(), hashlib.sha1(b"blob %d\0" % size)
+    hashers = {a: _HASHERS[a](size) for a in algorithms}
     with open(path, "rb") as f, tqdm(total=size, desc=f"sha256 {path.name}", unit="B", unit_scale=True,
                                      unit_divisor=1024, file=sys.stderr, leave=False, disable=not progress) as bar:
         while chunk := f.read(CHUNK):
-            sha256.update(chunk)
-            blob.update(chunk)
+            for h in hashers.values():
+                h.update(chunk)
             bar.update(len(chunk))
-    return {"sha256": sha256.hexdigest(), "git-sha1": blob.hexdigest()}
+    return {a: h.hexdigest() for a, h in hashers.items()}
 
 
 def check(path: Path, expected: str, what: str, origin: str | None = None, progress: bool = False) -> None:
     """Raise DownloadError unless `path` has the checksum `expected` ('<algorithm>:<hex>');
     `origin` says where `expected` comes from (published, recorded ...)."""
     algo, _, want = expected.partition(":")
-    got = digests(path, progress)[algo]
+    got = digests(path, progress, (algo,))[algo]
     if got != want.lower():
         raise DownloadError(f"{what}: {algo} mismatch: expected {want}{f' ({origin})' if origin else ''}, "
                             f"got {got}")
@@ -173,7 +176,7 @@ def verify(path: Path, expected: str | None, first_use: Callable[[str], None], *
     if expected:
         check(path, expected, what, origin, progress)
     else:
-        first_use(digests(path, progress)["sha256"])
+        first_use(digests(path, progress, ("sha256",))["sha256"])
 
 
 def accept(part: Path, dest: Path, expected: str | None, first_use: Callable[[str], None], *,
