@@ -10,6 +10,7 @@ import re
 import torch
 
 from .errors import UsageError
+from .precision import PRECISIONS
 
 
 def parse_scale(text: str) -> float | tuple[float, float]:
@@ -91,7 +92,7 @@ def add_device(p: argparse.ArgumentParser) -> None:
 
 
 def add_precision(p: argparse.ArgumentParser, default: str = "fp32") -> None:
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"], default=default,
+    p.add_argument("--precision", choices=PRECISIONS, default=default,
                    help="what the encoder, conditioning networks and latent module compute in; the flow's "
                         f"transform stays fp32. auto: bf16 where the hardware has bf16 units (default {default})")
 

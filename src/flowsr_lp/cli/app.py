@@ -1,9 +1,8 @@
 """`flowsr-lp app`: the interactive Gradio app (the `app` extra)."""
 from __future__ import annotations
 
-from ..cli_options import add_device, positive_float, resolve_device
+from ..cli_options import add_device, add_precision, positive_float, resolve_device
 from ..errors import UsageError
-from ..precision import PRECISIONS
 from ..runtime import configure_cpu
 
 
@@ -23,9 +22,7 @@ def add_parser(sub, parents=()) -> None:
     p.add_argument("--concurrency", type=int, default=1,
                    help="requests running at once on each loaded model; the others wait in its queue (default 1)")
     p.add_argument("--max-models", type=int, default=4, help="models kept loaded (default 4)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="what the encoder, conditioning and latent module compute in; auto: bf16 where the "
-                        "hardware has bf16 units (default fp32; the flow's inverse is always float32)")
+    add_precision(p)
     add_device(p)
     p.set_defaults(run=run)
 
