@@ -88,7 +88,7 @@ def fetch(entry: RemoteFile, root: Path | str, name: str, mirror: str | None = N
 
 
 def download(name: str, root: Path | str = "data", mirror: str | None = None, progress: bool = True,
-                 registry: dict[str, Dataset] | None = None, skip: set[str] | None = None) -> list[Path]:
+             registry: dict[str, Dataset] | None = None, skip: set[str] | None = None) -> list[Path]:
     """Download the archives of data set `name` into ROOT/downloads/ (resumable, verified; see the module
     docstring for trust-on-first-use checksums). `mirror` replaces every file's base URL. Files already
     complete are verified, not downloaded again; file names in `skip` (already handled by the caller) are
