@@ -12,17 +12,15 @@ import tempfile
 import threading
 import time
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from .errors import ImageError  # also imported from here by callers
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"}
-
-
-from .errors import ImageError  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +43,7 @@ def _unreadable(path: Path, e: BaseException) -> ImageError:
     return ImageError(f"{path}: not a readable image ({first})")
 
 
-@contextmanager
+@contextlib.contextmanager
 def _open(path: Path):
     """PIL image opened lazily (header only); every failure becomes a one-line ImageError.
     Our own pixel limit replaces PIL's decompression-bomb guard."""
