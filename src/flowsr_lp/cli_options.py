@@ -11,6 +11,7 @@ import torch
 
 from .errors import UsageError
 from .precision import PRECISIONS
+from .runtime import configure_cpu
 
 
 def parse_scale(text: str) -> float | tuple[float, float]:
@@ -131,3 +132,12 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "meta" or (dev.type not in ("cpu", "cuda", "mps") and not getattr(backend, "is_available", lambda: False)()):
         raise UsageError(f"--device {name}: not a device that can run the models here (use --device auto or cpu)")
     return dev
+
+
+def inference_device(name: str) -> torch.device:
+    """`resolve_device`; on the CPU also sets the threads (the cores the machine's load leaves
+    free) and the allocator for inference (`configure_cpu`)."""
+    device = resolve_device(name)
+    if device.type == "cpu":
+        configure_cpu()
+    return device

@@ -1,9 +1,8 @@
 """`flowsr-lp app`: the interactive Gradio app (the `app` extra)."""
 from __future__ import annotations
 
-from ..cli_options import add_device, add_precision, positive_float, resolve_device
+from ..cli_options import add_device, add_precision, inference_device, positive_float
 from ..errors import UsageError
-from ..runtime import configure_cpu
 
 
 def add_parser(sub, parents=()) -> None:
@@ -34,9 +33,7 @@ def run(args) -> int:
         from ..app.ui import AppConfig, launch
     except ImportError as e:
         raise UsageError(f"the app needs Gradio: pip install 'flowsr-lp[app]' ({e})") from None
-    device = resolve_device(args.device)
-    if device.type == "cpu":
-        configure_cpu()
+    device = inference_device(args.device)
     config = AppConfig(max_megapixels=args.max_megapixels, concurrency=args.concurrency,
                        device=str(device), max_models=args.max_models, precision=args.precision,
                        allow_local_paths=not args.share)

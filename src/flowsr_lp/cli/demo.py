@@ -8,8 +8,7 @@ from ..demo import MAX_SIZE, MIN_SIZE, run_demo
 from ..errors import UsageError
 from ..hub.registry import BUNDLED
 from ..hub.resolve import bundled_path
-from ..cli_options import add_device, add_precision, positive_int, resolve_device
-from ..runtime import configure_cpu
+from ..cli_options import add_device, add_precision, inference_device, positive_int
 
 
 def add_parser(sub, parents=()) -> None:
@@ -34,9 +33,7 @@ def run(args) -> int:
     missing = [n for n in BUNDLED if not bundled_path(n).is_file()]
     if missing:
         raise UsageError(f"bundled models missing from the installation: {', '.join(missing)}")
-    device = resolve_device(args.device)
-    if device.type == "cpu":  # threads: the cores the machine's load leaves free
-        configure_cpu()
+    device = inference_device(args.device)
     res = run_demo(Path(args.out), args.images, args.size, args.runs, str(device),
                    args.alexnet_weights, progress=not args.quiet, precision=args.precision)
     print(res["paths"]["markdown"].read_text())

@@ -7,11 +7,10 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..images import list_images
-from ..cli_options import count, positive_float, positive_int, seed
+from ..cli_options import (add_device, add_precision, add_taps, count, inference_device, parse_scale, parse_size,
+                           positive_float, positive_int, seed, temperature)
 from ..pipeline import SuperResolver
 from ..upscale import load_models, output_paths, upscale_files
-from ..cli_options import add_device, add_precision, add_taps, parse_scale, parse_size, resolve_device, temperature
-from ..runtime import configure_cpu
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +53,7 @@ def run(args) -> int:
     if not inputs:
         raise UsageError("no input images found")
     outs = output_paths(inputs, Path(args.out))
-    device = resolve_device(args.device)
-    if device.type == "cpu":
-        configure_cpu()
+    device = inference_device(args.device)
     flow, prior = load_models(args.flow, args.prior, device, args.taps)
     scale = args.scale
     fixed = getattr(flow, "fixed_scale", None)
