@@ -49,9 +49,10 @@ def keep_freed_memory(pad_bytes: int = 256 << 20) -> bool:
 def configure_cpu(threads: int | None = None) -> int:
     """Set torch's intra-op threads (default: the CPUs the current load leaves free) and the
     allocator for inference; returns the thread count."""
-    n = threads if threads else free_cpus()
+    free = free_cpus()
+    n = threads if threads else free
     torch.set_num_threads(n)
     kept = keep_freed_memory()
     log.info("CPU: %d thread(s) of %d available (%d free under the current load)%s", n, available_cpus(),
-             free_cpus(), ", allocator keeps freed memory" if kept else "")
+             free, ", allocator keeps freed memory" if kept else "")
     return n
