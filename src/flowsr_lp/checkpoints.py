@@ -90,10 +90,11 @@ def _check_match(own: dict, sd: dict, what: str, path: Path) -> None:
         raise CheckpointError(f"{path}: does not match {what}: " + "; ".join(parts))
 
 
-def _build_on_meta(build: Callable[[], nn.Module], sd: dict, what: str, path: Path) -> None:
+def _build_on_meta(build: Callable[[], nn.Module], sd: dict, what: str, path: Path) -> nn.Module:
     """Build the declared model without memory (device "meta") and compare its shapes with
     the file's before anything real is allocated; a declared config that would register far
-    more parameters than the file holds tensors is stopped while it is being built."""
+    more parameters than the file holds tensors is stopped while it is being built.
+    Returns the meta model."""
     limit, count, me = 4 * len(sd) + 64, [0], threading.get_ident()
 
     def guard(module, name, param):
@@ -106,7 +107,7 @@ def _build_on_meta(build: Callable[[], nn.Module], sd: dict, what: str, path: Pa
     handle = nn.modules.module.register_module_parameter_registration_hook(guard)
     try:
         with torch.device("meta"):
-            own = build().state_dict()
+            model = build()
     except CheckpointError:
         raise
     except Exception as e:  # absurd or mistyped sizes: overflow, negative dims, wrong types ...
@@ -114,7 +115,8 @@ def _build_on_meta(build: Callable[[], nn.Module], sd: dict, what: str, path: Pa
         raise CheckpointError(f"{path}: its config cannot describe {what} ({first})") from None
     finally:
         handle.remove()
-    _check_match(own, sd, what, path)
+    _check_match(model.state_dict(), sd, what, path)
+    return model
 
 
 @contextmanager
@@ -137,9 +139,9 @@ def load_strict(model: nn.Module | Callable[[], nn.Module], sd: dict, what: str,
         raise CheckpointError(f"{path}: the weights of {what} are not a state dict of named tensors")
     if isinstance(model, nn.Module):
         _check_match(model.state_dict(), sd, what, path)
-    else:  # checked on the meta build: the real one has the same keys and shapes
-        _build_on_meta(model, sd, what, path)
-        model = model()
+    else:  # checked on the meta build, which is then given (uninitialised) memory instead of
+        # building the model again: the strict load below overwrites every parameter and buffer
+        model = _build_on_meta(model, sd, what, path).to_empty(device=torch.get_default_device())
     model.load_state_dict(sd, strict=True)
     return model
 
