@@ -10,7 +10,6 @@ import functools
 import logging
 import os
 import platform
-from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -28,28 +27,29 @@ _NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
-@lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=None)
+def _cpuinfo_lines() -> tuple[str, ...]:
+    """Linux /proc/cpuinfo, read once (empty elsewhere)."""
+    try:
+        return tuple(Path("/proc/cpuinfo").read_text().splitlines())
+    except OSError:
+        return ()
+
+
+def _cpuinfo(key: str) -> str | None:
+    """The value of the first /proc/cpuinfo line starting with `key` (None where there is none)."""
+    return next((line.split(":", 1)[1] for line in _cpuinfo_lines() if line.startswith(key)), None)
+
+
+@functools.lru_cache(maxsize=None)
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
+    return frozenset((_cpuinfo("flags") or "").split())
 
 
-@lru_cache(maxsize=None)
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    model = _cpuinfo("model name")
+    return model.strip() if model is not None else platform.processor() or platform.machine()
 
 
 def cpu_bf16_units() -> list[str]:
