@@ -17,8 +17,8 @@ from ..errors import UsageError
 from ..evaluate import EvalOptions, evaluate, summarise
 from ..hub.resolve import flow_for_prior
 from ..report import write_outputs
-from ..cli_options import count, positive_int, seed
-from ..cli_options import add_device, add_precision, add_scales, add_taps, add_taus, resolve_device
+from ..cli_options import (add_device, add_precision, add_scales, add_taps, add_taus, count, positive_int,
+                           resolve_device, seed)
 
 
 def add_parser(sub, parents=()) -> None:
