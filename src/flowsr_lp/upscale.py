@@ -35,16 +35,17 @@ def output_paths(inputs: list[Path], out: Path) -> list[Path]:
     `out/STEM.png`. Several inputs and an `out` that is a file (or named like one) is a
     usage error, found before any work."""
     named_like_image = out.suffix.lower() in IMAGE_SUFFIXES
-    if len(inputs) > 1 and (named_like_image or (out.exists() and not out.is_dir())):
+    exists, is_dir = out.exists(), out.is_dir()
+    is_file = exists and not is_dir
+    if len(inputs) > 1 and (named_like_image or is_file):
         raise UsageError(f"-o {out}: {len(inputs)} inputs need an output folder, and {out} is "
-                         + ("an existing file" if out.exists() else "named like an image file"))
-    if len(inputs) == 1 and out.is_dir():
-        named_like_image = False
-    if named_like_image and out.suffix.lower() != ".png":
+                         + ("an existing file" if exists else "named like an image file"))
+    single = named_like_image and not is_dir
+    if single and out.suffix.lower() != ".png":
         raise UsageError(f"{out}: outputs are PNG files; use a .png name or a folder")
-    if not named_like_image and out.exists() and not out.is_dir():
+    if not single and is_file:
         raise UsageError(f"-o {out}: an existing file, not a folder")
-    return [out] if named_like_image else [out / (p.stem + ".png") for p in inputs]
+    return [out] if single else [out / (p.stem + ".png") for p in inputs]
 
 
 def upscale_with_retries(resolver: SuperResolver, lr: torch.Tensor, size, tau=None, seed: int = 0,
