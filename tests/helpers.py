@@ -7,11 +7,13 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import yaml
 from PIL import Image
 from skimage import data as skdata
 
+from flowsr_lp import save_flow
 from flowsr_lp.flows.linf import LINF, LINFConfig
 from flowsr_lp.flows.srflow import SRFlow, SRFlowConfig
 from flowsr_lp.priors import LINFLatentModule, LINFPriorConfig
@@ -73,6 +75,20 @@ def natural_images(folder, n: int = 8, size: int = 96):
         r = (i // len(photos)) * size // 2
         Image.fromarray(img[r:r + size, r:r + size]).save(folder / f"img{i}.png")
     return folder
+
+
+def training_fixtures(n: int, size: int):
+    """The module-scoped `images` (a folder of n natural crops, size px) and `flow_file` (a tiny
+    saved LINF) fixtures of the training tests: `images, flow_file = training_fixtures(8, 96)`."""
+    @pytest.fixture(scope="module")
+    def images(tmp_path_factory):
+        return str(natural_images(tmp_path_factory.mktemp("imgs"), n=n, size=size))
+
+    @pytest.fixture(scope="module")
+    def flow_file(tmp_path_factory):
+        return str(save_flow(tiny_linf(3), tmp_path_factory.mktemp("flow") / "tiny.safetensors"))
+
+    return images, flow_file
 
 
 def write_recipe(path, **sections) -> str:

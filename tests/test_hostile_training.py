@@ -11,23 +11,15 @@ import pytest
 import torch
 import yaml
 
-from flowsr_lp import save_flow
 from flowsr_lp.cli import main
 from flowsr_lp.train.config import load_config
 from flowsr_lp.train.run import train
 from flowsr_lp.train.trainer import state_digest
 
-from helpers import natural_images, read_csv, tiny_linf, write_recipe
+from helpers import read_csv, training_fixtures, write_recipe
 
 
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    return str(natural_images(tmp_path_factory.mktemp("imgs"), n=4, size=64))
-
-
-@pytest.fixture(scope="module")
-def flow_file(tmp_path_factory):
-    return str(save_flow(tiny_linf(3), tmp_path_factory.mktemp("flow") / "tiny.safetensors"))
+images, flow_file = training_fixtures(n=4, size=64)
 
 
 def recipe(tmp_path, images, flow_file, name="r", iterations=4, **extra):

@@ -10,24 +10,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from flowsr_lp import load_flow, load_prior, save_flow
+from flowsr_lp import load_flow, load_prior
 from flowsr_lp.cli import main
 from flowsr_lp.data.batches import EpochBatches
 from flowsr_lp.data.crops import LINFCrops, LINFLPCrops, SRFlowCrops
 from flowsr_lp.data.folders import ImageFolder
 from flowsr_lp.train.config import ConfigError, load_config
 
-from helpers import natural_images, read_csv, tiny_linf, write_recipe
+from helpers import read_csv, training_fixtures, write_recipe
 
 
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    return str(natural_images(tmp_path_factory.mktemp("imgs"), n=8, size=96))
-
-
-@pytest.fixture(scope="module")
-def flow_file(tmp_path_factory):
-    return str(save_flow(tiny_linf(3), tmp_path_factory.mktemp("flow") / "tiny.safetensors"))
+images, flow_file = training_fixtures(n=8, size=96)
 
 
 def prior_recipe(tmp_path, images, flow_file, out="run", iterations=24, generator="unet", **extra):
