@@ -15,13 +15,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..data.resize import imresize
 from ..errors import ExplodingInverse, ImageError, UsageError
 from ..images import image_size, load_rgb_uint8, read_image, write_png
 from ..metrics import diversity, grid_score, lr_psnr, psnr, ssim
-from ..pipeline import TemperatureSampling, finite_mask, output_size
+from ..pipeline import TemperatureSampling, bicubic, finite_mask, output_size
 from ..temperature import temperature_map
 from .models import LoadedModel
 
@@ -165,11 +164,6 @@ def read_inputs(p: Plan) -> Inputs:
     return Inputs(lr[None], p.out_size, (hr_u8.float() / 255)[None], notes)
 
 
-def bicubic(inputs: Inputs) -> torch.Tensor:
-    """The plain bicubic upsampling the flows start from, for comparison."""
-    return F.interpolate(inputs.lr, size=inputs.out_size, mode="bicubic", align_corners=False).clamp(0, 1)[0]
-
-
 def generate(model: LoadedModel, prepared, strategy, seed: int | None) -> Output:
     t0 = time.perf_counter()
     sr = model.resolver.generate(prepared, strategy).images
@@ -194,8 +188,8 @@ def compute(model: LoadedModel, p: Plan, s: Settings, sampling: bool, prior: boo
         report((len(draws) + 1) / steps, "learned prior")
         learned = generate(model, prepared, model.prior, None)
     report(1.0, "done")
-    return Result(inputs, bicubic(inputs), draws, learned, model.choice.name, model.precision,
-                  str(model.device), time.perf_counter() - t0, s.tau)
+    return Result(inputs, bicubic(inputs.lr, inputs.out_size)[0], draws, learned, model.choice.name,
+                  model.precision, str(model.device), time.perf_counter() - t0, s.tau)
 
 
 def _queued(model: LoadedModel, work, report):
