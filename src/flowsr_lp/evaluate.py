@@ -198,8 +198,9 @@ def _evaluate_batch(resolver: SuperResolver, items: list, opts: EvalOptions, out
     """Rows and report crops of same-size pairs (ds, i, path, scale, hr, lr, lr_from),
     upscaled as one batch (each image seeded as when alone)."""
     prepared = resolver.prepare(torch.cat([it[5] for it in items]), size=tuple(items[0][4].shape[-2:]))
+    plan = methods(opts, resolver)
     results = {m: [resolver.generate(prepared, batched(s, len(items))) for s in strategies]
-               for m, _, strategies in methods(opts, resolver)}
+               for m, _, strategies in plan}
     for k, (ds, i, path, scale, hr, lr, lr_from) in enumerate(items):
         base = {"dataset": ds.name, "image": path.stem, "scale": scale, "lr_source": lr_from}
         shown = {}
@@ -208,7 +209,7 @@ def _evaluate_batch(resolver: SuperResolver, items: list, opts: EvalOptions, out
             shown["bicubic"] = sr
             rows.append({**base, "method": f"{opts.label} bicubic".strip(), "tau": "", "run": 0, "seed": "",
                          "finite": True, "inf_rate": 0.0, **protocol_metrics(sr, hr, lr, scale, ds.name, opts)})
-        for method, tau, strategies in methods(opts, resolver):
+        for method, tau, strategies in plan:
             mine = [r.images[k : k + 1] for r in results[method]]
             inf = 100.0 * inf_rate(mine)
             finite = [bool(torch.isfinite(x).all()) for x in mine]
