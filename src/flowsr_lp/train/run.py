@@ -101,7 +101,7 @@ def train(cfg: dict, resume: bool = False, overwrite: bool = False) -> None:
         model, export = prior, save_prior
         resolver = lambda: SuperResolver(flow, prior)  # noqa: E731
     trainer = Trainer(cfg, model, objective, export, resolver, label=label, rank=rank, world=world,
-                      device=device, resume=resume, overwrite=overwrite)
+                      device=device, resume=resume)
     if cfg["task"] == "flow" and not flow_spec.get("checkpoint") and trainer.step == 0 and \
             any(isinstance(m, ActNorm) for m in flow.modules()):
         init_actnorms(flow, {k: v.to(device) if torch.is_tensor(v) else v for k, v in trainer.batches[0].items()})

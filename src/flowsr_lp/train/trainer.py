@@ -120,12 +120,10 @@ class Trainer:
     saved in checkpoints and exported at the end with `export(model, path)`)."""
 
     def __init__(self, cfg: dict, model: nn.Module, objective: nn.Module, export, resolver, *, label: str,
-                 rank: int = 0, world: int = 1, device: torch.device = torch.device("cpu"), resume: bool = False,
-                 overwrite: bool = False):
+                 rank: int = 0, world: int = 1, device: torch.device = torch.device("cpu"), resume: bool = False):
         self.cfg, self.model, self.export, self.label, self.resolver = cfg, model, export, label, resolver
         self.rank, self.world, self.device = rank, world, device
-        self.out = Path(cfg["run"]["out"])
-        check_out_folder(self.out, resume, overwrite)
+        self.out = Path(cfg["run"]["out"])  # checked by `check_out_folder` (train.run) before any work
         run, optim = cfg["run"], cfg["optim"]
         crops = make_crops(cfg["data"]["crop"])
         train = cfg["data"]["train"]
