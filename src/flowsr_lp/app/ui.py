@@ -159,8 +159,8 @@ class App:
                 files.append(write_png(d.sr, out / f"{stem}_tau{res.tau:g}_seed{d.seed}.png"))
             else:
                 notes.append(service.exploding_message(d))
-        if res.draws:
-            shown["tau"] = views.display(res.draws[0].sr)
+        if gallery:
+            shown["tau"] = gallery[0][0]  # the first draw's picture, already made for the gallery
         prior_img = None
         if res.prior is not None:
             prior_img = shown["learned prior"] = views.display(res.prior.sr)
