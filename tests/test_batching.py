@@ -84,12 +84,13 @@ def _batch_sizes(monkeypatch) -> list:
 def test_cli_batches_same_size_inputs_with_unchanged_results(tmp_path, capsys, monkeypatch, extra):
     src = _images(tmp_path / "in", [(20, 28), (24, 24), (20, 28), (20, 28)])
     if extra == ["--prior"]:
-        extra = ["--prior", str(REFERENCE / "linf-patch-edsr-baseline-LP.pth")]
+        extra = ["--prior", str(need(REFERENCE / "linf-patch-edsr-baseline-LP.pth"))]
+    flow = need(REFERENCE / "linf-patch-edsr-baseline.pth")
     calls = _batch_sizes(monkeypatch)
     outs = {}
     for batch in (1, 8):
         calls.clear()
-        args = ["upscale", "--quiet", str(src), "--flow", str(REFERENCE / "linf-patch-edsr-baseline.pth"),
+        args = ["upscale", "--quiet", str(src), "--flow", str(flow),
                 "--scale", "4", "--batch-size", str(batch), "-o", str(tmp_path / f"b{batch}"), *extra]
         assert main(args) == 0, capsys.readouterr().err
         assert sorted(calls) == ([1, 1, 1, 1] if batch == 1 else [1, 3])
