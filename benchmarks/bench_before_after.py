@@ -1,8 +1,9 @@
 """A code change measured on its own: the same full-size random-weight model built from an
 earlier copy of the package and from the current one, calls alternated in one process,
-fp32, outputs compared.
+fp32 unless told otherwise, outputs compared.
 
     python benchmarks/bench_before_after.py --before REV_OR_DIR [--case linf-patch] [--lr 64] [--repeats 7]
+                                            [--precision fp32]
 
 REV_OR_DIR is a git revision (its src/flowsr_lp is extracted) or a folder holding a copy
 of the package source. The copy is imported under the name `flowsr_lp_before` (the
@@ -48,9 +49,10 @@ def main() -> None:
     ap.add_argument("--lr", type=int, default=64)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--precision", default="fp32", help="fp32 | bf16 | fp16 (both sides)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    header(f"before/after: {a.case}, LR {a.lr}x{a.lr} x4, fp32, before = {a.before}")
+    header(f"before/after: {a.case}, LR {a.lr}x{a.lr} x4, {a.precision}, before = {a.before}")
     with tempfile.TemporaryDirectory() as tmp:
         before = import_before(a.before, Path(tmp))
         torch.manual_seed(0)
@@ -59,8 +61,8 @@ def main() -> None:
         old_flow.load_state_dict(flow.state_dict())
         if prior is not None:
             old_prior.load_state_dict(prior.state_dict())
-        new = flowsr_lp.SuperResolver(flow, prior)
-        old = before.SuperResolver(old_flow, old_prior)
+        new = flowsr_lp.SuperResolver(flow, prior, precision=a.precision)
+        old = before.SuperResolver(old_flow, old_prior, precision=a.precision)
         lr = torch.rand(1, 3, a.lr, a.lr)
         kw = {"scale": 4} if prior is not None else {"scale": 4, "tau": 0.8}
 

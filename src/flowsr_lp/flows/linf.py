@@ -20,7 +20,7 @@ from ..nets.edsr import EDSRBaseline
 from ..nets.rdn import RDN
 from ..nets.rrdb import RRDBNet
 from ..nets.swinir import SwinIR
-from ..precision import float32_transform, full_precision
+from ..precision import compute_dtype, float32_transform, full_precision
 from .base import Flow, Latent, checked_size
 from .layers import InvertibleLayer, InvertibleLinear, chain, chain_inverse, gaussian_log_p
 
@@ -264,17 +264,18 @@ class LINF(Flow):
         # the local part runs on the feature grid, which SwinIR pads to a window multiple
         # (not cropped upstream); coord / cell and the bilinear base keep the unpadded sizes
         b, _, h, w = feat.shape
-        # the gather and the Fourier features run in float32, also under autocast
-        lr_maps = torch.cat([self.coef(feat), self.freq(feat)], 1).permute(0, 2, 3, 1).float().contiguous()
-        cell = torch.tensor([2 / H, 2 / W], device=feat.device, dtype=lr_maps.dtype)
+        # kept in the convolutions' dtype (bf16 under autocast): the gather copies half the
+        # bytes, and the Fourier features below still compute in float32 (type promotion)
+        lr_maps = torch.cat([self.coef(feat), self.freq(feat)], 1).permute(0, 2, 3, 1).contiguous()
+        cell = torch.tensor([2 / H, 2 / W], device=feat.device)
         with full_precision(feat.device):
             phase = self.phase((cell * torch.tensor([h, w]).to(cell)).expand(b, 2))
-        coord = self.query_coords((H, W), window).to(lr_maps)
+        coord = self.query_coords((H, W), window).to(cell)
         ctx = LINFContext(inp, (h_out, w_out), lr_maps, phase, coord,
                           axis_lookups(coord[:, 0, 0], h), axis_lookups(coord[0, :, 1], w),
                           full_size=(H, W), offset=(top, left))
         hq, wq = ctx.grid_size
-        cond_bytes = b * hq * wq * 2 * self.dim * self.config.flow_layers * lr_maps.element_size()
+        cond_bytes = b * hq * wq * 2 * self.dim * self.config.flow_layers * cell.element_size()
         if cond_bytes <= self.cache_bytes:
             ctx.cond = torch.cat([self._cond_rows(ctx, r0, r1) for r0, r1 in self._chunks(ctx)], 1)
         return ctx
@@ -292,10 +293,13 @@ class LINF(Flow):
         b, wq = ctx.inp.shape[0], ctx.grid_size[1]
         phase = ctx.phase[:, None, None, :]
         h, w, c = ctx.lr_maps.shape[1:]
-        flat_maps = ctx.lr_maps.view(b, h * w, c)
-        # without autograd, the features are written in place into one buffer (no concat copy)
+        # one table of all batch items' LR cells: a row gather along its first dimension
+        table = ctx.lr_maps.view(b * h * w, c)
+        first = torch.arange(0, b * h * w, h * w, device=table.device)[:, None]
+        # without autograd, the features are written in place into one buffer (no concat
+        # copy), in the dtype the first layer runs in (autocast would cast a float32 buffer)
         inplace = not (torch.is_grad_enabled() and ctx.lr_maps.requires_grad)
-        feats = ctx.lr_maps.new_empty(b, r1 - r0, wq, 4 * hd) if inplace else []
+        feats = phase.new_empty(b, r1 - r0, wq, 4 * hd, dtype=compute_dtype(phase)) if inplace else []
         rel_rows = [r.rel[r0:r1, None, None] for r in ctx.rows]
         rel_cols = [c.rel[None, :, None] for c in ctx.cols]
         areas = [(rr * rc).abs() + 1e-9 for rr in rel_rows for rc in rel_cols]
@@ -304,8 +308,8 @@ class LINF(Flow):
         for i, row in enumerate(ctx.rows):
             for j, col in enumerate(ctx.cols):
                 # one gather over the flattened LR map fetches this neighbour of every query
-                cells = (row.index[r0:r1, None] * w + col.index[None, :]).flatten()
-                q = flat_maps.index_select(1, cells).view(b, r1 - r0, wq, c)
+                cells = (first + (row.index[r0:r1, None] * w + col.index[None, :]).flatten()).flatten()
+                q = table.index_select(0, cells).view(b, r1 - r0, wq, c)
                 q_coef, f_row, f_col = q[..., :hd], q[..., hd : hd + hd // 2], q[..., hd + hd // 2 :]
                 # one fused expression: in-place chains (addcmul_, cos(out=) then mul_) on the
                 # strided feature slices were 15 % slower with 2 threads (bench_before_after.py)
