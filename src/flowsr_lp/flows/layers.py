@@ -9,9 +9,10 @@ the output's. `InvertibleSequence` chains layers; `MultiScaleFlow` is Glow's mul
 architecture (levels of layers, `Split2d` factoring half of the channels out as a latent
 part after a level).
 
-Square weights are inverted in float64 (`inverse_f64`); the inverse is cached while no
-gradient to the weight is needed and the weight is unchanged (same storage and in-place
-version, model in eval mode); `eval()`/`train()` and `load_state_dict` clear the cache.
+Square weights are inverted in float64 (`inverse_f64`). Values derived from weights (those
+inverses, the coupling layers' condition kernels) are cached (`WeightCache`) while no
+gradient to the weights is needed and the weights are unchanged (same storage and in-place
+version, model in eval mode); `eval()`/`train()` and `load_state_dict` clear the caches.
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from typing import Iterable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..nets.upsampled_conv import conv3x3, conv3x3_kernels, layout
 
 
 def inverse_f64(weight: torch.Tensor) -> torch.Tensor:
@@ -77,36 +80,54 @@ class InvertibleSequence(InvertibleLayer):
         return tuple(shape)
 
 
-class CachedInverse(InvertibleLayer):
-    """A layer with a square weight whose float64 inverse is reused between calls (see the
-    module docstring for when)."""
+class WeightCache:
+    """One value derived from a module's weights, reused between calls while the module is
+    in eval mode, no gradient to the weights is needed and they are unchanged (same storage,
+    in-place version, dtype and device) and `extra` (what else the value depends on) is equal."""
+
+    def __init__(self):
+        self.clear()
+
+    def clear(self) -> None:
+        self._entry = None  # (key, value), replaced as one object
+
+    def get(self, module: nn.Module, weights: Sequence[torch.Tensor], extra, derive):
+        if module.training or (torch.is_grad_enabled() and any(w.requires_grad for w in weights)):
+            return derive()
+        key = (tuple((w.data_ptr(), w._version, w.dtype, w.device) for w in weights), extra)
+        entry = self._entry
+        if entry is None or entry[0] != key:
+            with torch.no_grad():
+                entry = self._entry = (key, derive())
+        return entry[1]
+
+
+class CachingLayer(InvertibleLayer):
+    """A layer that reuses a value derived from its weights (`self.cache`, see `WeightCache`);
+    `train()`/`eval()` and `load_state_dict` clear it."""
 
     def __init__(self):
         super().__init__()
-        self._inv_key, self._inv = None, None
+        self.cache = WeightCache()
+
+    def train(self, mode: bool = True):
+        self.cache.clear()
+        return super().train(mode)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.cache.clear()
+        return super()._load_from_state_dict(*args, **kwargs)
+
+
+class CachedInverse(CachingLayer):
+    """A layer with a square weight whose float64 inverse is reused between calls."""
 
     def square_weight(self) -> torch.Tensor:
         raise NotImplementedError
 
-    def clear_inverse_cache(self) -> None:
-        self._inv_key, self._inv = None, None
-
     def weight_inverse(self) -> torch.Tensor:
         w = self.square_weight()
-        if self.training or (torch.is_grad_enabled() and w.requires_grad):
-            return inverse_f64(w)
-        key = (w.data_ptr(), w._version, w.dtype, w.device)
-        if key != self._inv_key:
-            self._inv, self._inv_key = inverse_f64(w.detach()), key
-        return self._inv
-
-    def train(self, mode: bool = True):
-        self.clear_inverse_cache()
-        return super().train(mode)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self.clear_inverse_cache()
-        return super()._load_from_state_dict(*args, **kwargs)
+        return self.cache.get(self, [w], None, lambda: inverse_f64(w))
 
 
 class InvertibleLinear(CachedInverse):
@@ -235,7 +256,7 @@ def _shift_scale(h: torch.Tensor, eps: float):
     return h[:, 0::2], torch.sigmoid(h[:, 1::2] + 2.0) + eps
 
 
-class CondAffineCoupling(InvertibleLayer):
+class CondAffineCoupling(CachingLayer):
     """SRFlow's `CondAffineSeparatedAndCond`: an affine transform of all channels from the
     condition alone, then an affine coupling of the second half from (first half, condition)."""
 
@@ -252,12 +273,14 @@ class CondAffineCoupling(InvertibleLayer):
 
     def _from_condition(self, cond):
         """fFeatures(cond) and the condition's share of fAffine's first conv, in one conv over
-        the wide condition (no concatenated copy of it)."""
+        the wide condition (no concatenated copy of it; an `UpsampledConcat` condition is
+        convolved at its parts' sizes)."""
         ff, fa = self.fFeatures[0], self.fAffine[0]
         # a conditioning network (it never sees z): it runs in the condition's dtype (bf16 when
         # the condition was computed under autocast), the transform itself in float32
-        w = torch.cat([ff.weight, fa.weight[:, self.half :]], 0).to(cond.dtype)
-        h = F.conv2d(cond, w, padding=1).float()
+        kernels = self.cache.get(self, [ff.weight, fa.weight], layout(cond), lambda: conv3x3_kernels(
+            cond, torch.cat([ff.weight, fa.weight[:, self.half :]], 0).to(cond.dtype)))
+        h = conv3x3(cond, kernels).float()
         n = ff.weight.shape[0]
         return self.fFeatures[1:](ff.actnorm(h[:, :n])[0]), h[:, n:]
 

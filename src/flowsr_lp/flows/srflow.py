@@ -12,6 +12,7 @@ from torch import nn
 
 from ..model_config import ModelConfig
 from ..nets.rrdb import RRDBNet
+from ..nets.upsampled_conv import UpsampledConcat
 from ..precision import compute_dtype, float32_transform
 from .base import Flow, Latent
 from .layers import FlowStep, MultiScaleFlow, Split2d, Squeeze, gaussian_log_p
@@ -62,7 +63,7 @@ RELEASED = {
 class SRFlowContext:
     lr: torch.Tensor  # LR, reflect-padded bottom/right to even size
     out_size: tuple[int, int]  # HR size before padding
-    conds: dict[int, torch.Tensor]  # level -> 320-channel conditioning map
+    conds: dict[int, torch.Tensor | UpsampledConcat]  # level -> 320-channel conditioning map
 
 
 class FlowUpsamplerNet(MultiScaleFlow):
@@ -133,7 +134,12 @@ class SRFlow(Flow):
             # starts there, so its errors pass through every finer level (it is 1/21 of the
             # convolutions' work; in bf16 it alone moved the random-weight output by 1.7/255)
             dtype = compute_dtype(f) if level < self.config.L else torch.float32
-            conds[level] = torch.cat([f, F.interpolate(stack, size=f.shape[-2:], mode="nearest")], 1).to(dtype)
+            r = f.shape[-1] // stack.shape[-1]
+            if r >= 2 and tuple(f.shape[-2:]) == (r * stack.shape[-2], r * stack.shape[-1]):
+                # finer than the LR: the tapped features stay at LR size (see UpsampledConcat)
+                conds[level] = UpsampledConcat(f.to(dtype), stack.to(dtype), r)
+            else:
+                conds[level] = torch.cat([f, F.interpolate(stack, size=f.shape[-2:], mode="nearest")], 1).to(dtype)
         return SRFlowContext(lr, (s * h, s * w), conds)
 
     # ---- the flow interface -----------------------------------------------------------
