@@ -62,7 +62,8 @@ def main() -> None:
         if prior is not None:
             old_prior.load_state_dict(prior.state_dict())
         new = flowsr_lp.SuperResolver(flow, prior, precision=a.precision)
-        old = before.SuperResolver(old_flow, old_prior, precision=a.precision)
+        # a copy from before the precision option knows fp32 only
+        old = before.SuperResolver(old_flow, old_prior, **({} if a.precision == "fp32" else {"precision": a.precision}))
         lr = torch.rand(1, 3, a.lr, a.lr)
         kw = {"scale": 4} if prior is not None else {"scale": 4, "tau": 0.8}
 
