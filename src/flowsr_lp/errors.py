@@ -8,6 +8,12 @@ the command line.
 from __future__ import annotations
 
 
+def first_line(e: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type's name when it has none
+    (library messages such as torch's or PIL's can run over many lines)."""
+    return next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+
+
 class FlowSRError(Exception):
     """Base class of every error the package raises on purpose (one line, no traceback)."""
 

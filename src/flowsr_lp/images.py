@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError  # also imported from here by callers
+from .errors import ImageError, first_line  # ImageError is also imported from here by callers
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"}
 
@@ -54,7 +54,7 @@ def _open(path: Path):
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(path)
     except Image.DecompressionBombError as e:
-        raise ImageError(f"{path}: {str(e).splitlines()[0]}") from None
+        raise ImageError(f"{path}: {first_line(e)}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
         raise _unreadable(path, e) from None
     with im:

@@ -19,7 +19,7 @@ import torch
 from PIL import UnidentifiedImageError
 
 from ..demo import sample_photos
-from ..errors import FlowSRError
+from ..errors import FlowSRError, first_line
 from ..images import to_uint8, write_png
 from . import service, views
 from .models import ModelCache, ModelChoice, local_choice, registry_choices
@@ -70,7 +70,7 @@ def page_errors():
     except gr.Error:
         raise
     except (FlowSRError, ValueError, OSError) as e:
-        raise gr.Error(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+        raise gr.Error(first_line(e)) from None
     except torch.OutOfMemoryError:
         raise gr.Error("out of memory: use a smaller image or scale") from None
     except Exception as e:  # noqa: BLE001 - the page must never show a traceback

@@ -12,7 +12,7 @@ import sys
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .. import __version__
-from ..errors import FlowSRError
+from ..errors import FlowSRError, first_line
 from . import app, data, demo, evaluate, models, temperature_map, train, upscale
 
 COMMANDS = (demo, upscale, train, evaluate, temperature_map, data, models, app)
@@ -87,9 +87,8 @@ def error_message(e: BaseException) -> str:
         return "interrupted"
     if isinstance(e, OSError) and e.filename and e.strerror:
         return f"{e.filename}: {e.strerror}"
-    text = str(e).strip() or type(e).__name__
-    if not isinstance(e, FlowSRError):
-        text = text.splitlines()[0]  # e.g. torch's multi-line RuntimeErrors
+    # ours are one line by design; others (torch's RuntimeErrors...) can run over many
+    text = (str(e).strip() or type(e).__name__) if isinstance(e, FlowSRError) else first_line(e)
     return " ".join(text.split())
 
 

@@ -11,7 +11,7 @@ import urllib.parse
 from pathlib import Path
 
 from ..downloader import verify
-from ..errors import CheckpointError, ModelNotFoundError
+from ..errors import CheckpointError, ModelNotFoundError, first_line
 from .cache import home, locked, record, recorded
 from .download import extract, fetch
 from .registry import WEIGHTS, ModelEntry, find, lookup, suggest
@@ -100,9 +100,9 @@ def _hf_path(spec: str) -> Path:
             f"fetch https://huggingface.co/{repo_id}/resolve/{revision or 'main'}/{parts[2]} by hand and pass "
             "its local path") from None
     except (EntryNotFoundError, RepositoryNotFoundError) as e:
-        raise ModelNotFoundError(f"{spec}: {str(e).splitlines()[0]}") from None
+        raise ModelNotFoundError(f"{spec}: {first_line(e)}") from None
     except OSError as e:  # HfHubHTTPError and connection errors
-        raise ModelNotFoundError(f"{spec}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise ModelNotFoundError(f"{spec}: {first_line(e)}") from None
 
 
 def _looks_like_path(text: str) -> bool:

@@ -28,7 +28,7 @@ DEFAULTS: dict = {
 }
 
 
-from ..errors import ConfigError  # noqa: F401  (re-exported)
+from ..errors import ConfigError, first_line  # noqa: F401  (ConfigError re-exported)
 
 
 FREE_FORM = ("flow", "prior", "data.crop")  # sections whose keys depend on the model / recipe kind
@@ -81,7 +81,7 @@ def load_config(path: str | Path, overrides: list[str] = (), task: str | None = 
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise ConfigError(f"{path}: not valid YAML ({first_line(e)})") from None
     over: dict = {}
     for a in overrides:
         set_key(over, a)
