@@ -1,6 +1,7 @@
 """Assemble a training run from a recipe: models, objective, perceptual loss, trainer."""
 from __future__ import annotations
 
+import gc
 import logging
 from pathlib import Path
 
@@ -115,6 +116,10 @@ def train(cfg: dict, resume: bool = False, overwrite: bool = False) -> None:
     path = trainer.run()
     if rank == 0:
         logger.info("model written to %s", path)
+    # the trainer's DistributedDataParallel holds the process group: release it while the
+    # interpreter is whole, so the group's threads are not joined during finalisation
+    del trainer, objective
+    gc.collect()
     finish(world)
 
 
