@@ -279,7 +279,7 @@ class CondAffineCoupling(CachingLayer):
         # a conditioning network (it never sees z): it runs in the condition's dtype (bf16 when
         # the condition was computed under autocast), the transform itself in float32
         kernels = self.cache.get(self, [ff.weight, fa.weight], layout(cond), lambda: conv3x3_kernels(
-            cond, torch.cat([ff.weight, fa.weight[:, self.half :]], 0).to(cond.dtype)))
+            cond, torch.cat([ff.weight, fa.weight[:, self.half :]], 0)))
         h = conv3x3(cond, kernels).float()
         n = ff.weight.shape[0]
         return self.fFeatures[1:](ff.actnorm(h[:, :n])[0]), h[:, n:]

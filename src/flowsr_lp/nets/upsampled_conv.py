@@ -85,11 +85,12 @@ class UpsampledConcat:
 
 
 def conv3x3_kernels(x: torch.Tensor | UpsampledConcat, weight: torch.Tensor):
-    """What `conv3x3` needs of a 3x3 kernel for a map like x (derive once, reuse per map)."""
+    """What `conv3x3` needs of a 3x3 kernel for a map like x, in x's dtype (derive once,
+    reuse per map). The phase kernels' sums are taken in the weight's precision, then cast."""
     if isinstance(x, torch.Tensor):
-        return weight
+        return weight.to(x.dtype)
     n = x.fine.shape[1]
-    return weight[:, :n], phase_kernels(weight[:, n:], x.factor)
+    return weight[:, :n].to(x.dtype), phase_kernels(weight[:, n:], x.factor).to(x.dtype)
 
 
 def conv3x3(x: torch.Tensor | UpsampledConcat, kernels) -> torch.Tensor:
