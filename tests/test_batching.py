@@ -11,7 +11,7 @@ from PIL import Image
 from flowsr_lp import SuperResolver, TemperatureSampling, load_flow, load_prior
 from flowsr_lp.cli import main
 from flowsr_lp.evaluate import EvalOptions, evaluate
-from flowsr_lp.upscale import batch_limit
+from flowsr_lp.tiles import batch_limit
 
 from conftest import REFERENCE, need
 

@@ -15,11 +15,11 @@ from tqdm import tqdm
 from .data.folders import find_images, load_rgb_uint8
 from .data.resize import imresize, modcrop
 from .errors import ImageError
-from .metrics import diversity, grid_score, inf_rate, lpips, lr_psnr, psnr, ssim, to_uint8_like_srflow
+from .metrics import diversity, grid_score, lpips, lr_psnr, psnr, ssim, to_uint8_like_srflow
 from .metrics.perceptual import lpips_model
-from .pipeline import LatentStrategy, SuperResolver, TemperatureSampling, bicubic
+from .pipeline import LatentStrategy, SuperResolver, TemperatureSampling, batched, bicubic
 from .report import save_crops
-from .upscale import batch_limit
+from .tiles import batch_limit
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class EvalOptions:
     label: str = ""  # prefixed to method names ("LINF tau=0.8"), to put several flows in one report
     bicubic: bool = False  # add a bicubic baseline row (MATLAB-style bicubic upsampling of the LR)
     precision: str = "fp32"  # the SuperResolver's compute precision (fp32 | bf16 | fp16 | auto)
-    batch_size: int = 8  # same-size images upscaled together (see upscale.batch_limit)
+    batch_size: int = 8  # same-size images upscaled together (see tiles.batch_limit)
 
 
 def protocol_metrics(sr: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor, scale: float, dataset: str,
@@ -186,13 +186,6 @@ def evaluate(flow, prior, opts: EvalOptions, out_dir: Path, rank: int = 0, world
     return rows, notes, crops
 
 
-def batched(strategy: LatentStrategy, n: int) -> LatentStrategy:
-    """The strategy for a batch of n images that each get what they would get alone."""
-    if isinstance(strategy, TemperatureSampling) and strategy.generator is None and strategy.seed is not None:
-        return TemperatureSampling(strategy.tau, seed=[strategy.seed] * n)
-    return strategy
-
-
 def _evaluate_batch(resolver: SuperResolver, items: list, opts: EvalOptions, out_dir: Path, rows: list,
                     crops: list, bar) -> None:
     """Rows and report crops of same-size pairs (ds, i, path, scale, hr, lr, lr_from),
@@ -211,8 +204,8 @@ def _evaluate_batch(resolver: SuperResolver, items: list, opts: EvalOptions, out
                          "finite": True, "inf_rate": 0.0, **protocol_metrics(sr, hr, lr, scale, ds.name, opts)})
         for method, tau, strategies in plan:
             mine = [r.images[k : k + 1] for r in results[method]]
-            inf = 100.0 * inf_rate(mine)
-            finite = [bool(torch.isfinite(x).all()) for x in mine]
+            finite = [bool(r.finite[k]) for r in results[method]]  # the pipeline's own check
+            inf = 100.0 * (finite.count(False) / len(finite))  # the paper's %Inf (metrics.inf_rate)
             samples = [x.clamp(0, 1) for x, ok in zip(mine, finite) if ok]
             div = diversity(torch.stack(samples)).item() if len(samples) > 1 else None
             for run, (strategy, images, ok) in enumerate(zip(strategies, mine, finite)):

@@ -194,6 +194,14 @@ class TemperatureSampling(LatentStrategy):
         return flow.sample_latent(ctx, tau, gen)
 
 
+def batched(strategy: LatentStrategy, n: int) -> LatentStrategy:
+    """The strategy for a batch of n images that each get what they would get alone (a
+    seeded sampling gets the seed once per item)."""
+    if isinstance(strategy, TemperatureSampling) and strategy.generator is None and isinstance(strategy.seed, int):
+        return TemperatureSampling(strategy.tau, seed=[strategy.seed] * n)
+    return strategy
+
+
 def check_prior_fits(flow: Flow, prior) -> None:
     """Raise `UsageError` unless the latent module predicts latents of the flow's channels."""
     if tuple(prior.latent_channels) != tuple(flow.latent_channels):

@@ -33,8 +33,21 @@ def tile_unit(scale: float, patch: int = 1, lr_multiple: int = 1, limit: int = 6
                      "upscale the image whole or use a scale like 2, 3, 4")
 
 
+def flow_tile_unit(flow, scale: float) -> int:
+    """`tile_unit` for a flow: LINF's patches stay aligned, SRFlow's LR tiles stay even."""
+    patch = getattr(getattr(flow, "config", None), "patch_size", 1)
+    return tile_unit(scale, patch, lr_multiple=2 if getattr(flow, "fixed_scale", None) is not None else 1)
+
+
 #: LR images with more pixels than this are upscaled in tiles by the command line
 TILE_ABOVE_LR_PIXELS = 512 * 512
+
+
+def batch_limit(lr_hw: tuple[int, int], batch_size: int) -> int:
+    """How many images of this LR size run together: at most `batch_size`, and at most as
+    many LR pixels as the largest image upscaled whole (`TILE_ABOVE_LR_PIXELS`), so a batch
+    needs no more memory than one such image."""
+    return max(1, min(batch_size, TILE_ABOVE_LR_PIXELS // (lr_hw[0] * lr_hw[1])))
 
 
 def tile_scale(resolver: SuperResolver, lr: torch.Tensor, size: tuple[int, int],
@@ -45,10 +58,8 @@ def tile_scale(resolver: SuperResolver, lr: torch.Tensor, size: tuple[int, int],
     if h * w <= (TILE_ABOVE_LR_PIXELS if above is None else above) or size[0] * w != size[1] * h:
         return None
     scale = size[0] / h
-    patch = getattr(getattr(resolver.flow, "config", None), "patch_size", 1)
-    fixed = getattr(resolver.flow, "fixed_scale", None)
     try:
-        tile_unit(scale, patch, lr_multiple=2 if fixed is not None else 1)
+        flow_tile_unit(resolver.flow, scale)
     except UsageError:
         return None
     return scale if Fraction(scale).limit_denominator(1000) * h == size[0] else None
@@ -77,8 +88,7 @@ def upscale_tiled(resolver: SuperResolver, lr: torch.Tensor, scale: float | None
         raise UsageError("give a scale")
     if fixed is not None and scale != fixed:
         raise UsageError(f"this flow upscales x{fixed} only, got scale {scale:g}")
-    patch = getattr(getattr(flow, "config", None), "patch_size", 1)
-    unit = tile_unit(scale, patch, lr_multiple=2 if fixed is not None else 1)
+    unit = flow_tile_unit(flow, scale)
     tile, margin = _round_to(tile, unit), -(-margin // unit) * unit
     b, _, h, w = lr.shape
     s = Fraction(scale).limit_denominator(1000)

@@ -9,10 +9,10 @@ import torch
 from tqdm import tqdm
 
 from .checkpoints import load_flow, load_prior
-from .errors import ExplodingInverse, ImageError, UsageError
+from .errors import ExplodingInverse, ImageError, UsageError, first_line
 from .images import IMAGE_SUFFIXES, image_size, read_image, write_png
-from .pipeline import SRResult, SuperResolver, TemperatureSampling, output_size
-from .tiles import TILE_ABOVE_LR_PIXELS, tile_scale, tiled_result
+from .pipeline import SRResult, SuperResolver, TemperatureSampling, batched, output_size
+from .tiles import batch_limit, tile_scale, tiled_result
 from .hub.resolve import default_models, flow_for_prior
 
 log = logging.getLogger(__name__)
@@ -76,13 +76,6 @@ def upscale_with_retries(resolver: SuperResolver, lr: torch.Tensor, size, tau=No
     tries = "1 draw" if attempt == 0 else f"{attempt + 1} draws"
     hint = " (try --retries N or a lower --tau)" if sampling else ""
     raise ExplodingInverse(f"exploding inverse: the flow's output went inf/NaN ({tries}); nothing written{hint}")
-
-
-def batch_limit(lr_hw: tuple[int, int], batch_size: int) -> int:
-    """How many images of this LR size run together: at most `batch_size`, and at most as
-    many LR pixels as the largest image upscaled whole (`TILE_ABOVE_LR_PIXELS`), so a batch
-    needs no more memory than one such image."""
-    return max(1, min(batch_size, TILE_ABOVE_LR_PIXELS // (lr_hw[0] * lr_hw[1])))
 
 
 class _Failures:
@@ -157,13 +150,13 @@ def _upscale_batch(resolver, items, hw, tau, seed, retries, failures: _Failures,
         bar.update()  # reached when the input failed
     batch = None
     if len(ready) > 1:
-        strategy = TemperatureSampling(tau, seed=[seed] * len(ready)) if resolver.prior is None else None
+        strategy = batched(TemperatureSampling(tau, seed=seed), len(ready)) if resolver.prior is None else None
         try:
             batch = resolver.generate(resolver.prepare(torch.stack([lr for _, _, lr in ready]), size=hw), strategy)
         except (RuntimeError, ValueError, UsageError) as e:  # out of memory, a device error ...: each image
             # alone says what it is
             log.warning("a batch of %d images failed (%s); running them one by one", len(ready),
-                        (str(e).strip().splitlines() or [type(e).__name__])[0])
+                        first_line(e))
     for i, (src, dst, lr) in enumerate(ready):
         with failures.each(src, hw):
             first = None if batch is None else SRResult(batch.images[i : i + 1], batch.finite[i : i + 1],
