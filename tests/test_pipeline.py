@@ -32,6 +32,17 @@ def test_tensor_pil_and_numpy_inputs_give_the_same_image_in_their_own_kind(resol
     np.testing.assert_allclose(flt, ref[0].permute(1, 2, 0).numpy(), atol=1e-6)
 
 
+def test_16_bit_pil_images_keep_their_range():
+    """A 16-bit PIL image reads as the 16-bit file does (convert("RGB") alone saturates it)."""
+    a16 = np.array([[1000, 40000], [0, 65535]], dtype=np.uint16)
+    t, kind = as_lr_batch(Image.fromarray(a16))
+    assert kind == "pil" and t.shape == (1, 3, 2, 2)
+    torch.testing.assert_close(t[0, 0], torch.from_numpy(a16.astype(np.float32) / 65535))
+    assert torch.equal(t[0, 0], t[0, 2])
+    u8 = np.array([[0, 128], [255, 7]], dtype=np.uint8)  # 8-bit modes are unchanged
+    assert torch.equal(as_lr_batch(Image.fromarray(u8))[0][0, 1] * 255, torch.from_numpy(u8).float())
+
+
 def test_bad_inputs_are_usage_errors(resolver):
     with pytest.raises(UsageError, match="3 x H x W"):
         resolver(torch.rand(1, 4, 8, 8), scale=2)

@@ -100,7 +100,7 @@ def _decode(path: Path, notes: list[str], max_pixels: int | None) -> np.ndarray:
                 if _orientation(im) in range(2, 9):
                     ImageOps.exif_transpose(im, in_place=True)
                     notes.append("turned upright as its EXIF orientation says")
-            return _to_rgb_array(im, notes)
+            return rgb_array(im, notes)
         except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
             raise _unreadable(path, e) from None
 
@@ -126,7 +126,9 @@ def load_rgb_uint8(path: str | Path, max_pixels: int | None = MAX_DECODE_PIXELS)
     return torch.from_numpy(np.array(arr.transpose(2, 0, 1), order="C"))  # a writable copy
 
 
-def _to_rgb_array(im: Image.Image, notes: list[str]) -> np.ndarray:
+def rgb_array(im: Image.Image, notes: list[str]) -> np.ndarray:
+    """Any PIL mode -> H x W x 3: uint8 for 8-bit modes, float32 in [0, 1] for 16-bit and
+    32-bit ones (a plain convert("RGB") would clip them); what was converted goes to `notes`."""
     mode = im.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         a = np.asarray(im).astype(np.float64)

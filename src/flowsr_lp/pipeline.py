@@ -29,6 +29,7 @@ from PIL import Image
 from .data.resize import imresize
 from .errors import UsageError
 from .flows.base import Flow, Latent, checked_size
+from .images import rgb_array
 from .precision import reduced, resolve_precision
 from .priors.tiling import predict_latent
 
@@ -78,8 +79,9 @@ def as_lr_batch(image: ImageLike) -> tuple[torch.Tensor, str]:
     or "numpy-float"). Tensors: 3 x h x w or B x 3 x h x w, float in [0, 1] or uint8. PIL: any
     mode, converted to RGB. numpy: h x w x 3 (or h x w gray), uint8 / uint16 or float in [0, 1]."""
     if isinstance(image, Image.Image):
-        arr = np.asarray(image.convert("RGB"))
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1)[None].float() / 255, "pil"
+        arr = rgb_array(image, [])  # the file reader's conversion: 16-bit modes keep their range
+        t = torch.from_numpy(np.array(arr)).permute(2, 0, 1)[None].float()
+        return (t / 255 if arr.dtype == np.uint8 else t), "pil"
     if isinstance(image, np.ndarray):
         if image.dtype not in (np.uint8, np.uint16) and image.dtype.kind != "f":
             raise TypeError(f"numpy image must be uint8, uint16 or float in [0, 1], got {image.dtype}")
