@@ -151,11 +151,14 @@ class SRFlow(Flow):
         return [ctx.conds[level] for level in range(1, self.config.L + 1)]
 
     @float32_transform
+    def _forward(self, hr: torch.Tensor, ctx: SRFlowContext):
+        """(latent, log-det) of an HR of the context's size, unpadded or padded."""
+        return self.flowUpsamplerNet(_pad_even(hr, self.config.scale), self._level_conds(ctx))
+
     def encode(self, hr: torch.Tensor, ctx: SRFlowContext):
         """HR in [0, 1] -> ((eps..., z), log p in nats per image). No dequantisation noise."""
-        padded = tuple(self.config.scale * n for n in ctx.lr.shape[-2:])  # initial_prior encodes the padded size
-        hr = self.checked_images(hr, "hr", [ctx.out_size, padded], ctx.lr.shape[0])
-        latent, logdet = self.flowUpsamplerNet(_pad_even(hr, self.config.scale), self._level_conds(ctx))
+        hr = self.checked_images(hr, "hr", ctx.out_size, ctx.lr.shape[0])
+        latent, logdet = self._forward(hr, ctx)
         return latent, logdet + gaussian_log_p(latent[-1])
 
     @float32_transform
@@ -174,7 +177,7 @@ class SRFlow(Flow):
         if kind != "paper":
             raise ValueError(f"SRFlow has only the paper's initial prior, not {kind!r}")
         up = F.interpolate(ctx.lr, scale_factor=self.config.scale, mode="bilinear", align_corners=False)
-        latent, _ = self.encode(up, ctx)
+        latent, _ = self._forward(up, ctx)  # the padded size, and no log p
         return tuple((z - z.mean(1, keepdim=True)) / (z.std(1, keepdim=True) + 1e-8) for z in latent)
 
 

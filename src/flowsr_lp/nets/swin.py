@@ -85,7 +85,9 @@ class SwinBlock(nn.Module):
     def forward(self, x, mask):
         b, h, w, c = x.shape
         ws = self.ws
-        y = F.pad(self.norm1(x), (0, 0, 0, (-w) % ws, 0, (-h) % ws))  # zero-pad after the norm
+        y = self.norm1(x)
+        if h % ws or w % ws:  # zero-pad after the norm (F.pad copies even when there is nothing to add)
+            y = F.pad(y, (0, 0, 0, (-w) % ws, 0, (-h) % ws))
         hp, wp = y.shape[1:3]
         if self.shift:
             y = torch.roll(y, (-self.shift, -self.shift), (1, 2))

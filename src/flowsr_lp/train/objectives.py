@@ -41,6 +41,9 @@ class LINFFinetune(nn.Module):
     """LINF's second stage: steps alternate between the NLL (weighted `nll_weight`) and a
     pixel L1 + perceptual loss on the temperature-0 output (the conditional mean)."""
 
+    #: what a step computes depends on batch["step"] (even / odd)
+    alternates = True
+
     def __init__(self, flow, perceptual: nn.Module | None, nll_weight: float = 5e-4, perceptual_weight: float = 1.0):
         super().__init__()
         self.flow, self.perceptual = flow, perceptual

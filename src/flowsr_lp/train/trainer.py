@@ -30,7 +30,7 @@ STATE_KEYS = ("step", "model", "optimizer", "scheduler", "rng")
 LOGS = ("log.csv", "val.csv")
 
 
-from ..errors import TrainingError  # noqa: F401  (re-exported)
+from ..errors import TrainingError, first_line  # noqa: F401  (TrainingError re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def state_digest(state, h=None) -> str:
     elif torch.is_tensor(state):
         t = state.detach().cpu().contiguous()
         h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # hashed in place, no copy
     else:
         h.update(f"{type(state).__name__}:{state!r}".encode())
     return h.hexdigest()
@@ -163,7 +163,8 @@ class Trainer:
         rng = torch.get_rng_state()
         cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
         used = torch.zeros(len(params), device=self.device)
-        for step in (0, 1):
+        # one probe reaches every parameter a step can; an alternating objective needs both kinds
+        for step in ((0, 1) if getattr(self.objective, "alternates", False) else (0,)):
             loss, _ = self.objective({**batch, "step": step})
             grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
             used += torch.tensor([g is not None for g in grads], dtype=used.dtype, device=self.device)
@@ -207,7 +208,7 @@ class Trainer:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+            first = first_line(e)[:120]
             raise TrainingError(f"{path}: unreadable training checkpoint ({first})") from None
         if not isinstance(state, dict) or not all(k in state for k in STATE_KEYS):
             have = sorted(map(str, state))[:6] if isinstance(state, dict) else type(state).__name__
@@ -234,7 +235,7 @@ class Trainer:
             if self.scaler is not None and "scaler" in state:
                 self.scaler.load_state_dict(state["scaler"])
         except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            first = first_line(e)[:160]
             raise TrainingError(f"{path}: does not fit this run's model and optimizer ({first})") from None
         self.step, self.elapsed, self.skipped = step, float(state.get("elapsed", 0.0)), int(state.get("skipped", 0))
 
