@@ -122,7 +122,7 @@ def test_exploding_inverse_is_shown_as_such_and_never_written(cache, image, tmp_
     res = service.run(model, service.plan(image, model, s, 1.0), s, prior=False)
     bad = [d for d in res.draws if not d.finite]
     assert bad, "expected an exploding inverse at tau 3"
-    shown = views.display(bad[0].sr)
+    shown = views.display(bad[0].sr, bad[0].finite)
     assert not np.array_equal(shown, to_uint8(bad[0].sr))  # not the clamped image
     nonfinite = ~torch.isfinite(bad[0].sr).all(0).numpy()
     nonfinite[:60] = False  # below the banner

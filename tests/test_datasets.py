@@ -182,6 +182,22 @@ def test_alias_fetches_pack_and_prepares_one_set(server, tmp_path, capsys):
     assert "benchmark/Set5: already prepared" in capsys.readouterr().err
 
 
+def test_each_archive_is_hashed_once_per_call(server, tmp_path, monkeypatch):
+    """`data download --prepare` does not hash what the download just verified, and sets that
+    share an archive (Set5, Set14 in benchmark.tar) hash it once."""
+    from flowsr_lp.datasets import unpack
+    checked = []
+    real = unpack.verify
+    monkeypatch.setattr(unpack, "verify", lambda f, *a, **k: checked.append(f.name) or real(f, *a, **k))
+    root = tmp_path / "data"
+    assert cli(["data", "download", "set5", "--root", str(root), "--mirror", server.url, "--prepare",
+                "--quiet"]) == 0
+    assert checked == []  # the download verified it
+    assert cli(["data", "prepare", "set14", "b100", "--root", str(root), "--quiet"]) == 0
+    assert checked == ["benchmark.tar"]
+    assert (root / "benchmark/Set14/HR").is_dir() and (root / "benchmark/B100/HR").is_dir()
+
+
 def test_interrupted_download_resumes_in_the_same_run(server, archives, tmp_path):
     data = archives["benchmark.tar"]
     server.cuts, server.cut_after = 1, len(data) // 3

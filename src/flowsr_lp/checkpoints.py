@@ -23,7 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 from .flows.linf import LINF, LINFConfig
 from .flows.srflow import SRFlow, SRFlowConfig, config_from_state_dict
 from .hub.resolve import resolve
@@ -62,7 +62,7 @@ def read_checkpoint(path: str | Path) -> tuple[Any, dict | None]:
     except CheckpointError:
         raise
     except Exception as e:  # truncated zip, pickle with code in it, garbage bytes ...
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        first = first_line(e)[:160]
         raise CheckpointError(f"{path}: unreadable checkpoint (truncated or not a checkpoint: {first})") from None
 
 
@@ -111,7 +111,7 @@ def _build_on_meta(build: Callable[[], nn.Module], sd: dict, what: str, path: Pa
     except CheckpointError:
         raise
     except Exception as e:  # absurd or mistyped sizes: overflow, negative dims, wrong types ...
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        first = first_line(e)[:160]
         raise CheckpointError(f"{path}: its config cannot describe {what} ({first})") from None
     finally:
         handle.remove()

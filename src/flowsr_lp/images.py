@@ -39,7 +39,7 @@ def _png_bit_depth(path: Path) -> int | None:
 
 
 def _unreadable(path: Path, e: BaseException) -> ImageError:
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+    first = first_line(e)[:160]
     return ImageError(f"{path}: not a readable image ({first})")
 
 

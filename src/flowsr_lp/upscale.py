@@ -99,7 +99,7 @@ class _Failures:
                       "memory", src, "x".join(map(str, hw)) if hw else "this size")
         except RuntimeError as e:  # any other failure of the device or the model on this input
             self.count += 1
-            log.error("%s: %s", src, (str(e).strip().splitlines() or [type(e).__name__])[0])
+            log.error("%s: %s", src, first_line(e))
 
 
 def upscale_files(resolver: SuperResolver, inputs: list[Path], outs: list[Path], *, scale=None, size=None,

@@ -8,6 +8,7 @@ the learned prior. Decoded images stay raw: a non-finite one is an exploding inv
 reported as such, never clamped into a plausible picture."""
 from __future__ import annotations
 
+import functools
 import math
 import re
 import time
@@ -20,7 +21,7 @@ from ..data.resize import imresize
 from ..errors import ExplodingInverse, ImageError, UsageError
 from ..images import image_size, load_rgb_uint8, read_image, write_png
 from ..metrics import diversity, grid_score, lr_psnr, psnr, ssim
-from ..pipeline import TemperatureSampling, bicubic, finite_mask, output_size
+from ..pipeline import TemperatureSampling, bicubic as bicubic_upscale, output_size
 from ..temperature import temperature_map
 from .models import LoadedModel
 
@@ -56,16 +57,12 @@ class Output:
     sr: torch.Tensor  # 3 x H x W
     seed: int | None
     seconds: float
-
-    @property
-    def finite(self) -> bool:
-        return bool(finite_mask(self.sr[None]).all())
+    finite: bool  # the pipeline's check: no inf/NaN
 
 
 @dataclass
 class Result:
     inputs: Inputs
-    bicubic: torch.Tensor  # 3 x H x W in [0, 1]
     draws: list[Output]
     prior: Output | None
     model: str
@@ -73,6 +70,12 @@ class Result:
     device: str
     seconds: float
     tau: float
+
+    @functools.cached_property
+    def bicubic(self) -> torch.Tensor:
+        """3 x H x W in [0, 1]: made when first shown or scored (outside the model's queue;
+        the API never needs it)."""
+        return bicubic_upscale(self.inputs.lr, self.inputs.out_size)[0]
 
     @property
     def finite_draws(self) -> list[Output]:
@@ -166,8 +169,8 @@ def read_inputs(p: Plan) -> Inputs:
 
 def generate(model: LoadedModel, prepared, strategy, seed: int | None) -> Output:
     t0 = time.perf_counter()
-    sr = model.resolver.generate(prepared, strategy).images
-    return Output(sr[0].float().cpu(), seed, time.perf_counter() - t0)
+    r = model.resolver.generate(prepared, strategy)
+    return Output(r.images[0].float().cpu(), seed, time.perf_counter() - t0, bool(r.finite[0]))
 
 
 def compute(model: LoadedModel, p: Plan, s: Settings, sampling: bool, prior: bool, report) -> Result:
@@ -188,7 +191,7 @@ def compute(model: LoadedModel, p: Plan, s: Settings, sampling: bool, prior: boo
         report((len(draws) + 1) / steps, "learned prior")
         learned = generate(model, prepared, model.prior, None)
     report(1.0, "done")
-    return Result(inputs, bicubic(inputs.lr, inputs.out_size)[0], draws, learned, model.choice.name,
+    return Result(inputs, draws, learned, model.choice.name,
                   model.precision, str(model.device), time.perf_counter() - t0, s.tau)
 
 

@@ -54,7 +54,7 @@ def image_input(**kwargs) -> gr.Image:
             return preprocess(payload)
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
             name = getattr(payload, "orig_name", None) or "the file"
-            why = (str(e).splitlines() or [type(e).__name__])[0].replace(str(getattr(payload, "path", "")), name)
+            why = first_line(e).replace(str(getattr(payload, "path", "")), name)
             raise gr.Error(f"{name}: not a readable image ({why[:120]})") from None
 
     component.preprocess = guarded
@@ -154,7 +154,7 @@ class App:
         gallery, files, notes = [], [], list(inputs.notes)
         out = self.request_dir()
         for d in res.draws:
-            gallery.append((views.display(d.sr), f"tau {res.tau:g}, seed {d.seed}"))
+            gallery.append((views.display(d.sr, d.finite), f"tau {res.tau:g}, seed {d.seed}"))
             if d.finite:
                 files.append(write_png(d.sr, out / f"{stem}_tau{res.tau:g}_seed{d.seed}.png"))
             else:
@@ -163,7 +163,7 @@ class App:
             shown["tau"] = gallery[0][0]  # the first draw's picture, already made for the gallery
         prior_img = None
         if res.prior is not None:
-            prior_img = shown["learned prior"] = views.display(res.prior.sr)
+            prior_img = shown["learned prior"] = views.display(res.prior.sr, res.prior.finite)
             if res.prior.finite:
                 files.append(write_png(res.prior.sr, out / f"{stem}_prior.png"))
             else:

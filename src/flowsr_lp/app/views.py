@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
 from ..images import to_uint8
-from ..metrics import grid_score
+from ..metrics.generative import grid_residual, grid_score
 
 MARKER_BAD = (255, 0, 200)  # non-finite values
 MARKER_STRIPE = (90, 0, 0)
@@ -50,9 +49,9 @@ def exploding_marker(sr: torch.Tensor) -> np.ndarray:
     return label(img, f"EXPLODING INVERSE\n{100 * share:.2g}% inf/NaN", size=20)
 
 
-def display(sr: torch.Tensor) -> np.ndarray:
-    """A decoded SR image (3 x H x W, raw) for the page."""
-    return to_uint8(sr) if bool(torch.isfinite(sr).all()) else exploding_marker(sr)
+def display(sr: torch.Tensor, finite: bool) -> np.ndarray:
+    """A decoded SR image (3 x H x W, raw) for the page; `finite`: the pipeline's check of it."""
+    return to_uint8(sr) if finite else exploding_marker(sr)
 
 
 def grid_map(sr: torch.Tensor, lr: torch.Tensor, region: int = 24, period: int = 3) -> torch.Tensor:
@@ -61,13 +60,12 @@ def grid_map(sr: torch.Tensor, lr: torch.Tensor, region: int = 24, period: int =
     same residual against the bilinear upsampling of the LR."""
     if region % period:
         raise ValueError(f"region {region} must be a multiple of the patch period {period}")
-    sr = sr.clamp(0, 1)[None].double()
-    res = sr - F.interpolate(lr.double(), size=sr.shape[-2:], mode="bilinear", align_corners=False)
+    res = grid_residual(sr.clamp(0, 1)[None], lr)
     H, W = res.shape[-2:]
     rows, cols = max(1, H // region), max(1, W // region)
     tiles = res[..., :rows * region, :cols * region].unfold(2, region, region).unfold(3, region, region)
     tiles = tiles[0].permute(1, 2, 0, 3, 4).reshape(rows * cols, 3, region, region)
-    return grid_score(tiles).reshape(rows, cols).float()
+    return grid_score(tiles, period=period).reshape(rows, cols).float()
 
 
 def heat_figure(background: torch.Tensor, panels: list[tuple[str, torch.Tensor]], bar: str,

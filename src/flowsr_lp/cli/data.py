@@ -45,6 +45,6 @@ def run(args) -> int:
             if not args.prepare:
                 say(f"{name}: downloaded and verified; next: flowsr-lp data prepare {name} --root {args.root}")
         if args.data_command == "download" and args.prepare or args.data_command == "prepare":
-            prepare(name, args.root, progress)
+            prepare(name, args.root, progress, verified=fetched)  # each archive hashed once per call
             say(f"{name}: ready under {args.root}")
     return 0

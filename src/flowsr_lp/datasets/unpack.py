@@ -92,10 +92,12 @@ def is_prepared(target: Target, root: Path | str) -> bool:
 
 
 def prepare(name: str, root: Path | str = "data", progress: bool = True,
-            registry: dict[str, Dataset] | None = None) -> list[Path]:
+            registry: dict[str, Dataset] | None = None, verified: set[str] | None = None) -> list[Path]:
     """Extract data set `name` from ROOT/downloads/ into its folders under ROOT (see `registry.py`), after
     checking each archive's sha256 (published, or recorded on first use in ROOT/.checksums.json).
-    Folders already present are kept as they are. Returns the data set's folders."""
+    Archive names in `verified` were checked by the caller already (a download, or an earlier
+    data set sharing the archive); those checked here are added to it. Folders already present
+    are kept as they are. Returns the data set's folders."""
     ds, root = resolve(name, registry), Path(root)
     todo = [t for t in ds.targets if not is_prepared(t, root)]
     for t in ds.targets:
@@ -110,6 +112,9 @@ def prepare(name: str, root: Path | str = "data", progress: bool = True,
                         f"{ds.name}` or download by hand into that folder")
     for archive in dict.fromkeys(t.archive for t in todo):
         path = downloads_dir(root) / archive
-        verify(ds.file(archive), root, path, progress=progress)
+        if verified is None or archive not in verified:
+            verify(ds.file(archive), root, path, progress=progress)
+            if verified is not None:
+                verified.add(archive)
         _extract(path, [t for t in todo if t.archive == archive], root, progress)
     return [root / t.dest for t in ds.targets]

@@ -11,11 +11,11 @@ from .resolve import resolve
 
 def convert(spec: str | Path, out: str | Path, taps=None) -> tuple[Path, str]:
     """Write the flow or latent module `spec` (path, name, URL) to `out`; returns (out, kind)."""
+    if Path(out).suffix != ".safetensors":  # before any download
+        raise CheckpointError(f"{out}: the output must be a .safetensors file")
     path = resolve(spec)
     ck, meta = read_checkpoint(path)
     is_prior = (meta or {}).get("kind") == "prior" or (isinstance(ck, dict) and "prior_model" in ck)
-    if Path(out).suffix != ".safetensors":
-        raise CheckpointError(f"{out}: the output must be a .safetensors file")
     if is_prior:
         return save_prior(load_prior(path), out, converted_from=str(spec)), "prior"
     return save_flow(load_flow(path, taps=taps), out, converted_from=str(spec)), "flow"

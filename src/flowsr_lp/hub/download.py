@@ -8,7 +8,7 @@ import zipfile
 from pathlib import Path
 
 from ..downloader import DiskFull, Refused, Unreachable, accept, copy, discard, download, part_of, writing
-from ..errors import DownloadError, ModelNotFoundError
+from ..errors import DownloadError, ModelNotFoundError, first_line
 from .cache import make_dir, record
 
 RETRIES = 3        # consecutive tries without progress before giving up
@@ -41,8 +41,7 @@ def _gdrive(file_id: str, part: Path, progress: bool) -> None:
     except (gdown.exceptions.DownloadError, ValueError, OSError) as e:  # requests' errors are OSErrors
         if isinstance(e, OSError) or isinstance(e.__cause__, OSError):  # no connection (after gdown's retries)
             raise Unreachable(source, type(e.__cause__ or e).__name__) from None
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]  # e.g. Drive's download quota
-        raise Refused(f"Google Drive file {file_id}: {lines[0] if lines else type(e).__name__}") from None
+        raise Refused(f"Google Drive file {file_id}: {first_line(e)}") from None  # e.g. Drive's download quota
     if out is None or not part.is_file():
         raise DownloadError(f"Google Drive file {file_id}: nothing was downloaded")
 

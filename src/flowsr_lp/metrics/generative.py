@@ -25,6 +25,15 @@ def diversity(samples: torch.Tensor) -> torch.Tensor:
     return samples.double().std(0).flatten(1).mean(1)
 
 
+def grid_residual(sr: torch.Tensor, lr: torch.Tensor | None) -> torch.Tensor:
+    """What `grid_score` scores, in float64: sr minus the bilinear upsampling of `lr` (the
+    part the flow generates), or sr itself without `lr`."""
+    x = sr.double()
+    if lr is None:
+        return x
+    return x - F.interpolate(lr.double(), size=sr.shape[-2:], mode="bilinear", align_corners=False)
+
+
 def grid_score(sr: torch.Tensor, lr: torch.Tensor | None = None, period: int = 3) -> torch.Tensor:
     """Grid artifacts: how many gray levels (of 255) more the image jumps between
     neighbouring pixels across the borders of a `period`-pixel patch grid than between
@@ -38,9 +47,7 @@ def grid_score(sr: torch.Tensor, lr: torch.Tensor | None = None, period: int = 3
     independently sampled 3x3 patches score well above (see tests). A difference, not a
     ratio: a ratio would score a noisy image with strong seams near 1 (its inside jumps are
     large too) and a smooth image with faint seams high. B x 3 x H x W in [0, 1] -> (B,)."""
-    x = sr.double()
-    if lr is not None:
-        x = x - F.interpolate(lr.double(), size=sr.shape[-2:], mode="bilinear", align_corners=False)
+    x = grid_residual(sr, lr)
     border, inner = [], []
     for dim in (-1, -2):
         d = x.diff(dim=dim).abs()
