@@ -223,6 +223,28 @@ def test_interrupted_download_resumes_from_part_file_on_next_run(server, archive
     assert not (dl / "DIV2K_valid_HR.zip.part").exists()
 
 
+@pytest.mark.parametrize("how", ["whole", "cut in this run", "cut in an earlier run", "no range support"])
+def test_downloads_are_hashed_while_written_not_read_again(server, archives, tmp_path, monkeypatch, how):
+    """The sha256 recorded (or checked) is the file's, also after resuming or restarting, and
+    comes from hashing the bytes as they arrive: a complete download is not read again."""
+    from flowsr_lp import downloader
+    monkeypatch.setattr(fetch, "RETRIES", 0 if how == "cut in an earlier run" else fetch.RETRIES)
+    data = archives["benchmark.tar"]
+    if how != "whole":
+        server.cuts, server.cut_after = 1, len(data) // 3
+    if how == "no range support":
+        server.ranges = False
+    if how == "cut in an earlier run":
+        with pytest.raises(DataError, match="run again to resume"):
+            download("benchmark", tmp_path, mirror=server.url, progress=False)
+    reads = []
+    monkeypatch.setattr(downloader, "digests", lambda path, *a, **k: reads.append(path) or {})
+    (path,) = download("benchmark", tmp_path, mirror=server.url, progress=False)
+    assert path.read_bytes() == data and reads == []
+    table = json.loads((tmp_path / ".checksums.json").read_text())
+    assert table["benchmark.tar"]["sha256"] == hashlib.sha256(data).hexdigest()
+
+
 def test_server_without_range_support_restarts(server, archives, tmp_path):
     server.ranges = False
     dl = tmp_path / "downloads"

@@ -75,7 +75,7 @@ def digests(path: Path, progress: bool = False, algorithms=tuple(_HASHERS)) -> d
     id, sha1 of b'blob <size>\\0' + content), in one pass; only those asked for are computed."""
     size = path.stat().st_size
     hashers = {a: _HASHERS[a](size) for a in algorithms}
-    with open(path, "rb") as f, tqdm(total=size, desc=f"sha256 {path.name}", unit="B", unit_scale=True,
+    with open(path, "rb") as f, tqdm(total=size, desc=f"{'/'.join(algorithms)} {path.name}", unit="B", unit_scale=True,
                                      unit_divisor=1024, file=sys.stderr, leave=False, disable=not progress) as bar:
         while chunk := f.read(CHUNK):
             for h in hashers.values():
@@ -88,7 +88,10 @@ def check(path: Path, expected: str, what: str, origin: str | None = None, progr
     """Raise DownloadError unless `path` has the checksum `expected` ('<algorithm>:<hex>');
     `origin` says where `expected` comes from (published, recorded ...)."""
     algo, _, want = expected.partition(":")
-    got = digests(path, progress, (algo,))[algo]
+    _compare(algo, digests(path, progress, (algo,))[algo], want, what, origin)
+
+
+def _compare(algo: str, got: str, want: str, what: str, origin: str | None) -> None:
     if got != want.lower():
         raise DownloadError(f"{what}: {algo} mismatch: expected {want}{f' ({origin})' if origin else ''}, "
                             f"got {got}")
@@ -159,31 +162,62 @@ def _write(f, chunk: bytes) -> None:
     f.write(chunk)
 
 
-def copy(src, part: Path) -> None:
-    """Write the readable binary stream `src` to `part`."""
+def copy(src, part: Path) -> str:
+    """Write the readable binary stream `src` to `part`; returns its sha256."""
+    h = hashlib.sha256()
     with writing(part), open(part, "wb") as out:
         while chunk := src.read(CHUNK):
             _write(out, chunk)
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class _RunningHash:
+    """The sha256 of a `.part` file's first `pos` bytes, kept while it is being written."""
+
+    def __init__(self):
+        self.h, self.pos = hashlib.sha256(), 0
+
+    def start_at(self, part: Path, offset: int) -> None:
+        """Continue from byte `offset` of `part` (rehashing its prefix when not already here)."""
+        if self.pos == offset:
+            return
+        self.h, self.pos = hashlib.sha256(), 0
+        if offset:
+            with open(part, "rb") as f:
+                while self.pos < offset and (chunk := f.read(min(CHUNK, offset - self.pos))):
+                    self.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        self.h.update(chunk)
+        self.pos += len(chunk)
 
 
 def verify(path: Path, expected: str | None, first_use: Callable[[str], None], *, size: int | None = None,
-           what: str | None = None, origin: str | None = None, progress: bool = False) -> None:
+           what: str | None = None, origin: str | None = None, progress: bool = False,
+           sha256: str | None = None) -> None:
     """Check `path` against its size (where known) and the checksum `expected` ('<algo>:<hex>';
-    `origin`: where it comes from); without one, `first_use(sha256)` records its digest."""
+    `origin`: where it comes from); without one, `first_use(sha256)` records its digest.
+    `sha256`: the file's digest when already known (hashed while downloading): not read again."""
     what = what or str(path)
     if size is not None and (got := path.stat().st_size) != size:
         raise DownloadError(f"{what}: {got} bytes, expected {size}: incomplete, or not the published file")
-    if expected:
-        check(path, expected, what, origin, progress)
+    if sha256 is None and (not expected or expected.startswith("sha256:")):
+        sha256 = digests(path, progress, ("sha256",))["sha256"]
+    if not expected:
+        first_use(sha256)
+    elif expected.startswith("sha256:"):
+        _compare("sha256", sha256, expected.partition(":")[2], what, origin)
     else:
-        first_use(digests(path, progress, ("sha256",))["sha256"])
+        check(path, expected, what, origin, progress)
 
 
 def accept(part: Path, dest: Path, expected: str | None, first_use: Callable[[str], None], *,
-           size: int | None = None, origin: str | None = None, progress: bool = False) -> Path:
+           size: int | None = None, origin: str | None = None, progress: bool = False,
+           sha256: str | None = None) -> Path:
     """Move a complete `part` to `dest` once `verify` passes; otherwise delete it."""
     try:
-        verify(part, expected, first_use, size=size, what=str(dest), origin=origin, progress=progress)
+        verify(part, expected, first_use, size=size, what=str(dest), origin=origin, progress=progress, sha256=sha256)
     except DownloadError as e:
         discard(part)
         raise DownloadError(f"{e}; the download was deleted, run again to download it afresh") from None
@@ -223,8 +257,9 @@ def _open(url: str, offset: int, validator: str | None, timeout_s: float):
         raise _Retry(_reason(e), connecting=True) from None
 
 
-def _once(url: str, part: Path, size: int | None, timeout_s: float, progress: bool) -> None:
-    """One try: continue `part` towards the whole file; raise _Retry when the try broke."""
+def _once(url: str, part: Path, size: int | None, timeout_s: float, progress: bool, running: _RunningHash) -> None:
+    """One try: continue `part` towards the whole file (hashing it into `running`); raise
+    _Retry when the try broke."""
     offset = part.stat().st_size if part.exists() else 0
     meta = _meta(part)
     validator = json.loads(meta.read_text()).get("validator") if offset and meta.exists() else None
@@ -232,6 +267,7 @@ def _once(url: str, part: Path, size: int | None, timeout_s: float, progress: bo
     with _open(url, offset, validator, timeout_s) as resp:
         if resp.status == 416:  # nothing left to send: complete already, or a part that does not fit
             if resp.headers.get("Content-Range", "").rpartition("/")[2] == str(offset):
+                running.start_at(part, offset)
                 return
             discard(part)
             raise _Retry("the server cannot resume this partial file; starting again")
@@ -250,6 +286,7 @@ def _once(url: str, part: Path, size: int | None, timeout_s: float, progress: bo
         if total is not None and shutil.disk_usage(part.parent).free < total - offset:
             raise DiskFull(f"disk full: {part.parent} has less than the {total - offset} bytes {name} needs")
         done = offset
+        running.start_at(part, offset)
         with writing(part), open(part, "ab" if offset else "wb") as f, \
                 tqdm(total=total, initial=offset, desc=name, unit="B", unit_scale=True, unit_divisor=1024,
                      file=sys.stderr, disable=not progress, dynamic_ncols=True) as bar:
@@ -261,6 +298,7 @@ def _once(url: str, part: Path, size: int | None, timeout_s: float, progress: bo
                 if not chunk:
                     break
                 _write(f, chunk)
+                running.update(chunk)
                 done += len(chunk)
                 bar.update(len(chunk))
     if total is not None and done < total:
@@ -268,16 +306,19 @@ def _once(url: str, part: Path, size: int | None, timeout_s: float, progress: bo
 
 
 def download(url: str, part: Path, *, retries: int, backoff_s: float, timeout_s: float, size: int | None = None,
-             progress: bool = True) -> None:
-    """Make `part` the whole file at `url`, resuming from what is there. A try that breaks is
+             progress: bool = True) -> str:
+    """Make `part` the whole file at `url`, resuming from what is there; returns its sha256
+    (hashed as it is written, so `accept` need not read it again). A try that breaks is
     retried after backoff_s * 2**(k - 1) s; `retries` tries in a row without progress give up.
     Raises Unreachable, Refused, DiskFull or DownloadError; `size` (bytes), where known, refuses
     a server that offers another length."""
-    failures = 0
+    failures, running = 0, _RunningHash()
     while True:
         before = part.stat().st_size if part.exists() else 0
         try:
-            return _once(url, part, size, timeout_s, progress)
+            _once(url, part, size, timeout_s, progress, running)
+            running.start_at(part, part.stat().st_size)  # a no-op unless the file was not all seen
+            return running.h.hexdigest()
         except _Retry as e:
             failures = 1 if part.exists() and part.stat().st_size > before else failures + 1
             if failures > retries:

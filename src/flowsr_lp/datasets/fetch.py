@@ -81,10 +81,11 @@ def fetch(entry: RemoteFile, root: Path | str, name: str, mirror: str | None = N
     say(f"{entry.name}: resuming {url} from byte {part.stat().st_size}" if part.exists()
         else f"{entry.name}: downloading {url}")
     with _as_data_error(f"download {url} by hand into {downloads_dir(root)}/ and run `flowsr-lp data prepare {name}`"):
-        download_url(url, part, retries=RETRIES, backoff_s=BACKOFF_S, timeout_s=TIMEOUT_S, size=entry.size,
-                     progress=progress)
+        sha256 = download_url(url, part, retries=RETRIES, backoff_s=BACKOFF_S, timeout_s=TIMEOUT_S,
+                              size=entry.size, progress=progress)
         expected, origin, first_use = _policy(entry, root, part, url)
-        return accept(part, dest, expected, first_use, size=entry.size, origin=origin, progress=progress)
+        return accept(part, dest, expected, first_use, size=entry.size, origin=origin, progress=progress,
+                      sha256=sha256)
 
 
 def download(name: str, root: Path | str = "data", mirror: str | None = None, progress: bool = True,

@@ -46,9 +46,10 @@ def _gdrive(file_id: str, part: Path, progress: bool) -> None:
         raise DownloadError(f"Google Drive file {file_id}: nothing was downloaded")
 
 
-def _accept(part: Path, dest: Path, expected: str | None, source: str) -> Path:
-    """`dest` from `part` once it has the pinned checksum (or its sha256 recorded on first use)."""
-    return accept(part, dest, expected, lambda sha256: record(dest, sha256, source))
+def _accept(part: Path, dest: Path, expected: str | None, source: str, sha256: str | None = None) -> Path:
+    """`dest` from `part` once it has the pinned checksum (or its sha256 recorded on first use);
+    `sha256`: the part's digest when it was hashed while written."""
+    return accept(part, dest, expected, lambda digest: record(dest, digest, source), sha256=sha256)
 
 
 def fetch(dest: Path, expected: str | None, *, url: str | None = None, gdrive: str | None = None,
@@ -57,12 +58,13 @@ def fetch(dest: Path, expected: str | None, *, url: str | None = None, gdrive: s
     against `expected` ('<algo>:<hex>'; None: record its sha256)."""
     part = part_of(make_dir(dest.parent) / dest.name)
     source = url or f"https://drive.google.com/file/d/{gdrive}/view"
+    sha256 = None  # gdown writes the file itself: hashed after
     with _hints(dest, source):
         if gdrive:
             _gdrive(gdrive, part, progress)
         else:
-            download(url, part, retries=RETRIES, backoff_s=BACKOFF_S, timeout_s=TIMEOUT_S, progress=progress)
-    return _accept(part, dest, expected, source)
+            sha256 = download(url, part, retries=RETRIES, backoff_s=BACKOFF_S, timeout_s=TIMEOUT_S, progress=progress)
+    return _accept(part, dest, expected, source, sha256)
 
 
 def extract(archive: Path, member: str, dest: Path, expected: str | None) -> Path:
@@ -76,8 +78,8 @@ def extract(archive: Path, member: str, dest: Path, expected: str | None) -> Pat
                 raise DownloadError(f"{archive}: no member {member} in the archive (it holds "
                                     f"{', '.join(held[:8]) or 'nothing'}{', ...' if len(held) > 8 else ''})")
             with z.open(names[0]) as src:
-                copy(src, part)
+                sha256 = copy(src, part)
     except (zipfile.BadZipFile, EOFError) as e:
         discard(part)
         raise DownloadError(f"{archive}: not a readable zip archive ({e}); delete it to download it again") from None
-    return _accept(part, dest, expected, f"{archive.name}:{member}")
+    return _accept(part, dest, expected, f"{archive.name}:{member}", sha256)
