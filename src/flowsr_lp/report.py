@@ -42,7 +42,8 @@ def save_crops(out_dir: Path, dataset: str, image: str, scale: float, hr, lr, sh
     top, left = detail_window(hr, size)
     folder = Path(out_dir) / "crops"
     tag = f"{label}_{dataset}_{image}_x{scale:g}".strip("_").replace("/", "_").replace(" ", "_")
-    panels = {"HR": hr, "bicubic": bicubic(lr, tuple(hr.shape[-2:])), **shown}
+    made = {} if "bicubic" in shown else {"bicubic": bicubic(lr, tuple(hr.shape[-2:]))}  # evaluate --bicubic made it
+    panels = {"HR": hr, **made, **shown}
     entry = {"dataset": dataset, "image": image, "scale": scale, "label": label, "panels": {}}
     for name, img in panels.items():
         crop = img[0, :, top : top + size, left : left + size]
