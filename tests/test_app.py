@@ -179,6 +179,21 @@ def test_models_load_once_and_each_queue_bounds_its_concurrency():
     assert other is not model and cache.loads == 2 and other.peak_running == 0
 
 
+def test_a_model_dropped_from_the_cache_still_serves_requests_holding_it():
+    cache = ModelCache("cpu", concurrency=1, max_models=1)
+    held = cache.get(LINF)
+    started, release = threading.Event(), threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(held.call, lambda: started.set() or release.wait(5) and "first")
+        assert started.wait(5)
+        cache.get(SRFLOW)  # drops LINF while a request runs on it
+        assert held.closed
+        release.set()
+        assert running.result() == "first"
+    assert held.call(lambda: "late") == "late"  # got the model before the drop, calls after it
+    assert held.running == 0 and held.waiting == 0
+
+
 def test_best_temperature_map(cache, tmp_path):
     path = photo(tmp_path / "hr.png", 72)
     r = service.best_temperatures(cache.get(LINF), path, service.Settings(scale=3), 1.0, crop=72, region=24)

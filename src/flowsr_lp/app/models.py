@@ -71,6 +71,7 @@ class LoadedModel:
         self.waiting = 0
         self.running = 0
         self.peak_running = 0
+        self.closed = False  # dropped from the cache: the workers stop once idle
 
     @property
     def fixed_scale(self) -> int | None:
@@ -92,9 +93,12 @@ class LoadedModel:
         with self._lock:
             ahead = self.running + self.waiting - self.concurrency + 1
             self.waiting += 1
+            if self._workers is None:  # dropped and idle, yet a request still holds this model
+                self._workers = ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"model-{self.choice.name}")
+            future = self._workers.submit(self._work, fn, args)
         if ahead > 0 and on_wait is not None:
             on_wait(ahead)
-        return self._workers.submit(self._work, fn, args).result()
+        return future.result()
 
     def _work(self, fn, args):
         with self._lock:
@@ -106,10 +110,19 @@ class LoadedModel:
         finally:
             with self._lock:
                 self.running -= 1
+                self._stop_if_idle()
 
     def close(self) -> None:
-        """No new work; requests already queued still finish."""
-        self._workers.shutdown(wait=False)
+        """Dropped from the cache: the worker threads end once no request runs or waits; a
+        request that already holds this model still runs."""
+        with self._lock:
+            self.closed = True
+            self._stop_if_idle()
+
+    def _stop_if_idle(self) -> None:  # with self._lock held
+        if self.closed and self._workers is not None and self.running + self.waiting == 0:
+            self._workers.shutdown(wait=False)
+            self._workers = None
 
 
 class ModelCache:
