@@ -50,4 +50,5 @@ print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     _, without = faults("plain")
     assert kept == "True"  # glibc (Linux): the setting took
     assert without >= 20 * 256  # the test sees the difference: fresh pages every cycle
-    assert 3 * with_setting < without, (with_setting, without)  # typically 0 or 1/4 of it
+    # typically none, at most about a third of them (the kernel may still reclaim heap pages)
+    assert 2 * with_setting < without, (with_setting, without)
