@@ -134,10 +134,11 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def inference_device(name: str) -> torch.device:
-    """`resolve_device`; on the CPU also sets the threads (the cores the machine's load leaves
-    free) and the allocator for inference (`configure_cpu`)."""
+def inference_device(name: str, threads: int | None = None) -> torch.device:
+    """`resolve_device`; on the CPU also sets the threads (`threads`, else OMP_NUM_THREADS or
+    a caller's torch.set_num_threads, else the cores idle now) and the allocator for
+    inference (`configure_cpu`)."""
     device = resolve_device(name)
     if device.type == "cpu":
-        configure_cpu()
+        configure_cpu(threads)
     return device

@@ -9,9 +9,11 @@ import argparse
 import logging
 import sys
 
+import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .. import __version__
+from ..cli_options import positive_int
 from ..errors import FlowSRError, first_line
 from . import app, data, demo, evaluate, models, temperature_map, train, upscale
 
@@ -59,19 +61,21 @@ def configure_logging(quiet: int = 0, verbose: int = 0) -> None:
     log.setLevel(logging.DEBUG if verbose > 0 else logging.WARNING if quiet > 1 else logging.INFO)
 
 
-def _verbosity_options(p: argparse.ArgumentParser, default) -> None:
+def _common_options(p: argparse.ArgumentParser, default, threads_default) -> None:
     p.add_argument("-q", "--quiet", action="count", default=default,
                    help="no progress bars; twice (-qq): warnings and errors only")
     p.add_argument("-v", "--verbose", action="count", default=default, help="more output (debug messages)")
+    p.add_argument("--threads", type=positive_int, default=threads_default, metavar="N",
+                   help="CPU threads (default: OMP_NUM_THREADS when set, else the cores idle at the start)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flowsr-lp", description="Flow-based super-resolution with learned priors "
                                      "(FlowSR-LP, CVPR 2024): LINF and SRFlow, sampling or learned prior.")
     parser.add_argument("--version", action="version", version=f"flowsr-lp {__version__}")
-    _verbosity_options(parser, 0)
-    common = argparse.ArgumentParser(add_help=False)  # -q/-v also after the command name
-    _verbosity_options(common, argparse.SUPPRESS)
+    _common_options(parser, 0, None)
+    common = argparse.ArgumentParser(add_help=False)  # -q/-v/--threads also after the command name
+    _common_options(common, argparse.SUPPRESS, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(sub, [common])
@@ -96,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.quiet, args.verbose)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if not getattr(args, "run", None):
         parser.print_help()
         return 2

@@ -33,7 +33,7 @@ def run(args) -> int:
         from ..app.ui import AppConfig, launch
     except ImportError as e:
         raise UsageError(f"the app needs Gradio: pip install 'flowsr-lp[app]' ({e})") from None
-    device = inference_device(args.device)
+    device = inference_device(args.device, args.threads)
     config = AppConfig(max_megapixels=args.max_megapixels, concurrency=args.concurrency,
                        device=str(device), max_models=args.max_models, precision=args.precision,
                        allow_local_paths=not args.share)

@@ -33,7 +33,7 @@ def run(args) -> int:
     missing = [n for n in BUNDLED if not bundled_path(n).is_file()]
     if missing:
         raise UsageError(f"bundled models missing from the installation: {', '.join(missing)}")
-    device = inference_device(args.device)
+    device = inference_device(args.device, args.threads)
     res = run_demo(Path(args.out), args.images, args.size, args.runs, str(device),
                    args.alexnet_weights, progress=not args.quiet, precision=args.precision)
     print(res["paths"]["markdown"].read_text())

@@ -34,6 +34,8 @@ def run(args) -> int:
         overrides.append(f"loss.perceptual={args.perceptual}")
     if args.device:
         overrides.append(f"run.device={args.device}")
+    if args.threads:
+        overrides.append(f"run.threads={args.threads}")  # the recipe's own would override --threads
     if args.resume and args.overwrite:
         raise UsageError("--resume continues the run in run.out, --overwrite replaces it: give one of them")
     train(load_config(args.config, overrides, args.task), resume=args.resume, overwrite=args.overwrite)

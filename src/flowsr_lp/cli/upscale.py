@@ -53,7 +53,7 @@ def run(args) -> int:
     if not inputs:
         raise UsageError("no input images found")
     outs = output_paths(inputs, Path(args.out))
-    device = inference_device(args.device)
+    device = inference_device(args.device, args.threads)
     flow, prior = load_models(args.flow, args.prior, device, args.taps)
     scale = args.scale
     fixed = getattr(flow, "fixed_scale", None)
