@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..checkpoints import load_flow, load_prior, read_checkpoint, save_flow, save_prior
+from ..checkpoints import checkpoint_kind, load_flow, load_prior, read_checkpoint, save_flow, save_prior
 from ..errors import CheckpointError
 from .resolve import resolve
 
@@ -15,7 +15,6 @@ def convert(spec: str | Path, out: str | Path, taps=None) -> tuple[Path, str]:
         raise CheckpointError(f"{out}: the output must be a .safetensors file")
     path = resolve(spec)
     ck, meta = read_checkpoint(path)
-    is_prior = (meta or {}).get("kind") == "prior" or (isinstance(ck, dict) and "prior_model" in ck)
-    if is_prior:
+    if checkpoint_kind(ck, meta) == "prior":
         return save_prior(load_prior(path), out, converted_from=str(spec)), "prior"
     return save_flow(load_flow(path, taps=taps), out, converted_from=str(spec)), "flow"
