@@ -119,3 +119,15 @@ def blocky_linf():
         flow.imnet.last._weight.copy_(torch.linalg.inv(smooth))  # decode applies its inverse
         flow.imnet.last.bias.zero_()
     return flow
+
+
+def explode_at_tau(monkeypatch, flow_class, tau: float = 10.0):
+    """Draws of `flow_class` at temperature `tau` (the largest the package accepts) become
+    1e30-sized latents: their inverse overflows to inf/NaN, as the real exploding inverse."""
+    real = flow_class.sample_latent
+
+    def sample_latent(self, ctx, t, generator=None):
+        latent = real(self, ctx, t, generator)
+        return tuple(z * 1e29 for z in latent) if t == tau else latent
+
+    monkeypatch.setattr(flow_class, "sample_latent", sample_latent)

@@ -11,9 +11,10 @@ import pytest
 from flowsr_lp import save_flow
 from flowsr_lp.cli import main
 from flowsr_lp.evaluate import resolve_dataset
+from flowsr_lp.flows.srflow import SRFlow
 
 from conftest import DATA
-from helpers import blocky_linf, natural_images, tiny_srflow
+from helpers import blocky_linf, explode_at_tau, natural_images, tiny_srflow
 
 
 @pytest.fixture(scope="module")
@@ -64,16 +65,17 @@ def test_tiny_evaluate_writes_every_output(tmp_path, set5_two, flow_file, capsys
     assert html.count("<img") == 1 + 2 * 2 * 4  # plot + (HR, bicubic, tau 0, tau 0.8) per image and scale
 
 
-def test_exploding_runs_are_counted_not_averaged(tmp_path, set5_two, capsys):
+def test_exploding_runs_are_counted_not_averaged(tmp_path, set5_two, capsys, monkeypatch):
+    explode_at_tau(monkeypatch, SRFlow)
     flow = str(save_flow(tiny_srflow(4), tmp_path / "s.safetensors"))
     out = tmp_path / "eval"
-    code = main(["evaluate", "--flow", flow, "--data", str(set5_two), "--scales", "2", "4", "--tau", "0.5", "1e30",
+    code = main(["evaluate", "--flow", flow, "--data", str(set5_two), "--scales", "2", "4", "--tau", "0.5", "10",
                  "--runs", "2", "--no-lpips", "--protocol", "srflow", "-o", str(out), "--device", "cpu"])
     assert code == 0, capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())
     assert any("fixed-scale x4" in n for n in summary["notes"])
     by_method = {e["method"]: e for e in summary["summary"]}
-    assert by_method["tau=1e+30"]["inf_rate"] == 100.0 and by_method["tau=1e+30"]["psnr"] is None
+    assert by_method["tau=10"]["inf_rate"] == 100.0 and by_method["tau=10"]["psnr"] is None
     assert by_method["tau=0.5"]["inf_rate"] == 0.0 and math.isfinite(by_method["tau=0.5"]["psnr"])
 
 

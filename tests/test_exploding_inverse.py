@@ -9,7 +9,7 @@ from flowsr_lp.cli import main
 from flowsr_lp.flows.srflow import SRFlow, SRFlowConfig
 from flowsr_lp.pipeline import finite_mask
 
-from helpers import tiny_srflow
+from helpers import explode_at_tau, tiny_srflow
 
 
 def _img(path, h=6, w=8):
@@ -25,12 +25,13 @@ def test_finite_mask_is_per_item_and_sees_what_clamping_hides():
     assert finite_mask(sr.clamp(0, 1)).tolist() == [True, True, False]  # clamping hides inf
 
 
-def test_huge_latent_explodes_and_is_detected():
+def test_huge_latent_explodes_and_is_detected(monkeypatch):
+    explode_at_tau(monkeypatch, SRFlow)
     flow = tiny_srflow(4)
     res = SuperResolver(flow)
     lr = torch.rand(2, 3, 6, 6)
     ok = res.upscale(lr, scale=4, tau=0.5, generator=torch.Generator().manual_seed(0))
-    bad = res.upscale(lr, scale=4, tau=1e30, generator=torch.Generator().manual_seed(0))
+    bad = res.upscale(lr, scale=4, tau=10, generator=torch.Generator().manual_seed(0))
     assert finite_mask(ok).all()
     assert not finite_mask(bad).any()
 
@@ -40,9 +41,10 @@ def srflow_file(tmp_path):
     return str(save_flow(tiny_srflow(4), tmp_path / "srflow.safetensors"))
 
 
-def test_cli_reports_and_writes_nothing(tmp_path, capsys, srflow_file):
+def test_cli_reports_and_writes_nothing(tmp_path, capsys, srflow_file, monkeypatch):
+    explode_at_tau(monkeypatch, SRFlow)
     src = _img(tmp_path / "a.png")
-    code = main(["upscale", "--quiet", str(src), "--flow", srflow_file, "--tau", "1e30", "--retries", "2",
+    code = main(["upscale", "--quiet", str(src), "--flow", srflow_file, "--tau", "10", "--retries", "2",
                  "-o", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 1

@@ -1,16 +1,18 @@
-"""Hostile inputs to the Python API (issue 11, items 4 and 9): every misuse is a TypeError or
-ValueError that says what was expected, raised at once; uint8 and float64/float16 inputs
-are converted instead of giving garbage or failing deep inside a convolution."""
+"""Hostile inputs to the Python API (issue 11, items 4 and 9; issue 21, item 3): every misuse is a
+TypeError or ValueError that says what was expected, raised at once; uint8 and float64/float16
+inputs are converted instead of giving garbage or failing deep inside a convolution."""
 import time
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from flowsr_lp import SuperResolver
-from flowsr_lp.pipeline import MAX_OUTPUT_PIXELS
+from flowsr_lp import SuperResolver, TemperatureSampling
+from flowsr_lp.errors import ImageError, UsageError
+from flowsr_lp.pipeline import MAX_OUTPUT_PIXELS, as_lr_batch
 
-from helpers import tiny_linf, tiny_srflow
+from helpers import tiny_linf, tiny_linf_prior, tiny_srflow
 
 
 @pytest.fixture(scope="module")
@@ -195,3 +197,70 @@ def test_decode_converts_a_float64_latent(flow):
     _, ctx = _ctx(flow)
     latent = flow.sample_latent(ctx, 0.5, torch.Generator().manual_seed(0))
     torch.testing.assert_close(flow.decode(tuple(z.double() for z in latent), ctx), flow.decode(latent, ctx))
+
+
+# ---- issue 21, item 3: one documented outcome per case ----------------------------------------
+@pytest.mark.parametrize("tau", [-1, -1e-9, 10.001, 1e6, float("nan"), float("inf"), "0.5", True],
+                         ids=["-1", "tiny-negative", "over-10", "1e6", "nan", "inf", "string", "bool"])
+def test_tau_must_be_a_finite_number_in_0_to_10(linf, tau):
+    with pytest.raises(ValueError, match="tau must be a finite number in \\[0, 10\\]"):
+        TemperatureSampling(tau)
+    with pytest.raises(ValueError, match="tau"):
+        SuperResolver(linf).upscale(_lr(), scale=2, tau=tau)
+
+
+def test_tau_bounds_are_accepted(linf):
+    assert TemperatureSampling(0).tau == 0.0 and TemperatureSampling(10).tau == 10.0
+    assert TemperatureSampling(np.float32(0.5)).tau == 0.5 and TemperatureSampling().tau is None
+
+
+def test_upscale_with_a_prior_refuses_tau_and_names_it(linf):
+    res = SuperResolver(linf, tiny_linf_prior())
+    with pytest.raises(UsageError, match="tau=0.8 with a learned prior"):
+        res.upscale(_lr(), scale=2, tau=0.8)
+    torch.testing.assert_close(res.upscale(_lr(), scale=2), res(_lr(), scale=2).images, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("size_kw", [{"out_size": (14, 15)}, {"scale": 2}, {"scale": (2, 2.5)}])
+def test_upscale_is_a_wrapper_of_call(linf, size_kw):
+    res = SuperResolver(linf)
+    g = lambda: torch.Generator().manual_seed(4)  # noqa: E731
+    old = res.upscale(_lr(), **size_kw, tau=0.6, generator=g())
+    size = {"size": size_kw["out_size"]} if "out_size" in size_kw else size_kw
+    new = res(_lr(), **size, strategy=TemperatureSampling(0.6, generator=g())).images
+    torch.testing.assert_close(old, new, rtol=0, atol=0)
+    default = res.upscale(_lr(), scale=2)  # tau None: the flow's recommended temperature
+    assert default.shape == (1, 3, 12, 14) and torch.isfinite(default).all()
+
+
+def test_numpy_floats_must_be_in_0_1(linf):
+    res = SuperResolver(linf)
+    a = np.random.default_rng(0).random((6, 7, 3))
+    with pytest.raises(ValueError, match="divide 0..255 values by 255"):
+        res(a * 255, scale=2)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        res(np.where(a > 0.5, np.nan, a), scale=2)
+    ref = res(a.astype(np.float32), scale=2, strategy=TemperatureSampling(0.5, seed=1)).output
+    for dtype in (np.float64, np.float16):  # cast to float32
+        out = res(a.astype(dtype), scale=2, strategy=TemperatureSampling(0.5, seed=1)).output
+        assert out.dtype == np.float32
+        np.testing.assert_allclose(out, ref, atol=0.02 if dtype == np.float16 else 1e-5)
+
+
+def test_pil_i_modes_are_16_bit_and_f_is_0_1_never_guessed():
+    a16 = np.array([[0, 200], [40000, 65535]], dtype=np.int32)
+    for mode_arr in (a16.astype(np.uint16), a16):  # I;16 and I
+        t, _ = as_lr_batch(Image.fromarray(mode_arr))
+        torch.testing.assert_close(t[0, 1], torch.from_numpy(a16 / 65535).float())
+    small = as_lr_batch(Image.fromarray(np.array([[0, 255]], np.int32)))[0]  # 8-bit values in mode I
+    assert small.max().item() == pytest.approx(255 / 65535)  # still 16-bit: no peak guessed from the pixels
+    f = np.array([[0.0, 0.25], [0.5, 1.0]], np.float32)
+    torch.testing.assert_close(as_lr_batch(Image.fromarray(f))[0][0, 2], torch.from_numpy(f))
+    for bad, mode, match in ((a16 * 2, "I", "mode I pixels must be in \\[0, 65535\\]"),
+                             (a16 - 1, "I", "got values in \\[-1"),
+                             (f * 255, "F", "mode F pixels must be in \\[0, 1\\]"),
+                             (np.where(f > 0.3, np.nan, f), "F", "NaN")):
+        im = Image.fromarray(bad)
+        assert im.mode == mode
+        with pytest.raises(ImageError, match=match):
+            as_lr_batch(im)

@@ -4,6 +4,7 @@ import errno
 import os
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,8 +43,8 @@ def assert_clean(err: str, n_errors: int = 1) -> list[str]:
 
 # ---- item 8: options are validated once, up front (exit 2, nothing written) -----------------------
 BAD_OPTIONS = [
-    ("--tau", "nan"), ("--tau", "inf"), ("--tau", "-0.5"), ("--tau", "warm"),
-    ("--max-megapixels", "nan"), ("--max-megapixels", "0"), ("--max-megapixels", "-3"), ("--max-megapixels", "inf"),
+    ("--tau", "nan"), ("--tau", "inf"), ("--tau", "-0.5"), ("--tau", "warm"), ("--tau", "1e6"), ("--tau", "10.01"),
+    ("--threads", "0"), ("--max-megapixels", "nan"), ("--max-megapixels", "0"), ("--max-megapixels", "-3"), ("--max-megapixels", "inf"),
     ("--seed", "-1"), ("--seed", str(2**63)), ("--seed", "1.5"), ("--seed", "lucky"),
     ("--retries", "-1"), ("--prior-max-pixels", "0"),
     ("--scale", "nan"), ("--scale", "0"), ("--scale", "-2"), ("--scale", "inf"), ("--scale", "2,3,4"),
@@ -202,7 +203,7 @@ def evaluate(capsys, *args):
     return code, capsys.readouterr()
 
 
-BAD_EVAL_OPTIONS = [("--tau", "nan"), ("--tau", "inf"), ("--tau", "-1"), ("--scales", "nan"), ("--scales", "0"),
+BAD_EVAL_OPTIONS = [("--tau", "nan"), ("--tau", "inf"), ("--tau", "-1"), ("--tau", "1e6"), ("--scales", "nan"), ("--scales", "0"),
                     ("--scales", "inf"), ("--max-images", "0"), ("--max-images", "-2"), ("--runs", "0"),
                     ("--seed", "-5"), ("--report-images", "-1")]
 
@@ -224,14 +225,34 @@ def test_evaluate_reports_a_corrupt_image_and_finishes(tmp_path, capsys, models,
     (data / "HR" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n but then garbage")
     code, out = evaluate(capsys, "--flow", models[0], "--data", data, "--scales", "2", "--tau", "0.5",
                          "-o", tmp_path / "ev")
-    assert code == 0, out.err
+    assert code == 1, out.err  # some inputs failed; the report is still written
     assert "broken.png" in assert_clean(out.err)[0]
+    assert "1 input(s) could not be used" in out.err
     md = (tmp_path / "ev" / "table.md").read_text()
     assert "Mini x2 (2 images)" in md and "| tau=0.5 | 2 |" in md
     import json
 
     notes = json.loads((tmp_path / "ev" / "summary.json").read_text())["notes"]
     assert any("broken.png left out of every mean" in n for n in notes)
+
+
+@pytest.mark.parametrize("action", ["download", "prepare", "list"])
+def test_a_data_root_that_is_a_file_is_one_line_exit_2(tmp_path, capsys, action):
+    root = tmp_path / "afile"
+    root.write_text("not a folder")
+    assert main(["data", action, *(["benchmark"] if action != "list" else []), "--root", str(root)]) == 2
+    assert assert_clean(capsys.readouterr().err)[0] == f"flowsr-lp: error: --root {root}: not a folder"
+
+
+def test_an_os_error_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    """What the system refuses (here a folder that cannot be made) is one line, never a traceback."""
+    def refuse(*args, **kwargs):
+        raise NotADirectoryError(20, "Not a directory", str(tmp_path / "x" / "downloads"))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    assert main(["data", "download", "benchmark", "--root", str(tmp_path / "x")]) == 2
+    err = assert_clean(capsys.readouterr().err)[0]
+    assert err == f"flowsr-lp: error: {tmp_path / 'x' / 'downloads'}: Not a directory"
 
 
 def test_temperature_map_on_a_1x1_image_is_one_line(tmp_path, capsys, models):

@@ -5,9 +5,10 @@ import torch
 from PIL import Image
 
 from flowsr_lp.errors import UsageError
+from flowsr_lp.flows.srflow import SRFlow
 from flowsr_lp.pipeline import LearnedPrior, SuperResolver, TemperatureSampling, as_lr_batch
 
-from helpers import tiny_linf, tiny_linf_prior, tiny_srflow
+from helpers import explode_at_tau, tiny_linf, tiny_linf_prior, tiny_srflow
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +68,12 @@ def test_one_seed_is_one_unit_noise_at_every_temperature(resolver):
     assert TemperatureSampling(0).deterministic and not TemperatureSampling(0.1).deterministic
 
 
-def test_result_reports_non_finite_images_per_item():
+def test_result_reports_non_finite_images_per_item(monkeypatch):
+    explode_at_tau(monkeypatch, SRFlow)
     res = SuperResolver(tiny_srflow(4))
     lr = torch.rand(2, 3, 6, 6)
     ok = res(lr, strategy=TemperatureSampling(0.5, seed=0))  # fixed-scale flow: its own scale
-    bad = res(lr, strategy=TemperatureSampling(1e30, seed=0))
+    bad = res(lr, strategy=TemperatureSampling(10, seed=0))
     assert ok.images.shape == (2, 3, 24, 24) and ok.finite.tolist() == [True, True] and ok.all_finite
     assert bad.finite.tolist() == [False, False] and not bad.all_finite
     assert torch.isfinite(bad.clamped()).all() and bad.clamped().max() <= 1

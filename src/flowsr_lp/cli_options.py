@@ -4,12 +4,13 @@ import no sibling); library code does not import it."""
 from __future__ import annotations
 
 import argparse
-import math
 import re
 
 import torch
 
+from . import sizes
 from .errors import UsageError
+from .pipeline import MAX_TAU
 from .precision import PRECISIONS
 from .runtime import configure_cpu
 
@@ -41,8 +42,8 @@ def temperature(text: str) -> float:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid temperature {text!r}") from None
-    if not (v >= 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"temperature must be finite and >= 0, got {text!r}")
+    if not 0 <= v <= MAX_TAU:
+        raise argparse.ArgumentTypeError(f"temperature must be a finite number in [0, {MAX_TAU:g}], got {text!r}")
     return v
 
 
@@ -81,10 +82,11 @@ def parse_taps(text: str) -> list[int]:
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    m = re.fullmatch(r"\s*(\d+)\s*[xX,]\s*(\d+)\s*", text)
-    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
-        raise argparse.ArgumentTypeError(f"invalid size {text!r} (expected HxW with positive integers)")
-    return int(m.group(1)), int(m.group(2))
+    """`sizes.parse_size`: the grammar the app shares."""
+    try:
+        return sizes.parse_size(text)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_device(p: argparse.ArgumentParser) -> None:

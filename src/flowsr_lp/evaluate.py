@@ -24,6 +24,7 @@ from .tiles import batch_limit
 log = logging.getLogger(__name__)
 
 DATA_ROOTS_ENV = "FLOWSR_LP_DATA"
+LEFT_OUT = "left out of every mean"  # in the note of each unreadable input (the CLI then exits 1)
 METRICS = ("psnr", "ssim", "lpips", "lr_psnr", "grid")
 
 
@@ -170,7 +171,7 @@ def evaluate(flow, prior, opts: EvalOptions, out_dir: Path, rank: int = 0, world
         except (ImageError, ValueError) as e:  # a corrupt or unusable image: say so, go on with the others
             msg = " ".join(str(e).split())
             log.error("%s", msg)
-            notes.append(f"{ds.name} x{scale:g}: {path.name} left out of every mean: {msg}")
+            notes.append(f"{ds.name} x{scale:g}: {path.name} {LEFT_OUT}: {msg}")
             bar.update()
             continue
         key = (tuple(lr.shape[-2:]), tuple(hr.shape[-2:]))

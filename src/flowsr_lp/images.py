@@ -127,15 +127,21 @@ def load_rgb_uint8(path: str | Path, max_pixels: int | None = MAX_DECODE_PIXELS)
 
 
 def rgb_array(im: Image.Image, notes: list[str]) -> np.ndarray:
-    """Any PIL mode -> H x W x 3: uint8 for 8-bit modes, float32 in [0, 1] for 16-bit and
-    32-bit ones (a plain convert("RGB") would clip them); what was converted goes to `notes`."""
+    """Any PIL mode -> H x W x 3: uint8 for 8-bit modes, float32 in [0, 1] for the others (a
+    plain convert("RGB") would clip them); what was converted goes to `notes`. The range is
+    the mode's, never guessed from the pixels: I;16* and I are 16-bit (0..65535), F must be
+    in [0, 1]; values outside it are an `ImageError`."""
     mode = im.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         a = np.asarray(im).astype(np.float64)
-        peak = 65535.0 if mode.startswith("I;16") or a.max() > 255 else 255.0
-        notes.append(f"{'16-bit' if peak > 255 else mode} grayscale converted to RGB")
-        a = np.clip(a / peak, 0, 1).astype(np.float32)
-        return np.repeat(a[:, :, None], 3, axis=2)
+        peak = 1.0 if mode == "F" else 65535.0
+        if a.size and not (np.isfinite(a).all() and 0 <= a.min() and a.max() <= peak):
+            lo, hi = np.nanmin(a), np.nanmax(a)
+            raise ImageError(f"mode {mode} pixels must be in [0, {peak:g}] ({'float' if mode == 'F' else '16-bit'}"
+                             f" grayscale), got values in [{lo:g}, {hi:g}]"
+                             + ("" if np.isfinite(a).all() else " and NaN or inf"))
+        notes.append(f"{'32-bit float' if mode == 'F' else '16-bit'} grayscale converted to RGB")
+        return np.repeat((a / peak).astype(np.float32)[:, :, None], 3, axis=2)
     if mode in ("P", "PA"):
         has_alpha = mode == "PA" or "transparency" in im.info
         notes.append("palette image converted to RGB")

@@ -79,7 +79,7 @@ def as_lr_batch(image: ImageLike) -> tuple[torch.Tensor, str]:
     or "numpy-float"). Tensors: 3 x h x w or B x 3 x h x w, float in [0, 1] or uint8. PIL: any
     mode, converted to RGB. numpy: h x w x 3 (or h x w gray), uint8 / uint16 or float in [0, 1]."""
     if isinstance(image, Image.Image):
-        arr = rgb_array(image, [])  # the file reader's conversion: 16-bit modes keep their range
+        arr = rgb_array(image, [])  # the file reader's conversion: I;16 / I are 0..65535, F is [0, 1]
         t = torch.from_numpy(np.array(arr)).permute(2, 0, 1)[None].float()
         return (t / 255 if arr.dtype == np.uint8 else t), "pil"
     if isinstance(image, np.ndarray):
@@ -89,10 +89,10 @@ def as_lr_batch(image: ImageLike) -> tuple[torch.Tensor, str]:
         if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.size == 0:
             raise UsageError(f"numpy image must be H x W x 3 (or H x W), got shape {image.shape}")
         arr = arr[:, :, :3]
-        kind = "numpy-float" if arr.dtype.kind == "f" else "numpy-uint8"
-        peak = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(arr.dtype, 1.0)
-        t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].float() / peak
-        return t, kind
+        t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None]
+        if arr.dtype.kind == "f":
+            return _checked_range(t).float(), "numpy-float"
+        return t.float() / (255.0 if arr.dtype == np.uint8 else 65535.0), "numpy-uint8"
     if isinstance(image, torch.Tensor):
         kind = "tensor3" if image.dim() == 3 else "tensor"
         t = image[None] if image.dim() == 3 else image
@@ -104,20 +104,34 @@ def as_lr_batch(image: ImageLike) -> tuple[torch.Tensor, str]:
             return t.float() / 255, kind
         if not t.is_floating_point():
             raise TypeError(f"image tensor must be float in [0, 1] or uint8, got {t.dtype}")
-        return _checked_range(t), kind
+        return _checked_range(t).float(), kind  # float64 / float16 / bfloat16 cast to float32
     raise UsageError(f"unsupported image type {type(image).__name__} (expected a tensor, PIL image or numpy array)")
 
 
 def _checked_range(t: torch.Tensor) -> torch.Tensor:
-    """Float pixels must be finite and in [0, 1] (a little overshoot, as resampling makes, is
-    fine); 0..255 floats would decode to garbage."""
+    """Float pixels (tensor or numpy) must be finite and in [0, 1] (a little overshoot, as
+    resampling makes, is fine); 0..255 floats would decode to garbage."""
     lo, hi = torch.aminmax(t.detach())
     if not (torch.isfinite(lo) and torch.isfinite(hi)):
-        raise UsageError("image tensor holds NaN or inf")
+        raise UsageError("image holds NaN or inf")
     if lo < -0.5 or hi > 1.5:
-        raise UsageError(f"image tensor values span [{lo.item():.3g}, {hi.item():.3g}]; expected floats in [0, 1]"
+        raise UsageError(f"image values span [{lo.item():.3g}, {hi.item():.3g}]; expected floats in [0, 1]"
                          + (" (divide 0..255 values by 255)" if hi > 2 else ""))
     return t
+
+
+#: the largest temperature the package accepts (the flows' useful range ends near 1)
+MAX_TAU = 10.0
+
+
+def checked_tau(tau: float | None) -> float | None:
+    """`tau` as a float, or None (the flow's recommended temperature); anything but a finite
+    number in [0, MAX_TAU] is a `UsageError` (a ValueError) naming tau."""
+    if tau is None:
+        return None
+    if isinstance(tau, bool) or not isinstance(tau, numbers.Real) or not 0 <= tau <= MAX_TAU:
+        raise UsageError(f"tau must be a finite number in [0, {MAX_TAU:g}], got {tau!r}")
+    return float(tau)
 
 
 @dataclass
@@ -181,6 +195,9 @@ class TemperatureSampling(LatentStrategy):
     tau: float | None = None
     seed: int | list[int] | None = None
     generator: torch.Generator | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        self.tau = checked_tau(self.tau)
 
     @property
     def deterministic(self) -> bool:
@@ -329,10 +346,16 @@ class SuperResolver:
     def upscale(self, lr: torch.Tensor, out_size: tuple[int, int] | None = None, *,
                 scale: float | tuple[float, float] | None = None, tau: float | None = None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
-        """LR (B x 3 x h x w in [0, 1]) -> SR, raw (unclamped; may hold inf/NaN when the
-        flow's inverse explodes: see `finite_mask`). `tau`/`generator` set the sampling when
-        there is no learned prior (and are ignored with one)."""
+        """The older call, kept: `self(lr, size=out_size | scale=scale, strategy=...).images`.
+        LR (B x 3 x h x w in [0, 1]) -> SR, raw (unclamped; may hold inf/NaN when the flow's
+        inverse explodes: see `finite_mask`). Without a learned prior it samples at `tau`
+        (None: the flow's recommended one) with noise from `generator`; with a prior the
+        prior's latent is decoded, and giving `tau` is a `UsageError` (sample with
+        `self(lr, ..., strategy=TemperatureSampling(tau))` instead)."""
         if (out_size is None) == (scale is None):
             raise ValueError("give exactly one of out_size and scale")
+        if tau is not None and self.prior is not None:
+            raise UsageError(f"tau={tau!r} with a learned prior: the prior's latent is not sampled at a temperature; "
+                             "call upscale without tau, or sample with strategy=TemperatureSampling(tau)")
         strategy = self.strategy if self.prior is not None else TemperatureSampling(tau, generator=generator)
         return self(lr, scale=scale, size=out_size, strategy=strategy).images

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
+from .. import sizes
 from ..data.resize import imresize
 from ..errors import ExplodingInverse, ImageError, UsageError
 from ..images import image_size, load_rgb_uint8, read_image, write_png
@@ -83,13 +83,10 @@ class Result:
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
-    """'512x768' (height x width) -> (512, 768); empty -> None."""
+    """'512x768' (height x width) -> (512, 768), the command line's grammar (`sizes`); empty -> None."""
     if not text or not text.strip():
         return None
-    m = re.fullmatch(r"\s*(\d+)\s*[x,X*]\s*(\d+)\s*", text)
-    if not m or min(int(m[1]), int(m[2])) < 1:
-        raise UsageError(f"output size {text!r}: expected HEIGHTxWIDTH, e.g. 512x768")
-    return int(m[1]), int(m[2])
+    return sizes.parse_size(text)
 
 
 def _local_name(e: ImageError, path: str | Path) -> ImageError:
@@ -123,7 +120,7 @@ def plan_size(model: LoadedModel, hw: tuple[int, int], s: Settings) -> tuple[tup
 
 
 def check_megapixels(hw: tuple[int, int], out: tuple[int, int], limit: float) -> None:
-    mp = max(hw[0] * hw[1], out[0] * out[1]) / 1e6
+    mp = max(sizes.megapixels(hw), sizes.megapixels(out))  # an upload counts too
     if mp > limit:
         raise ImageError(f"{hw[0]}x{hw[1]} -> {out[0]}x{out[1]} is {mp:.1f} MP, over this app's limit of "
                          f"{limit:g} MP: use a smaller image or scale")

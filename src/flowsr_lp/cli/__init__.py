@@ -24,6 +24,7 @@ COMMANDS = (demo, upscale, train, evaluate, temperature_map, data, models, app)
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (FlowSRError, 2),
     (FileNotFoundError, 2),
+    (OSError, 2),  # the system refused (not a folder, permission, disk full): one line, no traceback
     (KeyboardInterrupt, 130),
 )
 

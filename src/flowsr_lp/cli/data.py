@@ -1,10 +1,13 @@
 """`flowsr-lp data list|download|prepare`: training and benchmark data sets."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..datasets.fetch import download, say
 from ..datasets.listing import TOFU_NOTE, list_text
 from ..datasets.registry import REGISTRY, resolve
 from ..datasets.unpack import prepare
+from ..errors import UsageError
 
 
 def add_parser(sub, parents=()) -> None:
@@ -34,6 +37,8 @@ def add_parser(sub, parents=()) -> None:
 
 
 def run(args) -> int:
+    if Path(args.root).exists() and not Path(args.root).is_dir():
+        raise UsageError(f"--root {args.root}: not a folder")
     if args.data_command == "list":
         print(list_text(args.root))
         return 0

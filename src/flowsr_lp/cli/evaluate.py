@@ -14,7 +14,7 @@ from .. import __version__
 from ..checkpoints import load_flow, load_prior
 from ..distributed import finish, gather_objects, setup_distributed
 from ..errors import UsageError
-from ..evaluate import EvalOptions, evaluate, summarise
+from ..evaluate import LEFT_OUT, EvalOptions, evaluate, summarise
 from ..hub.resolve import flow_for_prior
 from ..report import write_outputs
 from ..cli_options import (add_device, add_precision, add_scales, add_taps, add_taus, count, positive_int,
@@ -92,4 +92,7 @@ def run(args) -> int:
     paths = write_outputs(out, rows, summary, crops, meta, notes, f"FlowSR-LP evaluation: {meta['description']}")
     print(paths["markdown"].read_text())
     print("written: " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
-    return 0
+    failed = sum(LEFT_OUT in n for n in notes)
+    if failed:
+        print(f"{failed} input(s) could not be used (see the error lines and the report's notes)", file=sys.stderr)
+    return 1 if failed else 0
