@@ -65,6 +65,27 @@ def test_lpips_with_given_alexnet_weights(tmp_path):
     assert lpips(a, a, tmp_path / "alexnet.pth").abs().max() < 1e-6
 
 
+def test_lpips_reads_weights_with_or_without_the_prefix_and_refuses_missing_layers(tmp_path):
+    from torchvision.models import alexnet
+
+    torch.manual_seed(1)
+    full = alexnet(weights=None).state_dict()
+    bare = {k.removeprefix("features."): v for k, v in full.items() if k.startswith("features.")}
+    torch.save(full, tmp_path / "full.pth")
+    torch.save(bare, tmp_path / "bare.pth")  # the backbone alone, without the prefix
+    a, b = torch.rand(1, 3, 48, 48), torch.rand(1, 3, 48, 48)
+    assert torch.equal(lpips(a, b, tmp_path / "full.pth"), lpips(a, b, tmp_path / "bare.pth"))
+    torch.save({k: v for k, v in full.items() if not k.startswith("features.8.")}, tmp_path / "no8.pth")
+    with pytest.raises(LPIPSUnavailable, match="no8.pth: AlexNet layer\\(s\\) features.8 missing"):
+        lpips(a, b, tmp_path / "no8.pth")
+    torch.save({**bare, "3.weight": bare["3.weight"][:, :10]}, tmp_path / "narrow.pth")
+    with pytest.raises(LPIPSUnavailable, match="features.3 missing or of another shape"):
+        lpips(a, b, tmp_path / "narrow.pth")
+    torch.save({"classifier.1.weight": full["classifier.1.weight"]}, tmp_path / "head.pth")
+    with pytest.raises(LPIPSUnavailable, match="features.0, features.3, features.6, features.8, features.10"):
+        lpips(a, b, tmp_path / "head.pth")
+
+
 @pytest.fixture
 def no_alexnet_weights(tmp_path, monkeypatch):
     """No weights anywhere, whatever ran before: no file named, an empty torch cache

@@ -36,6 +36,27 @@ def _alexnet_state(path: str | Path | None) -> dict:
         raise LPIPSUnavailable(f"{type(e).__name__}: {str(e)[:100]}. " + ALEXNET_HELP) from None
 
 
+def _load_backbone(net: torch.nn.Module, state: dict, source) -> None:
+    """Copy AlexNet's convolutions into LPIPS's slices (which keep torchvision's layer
+    indices). Keys may carry torchvision's `features.` prefix or not; every convolution must
+    be there with its shape, or the "LPIPS" would run on random features."""
+    feats = {k.removeprefix("features."): v for k, v in state.items()}
+    missing = []
+    for name, conv in net.named_modules():
+        if not (name.startswith("slice") and isinstance(conv, torch.nn.Conv2d)):
+            continue
+        idx = name.rsplit(".", 1)[-1]
+        weight, bias = feats.get(f"{idx}.weight"), feats.get(f"{idx}.bias")
+        if weight is None or bias is None or weight.shape != conv.weight.shape or bias.shape != conv.bias.shape:
+            missing.append(f"features.{idx}")
+            continue
+        conv.weight.data.copy_(weight)
+        conv.bias.data.copy_(bias)
+    if missing:
+        raise LPIPSUnavailable(f"{source}: AlexNet layer(s) {', '.join(missing)} missing or of another shape "
+                               "(not torchvision's AlexNet weights?). " + ALEXNET_HELP)
+
+
 def lpips_model(device: torch.device | str = "cpu", alexnet_weights: str | Path | None = None):
     """The LPIPS(alex, v0.1) network with ImageNet AlexNet features; cached per device/file."""
     key = (str(device), str(alexnet_weights or os.environ.get("FLOWSR_LP_ALEXNET", "")))
@@ -46,12 +67,7 @@ def lpips_model(device: torch.device | str = "cpu", alexnet_weights: str | Path 
             raise LPIPSUnavailable("the `lpips` package is not installed (pip install lpips)") from None
         state = _alexnet_state(alexnet_weights)
         model = lpips_pkg.LPIPS(net="alex", version="0.1", pnet_rand=True, verbose=False)  # no download here
-        feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
-        for name, module in model.net.named_modules():  # slices keep torchvision's layer indices
-            idx = name.rsplit(".", 1)[-1]
-            if f"{idx}.weight" in feats and name.startswith("slice"):
-                module.weight.data.copy_(feats[f"{idx}.weight"])
-                module.bias.data.copy_(feats[f"{idx}.bias"])
+        _load_backbone(model.net, state, alexnet_weights or os.environ.get("FLOWSR_LP_ALEXNET") or "torchvision")
         _MODELS[key] = model.eval().requires_grad_(False).to(device)
     return _MODELS[key]
 
