@@ -17,9 +17,9 @@ from .data.resize import imresize, modcrop
 from .errors import ImageError
 from .metrics import diversity, grid_score, lpips, lr_psnr, psnr, ssim, to_uint8_like_srflow
 from .metrics.perceptual import lpips_model
-from .pipeline import LatentStrategy, SuperResolver, TemperatureSampling, batched, bicubic
+from .pipeline import LatentStrategy, SRResult, SuperResolver, TemperatureSampling, batched, bicubic
 from .report import save_crops
-from .tiles import batch_limit
+from .tiles import batch_limit, release_cached_memory, tile_scale, tiled_result
 
 log = logging.getLogger(__name__)
 
@@ -187,14 +187,47 @@ def evaluate(flow, prior, opts: EvalOptions, out_dir: Path, rank: int = 0, world
     return rows, notes, crops
 
 
+def _upscaled(resolver: SuperResolver, items: list, plan, tiled: bool = False) -> dict | None:
+    """{method: one `SRResult` per run} of same-size pairs as one batch, or of one pair in
+    tiles; None when that ran out of memory (or the size cannot be tiled)."""
+    lr, size = torch.cat([it[5] for it in items]), tuple(items[0][4].shape[-2:])
+    try:
+        if not tiled:
+            prepared = resolver.prepare(lr, size=size)
+            return {m: [resolver.generate(prepared, batched(s, len(items))) for s in strategies]
+                    for m, _, strategies in plan}
+        scale = tile_scale(resolver, lr, size, above=0)
+        if scale is None:
+            return None
+        return {m: [_on(lr.device, tiled_result(resolver, lr, scale, s)) for s in strategies]
+                for m, _, strategies in plan}
+    except torch.OutOfMemoryError:
+        pass
+    release_cached_memory()  # outside the handler: its traceback no longer holds the tensors
+    return None
+
+
+def _on(device: torch.device, result: SRResult) -> SRResult:
+    return SRResult(result.images.to(device), result.finite, result.strategy)
+
+
 def _evaluate_batch(resolver: SuperResolver, items: list, opts: EvalOptions, out_dir: Path, rows: list,
                     crops: list, bar) -> None:
     """Rows and report crops of same-size pairs (ds, i, path, scale, hr, lr, lr_from),
     upscaled as one batch (each image seeded as when alone)."""
-    prepared = resolver.prepare(torch.cat([it[5] for it in items]), size=tuple(items[0][4].shape[-2:]))
     plan = methods(opts, resolver)
-    results = {m: [resolver.generate(prepared, batched(s, len(items))) for s in strategies]
-               for m, _, strategies in plan}
+    results = _upscaled(resolver, items, plan)
+    if results is None:  # out of memory: the images one by one, one alone in tiles
+        if len(items) > 1:
+            log.warning("out of memory upscaling %d images together; running them one by one", len(items))
+            for item in items:
+                _evaluate_batch(resolver, [item], opts, out_dir, rows, crops, bar)
+            return
+        results = _upscaled(resolver, items, plan, tiled=True)
+        if results is None:
+            log.error("%s x%g: %s out of memory even in tiles: left out", items[0][0].name, items[0][3], items[0][2].name)
+            bar.update()
+            return
     for k, (ds, i, path, scale, hr, lr, lr_from) in enumerate(items):
         base = {"dataset": ds.name, "image": path.stem, "scale": scale, "lr_source": lr_from}
         shown = {}

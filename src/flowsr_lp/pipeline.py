@@ -222,20 +222,26 @@ def batched(strategy: LatentStrategy, n: int) -> LatentStrategy:
 
 
 def check_prior_fits(flow: Flow, prior) -> None:
-    """Raise `UsageError` unless the latent module predicts latents of the flow's channels."""
+    """Raise `UsageError` unless the latent module predicts latents of the flow's channels
+    and sits on the flow's device."""
     if tuple(prior.latent_channels) != tuple(flow.latent_channels):
         raise UsageError(f"the latent module predicts latents of {list(prior.latent_channels)} channels but "
                          f"this {flow.kind} flow's latents have {list(flow.latent_channels)}: they do not belong "
                          "together")
+    flow_dev, prior_dev = next(flow.parameters()).device, next(prior.parameters()).device
+    if flow_dev != prior_dev:
+        raise UsageError(f"the latent module is on {prior_dev} but the flow is on {flow_dev}: move both to one "
+                         f"device (prior.to('{flow_dev}'))")
 
 
 class LearnedPrior(LatentStrategy):
     """FlowSR-LP: a latent module predicts the latent from the flow's initial prior (the
     latent of the upsampled LR) and the LR image.
 
-    The prior runs on the whole latent map unless the map has more than `max_pixels`
-    positions (default 2^20, about 3 GB of UNet dim-64 activations; an HR image of about 9 MP
-    with a 3x3 LINF); then it runs in overlapping `tile`-sized tiles blended together."""
+    The prior runs on the whole batch unless its latent maps hold more than `max_pixels`
+    positions together (default 2^20, about 3 GB of UNet dim-64 activations; an HR image of
+    about 9 MP with a 3x3 LINF); then on as many items at a time as fit, and a map larger
+    than that alone in overlapping `tile`-sized tiles blended together."""
 
     deterministic = True
 

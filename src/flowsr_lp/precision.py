@@ -10,6 +10,7 @@ import functools
 import logging
 import os
 import platform
+import threading
 from pathlib import Path
 
 import torch
@@ -61,9 +62,11 @@ def cpu_bf16_units() -> list[str]:
 
 
 def has_bf16_units(device: torch.device | str) -> bool:
+    """Whether `device` itself (not the current CUDA device) computes bf16 natively: CUDA
+    compute capability 8.0 (Ampere) or later, AMX / AVX512-BF16 on the CPU."""
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8
     if device.type == "cpu":
         return bool(cpu_bf16_units())
     return False
@@ -89,6 +92,10 @@ def resolve_precision(name: str | torch.dtype, device: torch.device | str) -> to
     is logged with its reason."""
     key = parse_precision(name)
     device = torch.device(device)
+    if key == "bf16" and device.type == "cuda" and not has_bf16_units(device):
+        raise UsageError(f"precision bf16: {device} has no bf16 support (compute capability "
+                         f"{'.'.join(map(str, torch.cuda.get_device_capability(device)))}, bf16 needs 8.0); "
+                         "use fp16 or fp32")
     if key != "auto":
         return _DTYPES[key]
     if has_bf16_units(device):
@@ -117,10 +124,58 @@ def reduced(dtype: torch.dtype, device: torch.device | str):
     return torch.autocast(device.type, dtype=dtype)
 
 
+class _ExactFloat32:
+    """TF32 off for float32 CUDA matmuls and cuDNN convolutions (cuDNN uses TF32 by default
+    on Ampere and later GPUs). The flags are process-wide: the first context to enter turns
+    TF32 off, the last to leave (in any thread) restores the flags as they were."""
+
+    FLAGS = (torch.backends.cuda.matmul, torch.backends.cudnn.conv)
+
+    def __init__(self):
+        self.lock, self.depth, self.saved = threading.Lock(), 0, ()
+
+    def __enter__(self):
+        with self.lock:
+            if self.depth == 0:
+                self.saved = tuple(f.fp32_precision for f in self.FLAGS)
+                for f in self.FLAGS:
+                    f.fp32_precision = "ieee"
+            self.depth += 1
+
+    def __exit__(self, *exc):
+        with self.lock:
+            self.depth -= 1
+            if self.depth == 0:
+                for f, v in zip(self.FLAGS, self.saved):
+                    f.fp32_precision = v
+
+
+#: `with exact_float32:` computes float32 as float32 on CUDA (no TF32)
+exact_float32 = _ExactFloat32()
+
+
+@contextlib.contextmanager
 def full_precision(device: torch.device | str):
-    """Autocast switched off: for the flows' invertible transforms (cast their inputs to
-    float32 as they enter)."""
-    return torch.autocast(torch.device(device).type, enabled=False)
+    """Autocast switched off and TF32 off (`exact_float32`): for the flows' invertible
+    transforms (cast their inputs to float32 as they enter)."""
+    with torch.autocast(torch.device(device).type, enabled=False), exact_float32:
+        yield
+
+
+#: device types without float64 arithmetic: float64 work on their tensors runs on the CPU
+NO_FLOAT64 = frozenset({"mps"})
+
+
+def float64_device(device: torch.device | str) -> torch.device:
+    """Where float64 work on `device`'s tensors runs: the device itself, or the CPU for a
+    device without float64 (MPS)."""
+    device = torch.device(device)
+    return torch.device("cpu") if device.type in NO_FLOAT64 else device
+
+
+def to_float64(x: torch.Tensor) -> torch.Tensor:
+    """`x` in float64, moved to the CPU when its device has no float64 (`float64_device`)."""
+    return x.to(float64_device(x.device), torch.float64)
 
 
 def _to_float32(a):

@@ -21,6 +21,13 @@ from .pipeline import SRResult, SuperResolver, TemperatureSampling, finite_mask
 log = logging.getLogger(__name__)
 
 
+def release_cached_memory() -> None:
+    """After an out-of-memory: hand the blocks PyTorch's CUDA allocator keeps cached back to
+    the device before retrying smaller (a no-op without CUDA)."""
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
 def tile_unit(scale: float, patch: int = 1, lr_multiple: int = 1, limit: int = 64) -> int:
     """The smallest LR step u (a multiple of `lr_multiple`) with u * scale a whole number of
     HR patches."""
@@ -79,8 +86,9 @@ def _round_to(x: int, unit: int) -> int:
 def upscale_tiled(resolver: SuperResolver, lr: torch.Tensor, scale: float | None = None, *, tile: int = 256,
                   margin: int = 32, strategy=None, progress: bool | None = None) -> torch.Tensor:
     """LR (B x 3 x h x w in [0, 1]) -> raw SR (B x 3 x h*s x w*s, on the CPU), computed in
-    LR tiles of `tile` pixels with `margin` pixels of context. `progress`: a tqdm bar over
-    the tiles (None: only on a terminal)."""
+    LR tiles of `tile` pixels with `margin` pixels of context. The tiles are gathered on the
+    model's device and copied to the CPU once (one wait for the GPU, not one per tile).
+    `progress`: a tqdm bar over the tiles (None: only on a terminal)."""
     flow = resolver.flow
     fixed = getattr(flow, "fixed_scale", None)
     scale = scale if scale is not None else fixed
@@ -101,7 +109,7 @@ def upscale_tiled(resolver: SuperResolver, lr: torch.Tensor, scale: float | None
         gen = torch.Generator().manual_seed(strategy.seed) if strategy.seed is not None else None
         strategy = TemperatureSampling(strategy.tau, generator=gen)
     rows, cols = range(0, h, tile), range(0, w, tile)
-    out = torch.empty(b, 3, H, W)
+    out = torch.empty(b, 3, H, W, device=resolver.device)
     bar = tqdm(total=len(rows) * len(cols), desc="tiles", unit="tile", disable=None if progress is None else not progress)
     for r in rows:
         for c in cols:
@@ -112,7 +120,7 @@ def upscale_tiled(resolver: SuperResolver, lr: torch.Tensor, scale: float | None
             top, left = int((r - r0) * s), int((c - c0) * s)
             hh, ww = int(th * s), int(tw * s)
             out[..., int(r * s) : int(r * s) + hh, int(c * s) : int(c * s) + ww] = \
-                sr[..., top : top + hh, left : left + ww].cpu()
+                sr[..., top : top + hh, left : left + ww]
             bar.update()
     bar.close()
-    return out
+    return out.cpu()

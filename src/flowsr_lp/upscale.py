@@ -12,7 +12,7 @@ from .checkpoints import load_flow, load_prior
 from .errors import ExplodingInverse, ImageError, UsageError, first_line
 from .images import IMAGE_SUFFIXES, image_size, read_image, write_png
 from .pipeline import SRResult, SuperResolver, TemperatureSampling, batched, output_size
-from .tiles import batch_limit, tile_scale, tiled_result
+from .tiles import batch_limit, release_cached_memory, tile_scale, tiled_result
 from .hub.resolve import default_models, flow_for_prior
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,8 @@ def upscale_with_retries(resolver: SuperResolver, lr: torch.Tensor, size, tau=No
     """One SR image (3 x H x W, raw) with the resolver's strategy (sampling at `tau` when it
     has no learned prior); on an exploding inverse, redraw with seed + 1, ... up to `retries`
     times; raises `ExplodingInverse` when every draw exploded. `first`: the first draw's
-    result when it was already computed (the image's share of a batch)."""
+    result when it was already computed (the image's share of a batch). An image that runs
+    out of memory whole is retried in tiles (when its size can be tiled)."""
     scale = tile_scale(resolver, lr, size)  # a large image: in tiles, with a progress bar
     prepared = None
     sampling = resolver.prior is None
@@ -61,11 +62,20 @@ def upscale_with_retries(resolver: SuperResolver, lr: torch.Tensor, size, tau=No
         strategy = TemperatureSampling(tau, seed=seed + attempt) if sampling else resolver.strategy
         if attempt == 0 and first is not None:
             result = first
-        elif scale is not None:
-            result = tiled_result(resolver, lr[None] if lr.dim() == 3 else lr, scale, strategy)
         else:
-            prepared = prepared or resolver.prepare(lr, size=size)
-            result = resolver.generate(prepared, strategy)
+            result = None
+            if scale is None:
+                try:
+                    prepared = prepared or resolver.prepare(lr, size=size)
+                    result = resolver.generate(prepared, strategy)
+                except torch.OutOfMemoryError:
+                    prepared, scale = None, tile_scale(resolver, lr, size, above=0)
+                    if scale is None:
+                        raise
+                    log.warning("%s: out of memory upscaled whole; retrying in tiles", name)
+            if result is None:
+                release_cached_memory()
+                result = tiled_result(resolver, lr[None] if lr.dim() == 3 else lr, scale, strategy)
         if result.all_finite:
             return result.images[0]
         if strategy.deterministic:
@@ -157,6 +167,8 @@ def _upscale_batch(resolver, items, hw, tau, seed, retries, failures: _Failures,
             # alone says what it is
             log.warning("a batch of %d images failed (%s); running them one by one", len(ready),
                         first_line(e))
+    if batch is None and len(ready) > 1:
+        release_cached_memory()  # after the handler: its traceback held the batch's tensors
     for i, (src, dst, lr) in enumerate(ready):
         with failures.each(src, hw):
             first = None if batch is None else SRResult(batch.images[i : i + 1], batch.finite[i : i + 1],

@@ -25,6 +25,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..precision import to_float64
+
 
 def _cubic(x: np.ndarray) -> np.ndarray:
     ax = np.abs(x)
@@ -110,13 +112,13 @@ def imresize(x: torch.Tensor, scale: float | Sequence[float] | None = None,
     is_uint8 = x.dtype == torch.uint8
     if not (is_uint8 or x.is_floating_point()):
         raise TypeError(f"imresize supports float and uint8 tensors, got {x.dtype}")
-    y = x.to(torch.float64)
+    y = to_float64(x)  # on the CPU for a device without float64 (MPS)
     # MATLAB resizes the axis with the smaller scale first (stable sort: H first on ties).
     for axis in sorted(range(2), key=lambda a: scales[a]):
         y = _resize_axis(y, x.dim() - 2 + axis, sizes[axis], scales[axis], antialias)
         if is_uint8:
             y = torch.round(y.clamp(0.0, 255.0))  # torch.round is half-to-even, like np.around
-    return y.to(x.dtype)
+    return y.to(x.device, x.dtype)
 
 
 def modcrop(img: torch.Tensor, scale: int) -> torch.Tensor:

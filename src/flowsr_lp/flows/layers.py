@@ -13,9 +13,11 @@ Square weights are inverted in float64 (`inverse_f64`). Values derived from weig
 inverses, the coupling layers' condition kernels) are cached (`WeightCache`) while no
 gradient to the weights is needed and the weights are unchanged (same storage and in-place
 version, model in eval mode); `eval()`/`train()` and `load_state_dict` clear the caches.
+Inside `derive_once(module)` they are also kept in training, for the length of one call.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Iterable, Sequence
 
@@ -24,12 +26,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nets.upsampled_conv import conv3x3, conv3x3_kernels, layout
+from ..precision import to_float64
 
 
 def inverse_f64(weight: torch.Tensor) -> torch.Tensor:
     """Matrix inverse computed in float64 and returned in the weight's dtype: the flows'
-    inverses amplify rounding, and float64 keeps decoded values within 1e-5 of exact."""
-    return torch.linalg.inv(weight.double()).to(weight.dtype)
+    inverses amplify rounding, and float64 keeps decoded values within 1e-5 of exact (on the
+    CPU for a device without float64, see `precision.to_float64`)."""
+    return torch.linalg.inv(to_float64(weight)).to(weight.device, weight.dtype)
 
 
 class InvertibleLayer(nn.Module):
@@ -83,22 +87,31 @@ class InvertibleSequence(InvertibleLayer):
 class WeightCache:
     """One value derived from a module's weights, reused between calls while the module is
     in eval mode, no gradient to the weights is needed and they are unchanged (same storage,
-    in-place version, dtype and device) and `extra` (what else the value depends on) is equal."""
+    in-place version, dtype and device) and `extra` (what else the value depends on) is equal.
+    An entry holds on to the weights it was derived from, so their memory cannot be handed
+    to a new weight (allocators reuse freed blocks at once) while its address is the key.
+    While `held` (see `derive_once`), values derived with autograd are kept too, apart."""
 
     def __init__(self):
+        self.held = 0
         self.clear()
 
     def clear(self) -> None:
-        self._entry = None  # (key, value), replaced as one object
+        self._entry = self._held = None  # (key, value, weights), replaced as one object
 
     def get(self, module: nn.Module, weights: Sequence[torch.Tensor], extra, derive):
-        if module.training or (torch.is_grad_enabled() and any(w.requires_grad for w in weights)):
+        grad = module.training or (torch.is_grad_enabled() and any(w.requires_grad for w in weights))
+        if grad and not self.held:
             return derive()
-        key = (tuple((w.data_ptr(), w._version, w.dtype, w.device) for w in weights), extra)
-        entry = self._entry
+        key = (tuple((w.data_ptr(), w._version, w.dtype, w.device, w.shape) for w in weights), extra)
+        entry = self._held if grad else self._entry
         if entry is None or entry[0] != key:
-            with torch.no_grad():
-                entry = self._entry = (key, derive())
+            with contextlib.nullcontext() if grad else torch.no_grad():
+                entry = (key, derive(), [w.detach() for w in weights])
+            if grad:
+                self._held = entry
+            else:
+                self._entry = entry
         return entry[1]
 
 
@@ -117,6 +130,24 @@ class CachingLayer(InvertibleLayer):
     def _load_from_state_dict(self, *args, **kwargs):
         self.cache.clear()
         return super()._load_from_state_dict(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def derive_once(module: nn.Module):
+    """Inside, `module`'s weight caches keep their values in training too (with autograd),
+    so a transform applied chunk by chunk derives each value once per call (LINF
+    fine-tuning: one float64 inverse per layer per decode, not per chunk); those values are
+    dropped on leaving, so no autograd graph outlives the call."""
+    caches = [m.cache for m in module.modules() if isinstance(m, CachingLayer)]
+    for c in caches:
+        c.held += 1
+    try:
+        yield
+    finally:
+        for c in caches:
+            c.held -= 1
+            if not c.held:
+                c._held = None
 
 
 class CachedInverse(CachingLayer):

@@ -22,7 +22,7 @@ from ..nets.rrdb import RRDBNet
 from ..nets.swinir import SwinIR
 from ..precision import compute_dtype, float32_transform, full_precision
 from .base import Flow, Latent, checked_size
-from .layers import InvertibleLayer, InvertibleLinear, chain, chain_inverse, gaussian_log_p
+from .layers import InvertibleLayer, InvertibleLinear, chain, chain_inverse, derive_once, gaussian_log_p
 
 
 @dataclass
@@ -379,11 +379,12 @@ class LINF(Flow):
     def decode_patches(self, z: torch.Tensor, ctx: LINFContext) -> torch.Tensor:
         """Latent map -> residual patches (B x D x hq x wq, [-1, 1] space)."""
         out = []
-        for r0, r1 in self._chunks(ctx):
-            x = z[:, :, r0:r1].permute(0, 2, 3, 1)
-            shape = x.shape
-            m = self.imnet.invert(x.reshape(-1, self.dim), self._cond_view(self._cond_rows(ctx, r0, r1)))
-            out.append(m.view(shape).permute(0, 3, 1, 2))
+        with derive_once(self.imnet):  # in training too, each float64 inverse once, not per chunk
+            for r0, r1 in self._chunks(ctx):
+                x = z[:, :, r0:r1].permute(0, 2, 3, 1)
+                shape = x.shape
+                m = self.imnet.invert(x.reshape(-1, self.dim), self._cond_view(self._cond_rows(ctx, r0, r1)))
+                out.append(m.view(shape).permute(0, 3, 1, 2))
         return torch.cat(out, 2)
 
     def decode_residual(self, latent: Latent, ctx: LINFContext) -> torch.Tensor:

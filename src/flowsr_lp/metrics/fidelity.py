@@ -23,6 +23,7 @@ import numbers
 import torch
 
 from ..data.resize import imresize
+from ..precision import to_float64
 
 _Y_COEFFS = (65.738 / 256, 129.057 / 256, 25.064 / 256)
 
@@ -39,12 +40,12 @@ def _pair_batches(sr: torch.Tensor, hr: torch.Tensor) -> tuple[torch.Tensor, tor
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
     """float64 in [0, 1] units (uint8 is divided by 255)."""
-    return x.to(torch.float64) / 255.0 if x.dtype == torch.uint8 else x.to(torch.float64)
+    return to_float64(x) / 255.0 if x.dtype == torch.uint8 else to_float64(x)
 
 
 def _255(x: torch.Tensor) -> torch.Tensor:
     """float64 in [0, 255] units (uint8 kept as its integer values, floats multiplied by 255)."""
-    return x.to(torch.float64) if x.dtype == torch.uint8 else x.to(torch.float64) * 255.0
+    return to_float64(x) if x.dtype == torch.uint8 else to_float64(x) * 255.0
 
 
 def to_uint8_like_srflow(x: torch.Tensor, rounding: str = "floor") -> torch.Tensor:
@@ -55,7 +56,7 @@ def to_uint8_like_srflow(x: torch.Tensor, rounding: str = "floor") -> torch.Tens
     (``sr_uint8`` in metrics.vectors.pt) was made with rounding; on that pair the two give
     PSNRs 0.009 dB apart, so say which one a table used.
     """
-    y = x.detach().to(torch.float64).clamp(0.0, 1.0) * 255.0
+    y = to_float64(x.detach()).clamp(0.0, 1.0) * 255.0
     if rounding == "floor":
         y = torch.floor(y)
     elif rounding == "round":

@@ -7,6 +7,8 @@ from typing import Iterable
 import torch
 import torch.nn.functional as F
 
+from ..precision import to_float64
+
 
 def inf_rate(outputs: Iterable[torch.Tensor]) -> float:
     """Share of runs (each a decoded SR image or batch, *before* clamping) with any
@@ -22,16 +24,16 @@ def diversity(samples: torch.Tensor) -> torch.Tensor:
     the per-pixel standard deviation across draws (0 for a deterministic method)."""
     if samples.shape[0] < 2:
         return torch.zeros(samples.shape[1], dtype=torch.float64)
-    return samples.double().std(0).flatten(1).mean(1)
+    return to_float64(samples).std(0).flatten(1).mean(1)
 
 
 def grid_residual(sr: torch.Tensor, lr: torch.Tensor | None) -> torch.Tensor:
     """What `grid_score` scores, in float64: sr minus the bilinear upsampling of `lr` (the
     part the flow generates), or sr itself without `lr`."""
-    x = sr.double()
+    x = to_float64(sr)
     if lr is None:
         return x
-    return x - F.interpolate(lr.double(), size=sr.shape[-2:], mode="bilinear", align_corners=False)
+    return x - F.interpolate(to_float64(lr), size=sr.shape[-2:], mode="bilinear", align_corners=False)
 
 
 def grid_score(sr: torch.Tensor, lr: torch.Tensor | None = None, period: int = 3) -> torch.Tensor:

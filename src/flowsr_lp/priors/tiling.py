@@ -54,6 +54,20 @@ def tiled_map(fn: Callable[..., torch.Tensor], maps: list[torch.Tensor | None], 
     return out / norm
 
 
+def _within_budget(fn, z0: torch.Tensor, feat, max_pixels: int | None, tile: int, overlap: int,
+                   margin: int) -> torch.Tensor:
+    """fn(z0, feat) on at most `max_pixels` latent positions at a time, batch items counted:
+    whole maps of as many items as fit, or (a map larger than the budget) tiles of as many."""
+    b, h, w = z0.shape[0], *z0.shape[-2:]
+    if max_pixels is None or b * h * w <= max_pixels:
+        return fn(z0, feat)
+    whole = h * w <= max_pixels
+    per_item = h * w if whole else min(h, tile + 2 * margin) * min(w, tile + 2 * margin)
+    n = max(1, max_pixels // per_item)
+    run = fn if whole else (lambda z, f: tiled_map(fn, [z, f], tile, overlap, margin))
+    return torch.cat([run(z0[k : k + n], None if feat is None else feat[k : k + n]) for k in range(0, b, n)])
+
+
 def predict_latent(prior, latent: tuple[torch.Tensor, ...], lr: torch.Tensor, max_pixels: int | None = None,
                    tile: int = 256, overlap: int = 32, margin: int = 32) -> tuple[torch.Tensor, ...]:
     """The latent module's prediction; each latent part whose map has more than
@@ -62,8 +76,6 @@ def predict_latent(prior, latent: tuple[torch.Tensor, ...], lr: torch.Tensor, ma
     out = []
     for i, z0 in enumerate(latent):
         feat = prior.lr_features(lr, tuple(z0.shape[-2:]), i)
-        if max_pixels is None or z0.shape[-2] * z0.shape[-1] <= max_pixels:
-            out.append(prior.generate(z0, feat, i))
-        else:
-            out.append(tiled_map(lambda z, f, i=i: prior.generate(z, f, i), [z0, feat], tile, overlap, margin))
+        out.append(_within_budget(lambda z, f, i=i: prior.generate(z, f, i), z0, feat, max_pixels, tile, overlap,
+                                  margin))
     return tuple(out)

@@ -57,6 +57,27 @@ def state_digest(state, h=None) -> str:
     return h.hexdigest()
 
 
+def grads_finite(params) -> bool:
+    """Whether every gradient is finite, read back from the device once (not once per
+    parameter: each read waits for the GPU)."""
+    flags = [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def restore_cuda_rng(states: list, visible: int, set_state=None) -> None:
+    """Restore the saved CUDA generators of the GPUs this run sees; a checkpoint from a run
+    that saw another number of GPUs restores those both have, with a warning (CUDA random
+    draws then differ from an uninterrupted run; the seeded data and noise are drawn on the
+    CPU and are unaffected)."""
+    set_state = set_state or torch.cuda.set_rng_state
+    if len(states) != visible:
+        logger.warning("the checkpoint holds the CUDA random state of %d GPU(s), this run sees %d: restoring %d; "
+                       "CUDA random draws will not repeat the interrupted run's exactly",
+                       len(states), visible, min(len(states), visible))
+    for i, state in enumerate(states[:visible]):
+        set_state(state, i)
+
+
 def check_out_folder(out: Path, resume: bool, overwrite: bool) -> None:
     """A fresh run never silently replaces an earlier run's checkpoint."""
     if not resume and not overwrite and (out / CHECKPOINT).exists():
@@ -231,7 +252,7 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["rng"]["torch"])
             if "cuda" in state["rng"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+                restore_cuda_rng(state["rng"]["cuda"], torch.cuda.device_count())
             if self.scaler is not None and "scaler" in state:
                 self.scaler.load_state_dict(state["scaler"])
         except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
@@ -364,4 +385,4 @@ class Trainer:
         return None
 
     def _grads_finite(self) -> bool:
-        return all(bool(torch.isfinite(p.grad).all()) for p in self.model.parameters() if p.grad is not None)
+        return grads_finite(self.model.parameters())
