@@ -87,6 +87,28 @@ def test_known_hr_mode_downscales_and_scores_against_the_image(cache, tmp_path):
     assert 15 < rows["learned prior"]["PSNR"] < 60 and 0 < rows["learned prior"]["SSIM"] <= 1
 
 
+def test_every_figure_is_of_the_image_shown():
+    """A prior output overshooting [0, 1] is scored as the page shows it and the PNG holds it
+    (clamped, 8-bit), as the draws are."""
+    from flowsr_lp.metrics import lr_psnr, psnr, ssim
+
+    g = torch.Generator().manual_seed(0)
+    hr = torch.rand(1, 3, 24, 24, generator=g)
+    lr = torch.nn.functional.avg_pool2d(hr, 2)
+    raw = hr[0] + 0.4 * torch.randn(3, 24, 24, generator=g)  # well outside [0, 1] in places
+    assert raw.min() < -0.2 and raw.max() > 1.2
+    out = lambda seed: service.Output(raw.clone(), seed, 0.0, True)  # noqa: E731
+    res = service.Result(service.Inputs(lr, (24, 24), hr), [out(0), out(1)], out(None), "m", "fp32", "cpu", 0.0, 0.5)
+    png = torch.from_numpy(to_uint8(raw)).permute(2, 0, 1).float()[None] / 255
+    assert torch.equal(res.prior.shown[None], png)
+    rows = {r["method"]: r for r in service.scores(res)}
+    for method in ("learned prior", "tau 0.5"):
+        assert rows[method]["PSNR"] == pytest.approx(psnr(png, hr, shave=2).item(), abs=1e-9)
+        assert rows[method]["SSIM"] == pytest.approx(ssim(png, hr).item(), abs=1e-9)
+        assert rows[method]["LR-PSNR"] == pytest.approx(lr_psnr(png, lr, (2.0, 2.0)).item(), abs=1e-9)
+    assert rows["learned prior"]["PSNR"] != pytest.approx(psnr(raw[None], hr, shave=2).item(), abs=1e-3)
+
+
 def test_sizes_are_checked_before_decoding(cache, tmp_path):
     path = photo(tmp_path / "cut.png", 64)
     data = path.read_bytes()

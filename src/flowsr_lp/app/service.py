@@ -51,6 +51,12 @@ class Inputs:
         return (self.out_size[0] / self.lr.shape[-2], self.out_size[1] / self.lr.shape[-1])
 
 
+def shown(img: torch.Tensor) -> torch.Tensor:
+    """The pixels the page shows and the PNG holds (`images.to_uint8`) as floats: clamped to
+    [0, 1] and rounded to 8 bits. Every figure is computed on these."""
+    return img.float().clamp(0, 1).mul(255).round().div(255)
+
+
 @dataclass
 class Output:
     """One decoded image, raw (may hold inf/NaN), with the seed that drew it (None: prior)."""
@@ -58,6 +64,10 @@ class Output:
     seed: int | None
     seconds: float
     finite: bool  # the pipeline's check: no inf/NaN
+
+    @property
+    def shown(self) -> torch.Tensor:
+        return shown(self.sr)
 
 
 @dataclass
@@ -231,18 +241,19 @@ def exploding_message(out: Output) -> str:
 
 
 def scores(res: Result) -> list[dict]:
-    """Per method: PSNR / SSIM against the HR (known-HR mode), LR-PSNR and the grid score.
-    Sampling rows average over the finite draws. PSNR on RGB with `scale` pixels shaved."""
+    """Per method: PSNR / SSIM against the HR (known-HR mode), LR-PSNR and the grid score, of
+    the images as shown (`shown`). Sampling rows average over the finite draws. PSNR on RGB
+    with `scale` pixels shaved."""
     lr, hr = res.inputs.lr, res.inputs.hr
     scale = res.inputs.scale
     rows = []
-    methods = [("bicubic", [res.bicubic])]
+    methods = [("bicubic", [shown(res.bicubic)])]
     if res.draws:
         n, ok = len(res.draws), len(res.finite_draws)
         methods.append((f"tau {res.tau:g}" + (f" ({ok} of {n} finite)" if ok < n else ""),
-                        [d.sr.clamp(0, 1) for d in res.finite_draws]))
+                        [d.shown for d in res.finite_draws]))
     if res.prior is not None and res.prior.finite:
-        methods.append(("learned prior", [res.prior.sr]))
+        methods.append(("learned prior", [res.prior.shown]))
     for name, images in methods:
         if not images:
             rows.append({"method": name, "note": "every draw exploded"})
@@ -263,7 +274,7 @@ def draw_diversity(res: Result) -> float | None:
     finite = res.finite_draws
     if len(finite) < 2:
         return None
-    return 255 * diversity(torch.stack([d.sr.clamp(0, 1)[None] for d in finite])).item()
+    return 255 * diversity(torch.stack([d.shown[None] for d in finite])).item()
 
 
 def best_temperatures(model: LoadedModel, path: str | Path, s: Settings, max_megapixels: float,
