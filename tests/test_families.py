@@ -22,6 +22,7 @@ REFERENCE_FAMILIES = {
     "linf-edsr-baseline.pth": "linf", "linf-patch-edsr-baseline.pth": "linf", "linf-rdn-small.pth": "linf",
     "linf-swinir-small.pth": "linf", "linf-patch-rrdb-nb2.pth": "linf",
     "srflow-4x-nb4-k2.pth": "srflow", "srflow-8x-nb4-k1.pth": "srflow",
+    "hcflow-x4-small.pth": "hcflow", "hcflow-x8-small.pth": "hcflow",
     "linf-patch-edsr-baseline-LP.pth": "linf-lp", "linf-patch-rrdb-nb2-LP.pth": "linf-lp",
     "prior-edsr-baseline-latent-small.pth": "linf-lp", "prior-swin-latent-small.pth": "linf-lp",
     "srflow-4x-nb4-k2-LP.pth": "srflow-lp",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .family import Family
+from .hcflow import HCFLOW
 from .linf import LINF_1X1, LINF_PATCH
 from .linf_lp import LINF_LP
 from .srflow import SRFLOW
@@ -14,6 +15,7 @@ FAMILIES: tuple[Family, ...] = (
     LINF_1X1,
     LINF_PATCH,
     SRFLOW,
+    HCFLOW,
     LINF_LP,
     SRFLOW_LP,
 )
