@@ -1,6 +1,6 @@
 """The table of released models (`models.json`, data only) and lookup by name.
 
-Fields of an entry: `name`, `family` (`linf`, `linf-lp`, `srflow`, `srflow-lp`; the `-lp` ones are
+Fields of an entry: `name`, `family` (`linf`, `linf-lp`, `srflow`, `srflow-lp`, `hcflow`; the `-lp` ones are
 latent modules, whose `flow` names the flow they were trained for), `description`, `paper`,
 `dataset`, `scales` ([min, max] training scales; LINF runs at any scale), `patch_size` (LINF),
 `tau` (recommended temperature, as text), the source (`urls`, a Google Drive id `gdrive`, or
