@@ -33,6 +33,7 @@ from typing import Callable
 from tqdm import tqdm
 
 from .errors import DownloadError
+from .runtime import progress_bars  # off under the command line's -q
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
@@ -76,7 +77,8 @@ def digests(path: Path, progress: bool = False, algorithms=tuple(_HASHERS)) -> d
     size = path.stat().st_size
     hashers = {a: _HASHERS[a](size) for a in algorithms}
     with open(path, "rb") as f, tqdm(total=size, desc=f"{'/'.join(algorithms)} {path.name}", unit="B", unit_scale=True,
-                                     unit_divisor=1024, file=sys.stderr, leave=False, disable=not progress) as bar:
+                                     unit_divisor=1024, file=sys.stderr, leave=False,
+                                     disable=not (progress and progress_bars())) as bar:
         while chunk := f.read(CHUNK):
             for h in hashers.values():
                 h.update(chunk)
@@ -289,7 +291,7 @@ def _once(url: str, part: Path, size: int | None, timeout_s: float, progress: bo
         running.start_at(part, offset)
         with writing(part), open(part, "ab" if offset else "wb") as f, \
                 tqdm(total=total, initial=offset, desc=name, unit="B", unit_scale=True, unit_divisor=1024,
-                     file=sys.stderr, disable=not progress, dynamic_ncols=True) as bar:
+                     file=sys.stderr, disable=not (progress and progress_bars()), dynamic_ncols=True) as bar:
             while True:
                 try:
                     chunk = resp.read(CHUNK)

@@ -107,3 +107,18 @@ def configure_cpu(threads: int | None = None, window: float = 0.25) -> int:
     log.info("CPU: %d thread(s) of %d available (%s)%s", n, available_cpus(), why,
              ", allocator keeps freed memory" if kept else "")
     return n
+
+
+_progress_bars = True
+
+
+def set_progress_bars(on: bool) -> bool:
+    """Process-wide switch for the progress bars a caller cannot reach, such as a download
+    started inside `load_flow`; the command line's -q turns it off. Returns the previous value."""
+    global _progress_bars
+    previous, _progress_bars = _progress_bars, bool(on)
+    return previous
+
+
+def progress_bars() -> bool:
+    return _progress_bars

@@ -15,6 +15,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from .. import __version__
 from ..cli_options import positive_int
 from ..errors import FlowSRError, first_line
+from ..runtime import set_progress_bars
 from . import app, data, demo, evaluate, models, temperature_map, train, upscale
 
 COMMANDS = (demo, upscale, train, evaluate, temperature_map, data, models, app)
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
+    bars = set_progress_bars(not args.quiet)  # also the downloads started deep inside a load
     try:
         with logging_redirect_tqdm([logging.getLogger("flowsr_lp")]):
             return int(args.run(args) or 0)
@@ -115,3 +117,5 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"flowsr-lp: error: {error_message(e)}", file=sys.stderr)
         return code
+    finally:
+        set_progress_bars(bars)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..downloader import DiskFull, Refused, Unreachable, accept, copy, discard, download, part_of, writing
 from ..errors import DownloadError, ModelNotFoundError, first_line
+from ..runtime import progress_bars
 from .cache import make_dir, record
 
 RETRIES = 3        # consecutive tries without progress before giving up
@@ -37,7 +38,7 @@ def _gdrive(file_id: str, part: Path, progress: bool) -> None:
     source = f"https://drive.google.com/file/d/{file_id}/view"
     try:
         with writing(part):
-            out = gdown.download(id=file_id, output=str(part), quiet=not progress, resume=True, retries=RETRIES)
+            out = gdown.download(id=file_id, output=str(part), quiet=not (progress and progress_bars()), resume=True, retries=RETRIES)
     except (gdown.exceptions.DownloadError, ValueError, OSError) as e:  # requests' errors are OSErrors
         if isinstance(e, OSError) or isinstance(e.__cause__, OSError):  # no connection (after gdown's retries)
             raise Unreachable(source, type(e.__cause__ or e).__name__) from None
