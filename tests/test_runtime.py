@@ -80,6 +80,16 @@ def test_thread_count_precedence(monkeypatch):
     assert runtime.configure_cpu() == 3
 
 
+def test_a_previous_commands_threads_are_not_taken_for_the_callers(monkeypatch):
+    """`flowsr-lp models --threads 1` then `upscale` in the same process: the second measures."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(runtime, "_TORCH_DEFAULT_THREADS", 2)
+    monkeypatch.setattr(runtime, "free_cpus", lambda window: 2)
+    monkeypatch.setattr(cli.models, "run", lambda args: 0)
+    assert cli.main(["models", "--threads", "1"]) == 0 and torch.get_num_threads() == 1
+    assert runtime.requested_threads() is None and runtime.configure_cpu() == 2
+
+
 def test_inference_device_passes_threads_on(monkeypatch, caplog):
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     with caplog.at_level("INFO", logger="flowsr_lp.runtime"):

@@ -94,15 +94,20 @@ def keep_freed_memory(pad_bytes: int = 256 << 20) -> bool:
         return False
 
 
+def set_threads(n: int) -> None:
+    """torch.set_num_threads(n), remembered as the package's own setting (not a caller's)."""
+    global _threads_set_here
+    torch.set_num_threads(n)
+    _threads_set_here = n
+
+
 def configure_cpu(threads: int | None = None, window: float = 0.25) -> int:
     """Set torch's intra-op threads and the allocator for inference; returns the thread
     count. The count: `threads` when given (the command line's --threads), else the one
     the user asked for (`requested_threads`), else the CPUs free right now (`free_cpus`)."""
-    global _threads_set_here
     asked = (threads, "--threads") if threads else requested_threads()
     n, why = asked if asked else (free_cpus(window), "free now")
-    torch.set_num_threads(n)
-    _threads_set_here = n
+    set_threads(n)
     kept = keep_freed_memory()
     log.info("CPU: %d thread(s) of %d available (%s)%s", n, available_cpus(), why,
              ", allocator keeps freed memory" if kept else "")

@@ -9,13 +9,12 @@ import argparse
 import logging
 import sys
 
-import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .. import __version__
 from ..cli_options import positive_int
 from ..errors import FlowSRError, first_line
-from ..runtime import set_progress_bars
+from ..runtime import set_progress_bars, set_threads
 from . import app, data, demo, evaluate, models, temperature_map, train, upscale
 
 COMMANDS = (demo, upscale, train, evaluate, temperature_map, data, models, app)
@@ -103,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.quiet, args.verbose)
     if args.threads:
-        torch.set_num_threads(args.threads)
+        set_threads(args.threads)
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
