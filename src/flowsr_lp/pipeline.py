@@ -17,6 +17,7 @@ once with `prepare` and call `generate` for each strategy.
 from __future__ import annotations
 
 import abc
+import logging
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -31,7 +32,9 @@ from .errors import UsageError
 from .flows.base import Flow, Latent, checked_size
 from .images import rgb_array
 from .precision import reduced, resolve_precision
-from .priors.tiling import predict_latent
+from .priors.tiling import predict_distribution
+
+log = logging.getLogger(__name__)
 
 ImageLike = Union[torch.Tensor, Image.Image, np.ndarray]
 
@@ -183,6 +186,36 @@ class LatentStrategy(abc.ABC):
     def latent(self, flow: Flow, lr: torch.Tensor, ctx, scale: float) -> Latent:
         """The latent for this LR batch; `scale` is the larger of the two upscaling ratios."""
 
+    def log_density(self, flow: Flow, lr: torch.Tensor, ctx, scale: float, latent: Latent) -> torch.Tensor:
+        """log q(latent) in nats per batch item (float64) under the latent distribution this
+        strategy samples from (`SuperResolver.bits_per_dim`)."""
+        raise UsageError(f"{self!r} defines no latent density")
+
+
+def gaussian_log_density(latent: Latent, mean: Latent | None = None, log_sigma: Latent | None = None,
+                         factor: float = 1.0) -> torch.Tensor:
+    """Sum over every latent element of log N(z; mean, (factor * exp(log_sigma))^2), per batch
+    item, in float64 (mean None: 0; log_sigma None: 0)."""
+    total = 0
+    for i, z in enumerate(latent):
+        z = z.double()
+        d = z - mean[i].double() if mean is not None else z
+        ls = (log_sigma[i].double() if log_sigma is not None else torch.zeros((), dtype=torch.float64, device=z.device))
+        ls = ls + math.log(factor)
+        e = -0.5 * (d * torch.exp(-ls)) ** 2 - ls - 0.5 * math.log(2 * math.pi)
+        total = total + e.expand_as(z).flatten(1).sum(1)
+    return total
+
+
+def _generators(generator, seed):
+    """A strategy's noise source: the generator, one generator per seed of a list, or a fresh
+    one seeded with `seed` (None: torch's global one)."""
+    if generator is None and isinstance(seed, (list, tuple)):
+        return [torch.Generator().manual_seed(s) for s in seed]
+    if generator is None and seed is not None:
+        return torch.Generator().manual_seed(seed)
+    return generator
+
 
 @dataclass
 class TemperatureSampling(LatentStrategy):
@@ -205,12 +238,13 @@ class TemperatureSampling(LatentStrategy):
 
     def latent(self, flow: Flow, lr: torch.Tensor, ctx, scale: float) -> Latent:
         tau = flow.default_tau(scale) if self.tau is None else self.tau
-        gen = self.generator
-        if gen is None and isinstance(self.seed, (list, tuple)):
-            gen = [torch.Generator().manual_seed(s) for s in self.seed]
-        elif gen is None and self.seed is not None:
-            gen = torch.Generator().manual_seed(self.seed)
-        return flow.sample_latent(ctx, tau, gen)
+        return flow.sample_latent(ctx, tau, _generators(self.generator, self.seed))
+
+    def log_density(self, flow: Flow, lr: torch.Tensor, ctx, scale: float, latent: Latent) -> torch.Tensor:
+        tau = flow.default_tau(scale) if self.tau is None else self.tau
+        if not tau > 0:
+            raise ValueError(f"tau={tau} is a point mass: it has no density (bits/dim needs tau > 0)")
+        return gaussian_log_density(latent, factor=tau)
 
 
 def batched(strategy: LatentStrategy, n: int) -> LatentStrategy:
@@ -218,6 +252,8 @@ def batched(strategy: LatentStrategy, n: int) -> LatentStrategy:
     seeded sampling gets the seed once per item)."""
     if isinstance(strategy, TemperatureSampling) and strategy.generator is None and isinstance(strategy.seed, int):
         return TemperatureSampling(strategy.tau, seed=[strategy.seed] * n)
+    if isinstance(strategy, LearnedPrior) and strategy.generator is None and isinstance(strategy.seed, int):
+        return strategy.with_noise(seed=[strategy.seed] * n)
     return strategy
 
 
@@ -238,30 +274,80 @@ class LearnedPrior(LatentStrategy):
     """FlowSR-LP: a latent module predicts the latent from the flow's initial prior (the
     latent of the upsampled LR) and the LR image.
 
+    `variation=t` (ours) samples around the prediction: z = mu + t * sigma * eps, with sigma
+    the module's learned scale (a module with `scale_head`) or 1 (a fixed temperature around
+    the prior); eps is drawn as `TemperatureSampling` draws it (`seed`: an int, one per batch
+    item, or a generator). t = 0, the default, returns mu itself. The latent density (for
+    `bits_per_dim`) is N(mu, (t * sigma)^2), or N(mu, sigma^2) at t = 0.
+
     The prior runs on the whole batch unless its latent maps hold more than `max_pixels`
     positions together (default 2^20, about 3 GB of UNet dim-64 activations; an HR image of
     about 9 MP with a 3x3 LINF); then on as many items at a time as fit, and a map larger
     than that alone in overlapping `tile`-sized tiles blended together."""
 
-    deterministic = True
-
     def __init__(self, prior, max_pixels: int | None = 1 << 20, tile: int = 256, overlap: int = 32,
-                 margin: int = 32):
+                 margin: int = 32, *, variation: float = 0.0, seed: int | list[int] | None = None,
+                 generator: torch.Generator | None = None):
+        if not (isinstance(variation, numbers.Real) and math.isfinite(variation) and 0 <= variation <= 10):
+            raise ValueError(f"variation must be a finite number in [0, 10], got {variation!r}")
         self.prior = prior.eval()
         self.max_pixels, self.tile, self.overlap, self.margin = max_pixels, tile, overlap, margin
+        self.variation, self.seed, self.generator = float(variation), seed, generator
+
+    @property
+    def deterministic(self) -> bool:
+        return self.variation == 0
+
+    @property
+    def has_scale(self) -> bool:
+        return bool(getattr(self.prior.config, "scale_head", False))
+
+    def with_noise(self, *, variation: float | None = None, seed=None, generator=None) -> "LearnedPrior":
+        """The same prior and tiling with another variation / noise source."""
+        return LearnedPrior(self.prior, self.max_pixels, self.tile, self.overlap, self.margin,
+                            variation=self.variation if variation is None else variation, seed=seed, generator=generator)
 
     def check(self, flow: Flow) -> None:
         check_prior_fits(flow, self.prior)
 
-    def latent(self, flow: Flow, lr: torch.Tensor, ctx, scale: float) -> Latent:
+    def distribution(self, flow: Flow, lr: torch.Tensor, ctx) -> tuple[Latent, Latent | None]:
+        """(mu, log sigma or None) the latent module predicts for this LR batch."""
         start = flow.initial_prior(lr, ctx, getattr(self.prior.config, "initial_prior", "paper"))
         # channels-last (NHWC) maps: oneDNN convolves them without reordering
         start, lr = (tuple(z.contiguous(memory_format=torch.channels_last) for z in start),
                      lr.contiguous(memory_format=torch.channels_last))
-        return predict_latent(self.prior, start, lr, self.max_pixels, self.tile, self.overlap, self.margin)
+        return predict_distribution(self.prior, start, lr, self.max_pixels, self.tile, self.overlap, self.margin)
+
+    def latent(self, flow: Flow, lr: torch.Tensor, ctx, scale: float) -> Latent:
+        mu, log_sigma = self.distribution(flow, lr, ctx)
+        if self.variation == 0:
+            return mu
+        if log_sigma is None:
+            _note_fixed_variation()
+        eps = flow.sample_latent(ctx, 1.0, _generators(self.generator, self.seed))
+        t = self.variation
+        if log_sigma is None:
+            return tuple(m + t * e.to(m.dtype) for m, e in zip(mu, eps))
+        return tuple(m + t * torch.exp(ls) * e.to(m.dtype) for m, ls, e in zip(mu, log_sigma, eps))
+
+    def log_density(self, flow: Flow, lr: torch.Tensor, ctx, scale: float, latent: Latent) -> torch.Tensor:
+        mu, log_sigma = self.distribution(flow, lr, ctx)
+        return gaussian_log_density(latent, mu, log_sigma, self.variation or 1.0)
 
     def __repr__(self) -> str:
-        return f"LearnedPrior({type(self.prior).__name__})"
+        v = f", variation={self.variation:g}" if self.variation else ""
+        return f"LearnedPrior({type(self.prior).__name__}{v})"
+
+
+_fixed_variation_noted = False
+
+
+def _note_fixed_variation() -> None:
+    global _fixed_variation_noted
+    if not _fixed_variation_noted:
+        _fixed_variation_noted = True
+        log.warning("this latent module has no scale head: variation t samples N(mu, t^2), a fixed "
+                    "temperature around the prior")
 
 
 # ---- the pipeline ------------------------------------------------------------------------
@@ -344,6 +430,30 @@ class SuperResolver:
             latent = strategy.latent(self.flow, prepared.lr, prepared.ctx, prepared.scale)
         sr = self.flow.decode(latent, prepared.ctx)  # decode casts the latent to the flow's float32
         return SRResult(sr, finite_mask(sr), strategy, prepared.input_kind)
+
+    @torch.no_grad()
+    def bits_per_dim(self, hr: torch.Tensor, lr: torch.Tensor, strategy: LatentStrategy | None = None) -> torch.Tensor:
+        """Negative log2-likelihood of the 8-bit image `hr` per sub-pixel, given `lr`: (B,)
+        float64, `(-log p(hr | lr) / D + ln 256) / ln 2` with D = 3 * H * W and p the density
+        of `hr` in [0, 1] at the values given (no dequantisation noise). The latent density is
+        the strategy's: N(0, tau^2) for `TemperatureSampling(tau)` (None: tau = 1),
+        N(mu, (t * sigma)^2) for `LearnedPrior` (see there). `hr`: B x 3 x H x W, `lr`:
+        B x 3 x h x w, both in [0, 1]. Where a flow models padding at the border (SRFlow's
+        odd LR sides, LINF's overhanging 3x3 patches) the value is that of the largest
+        top-left region it models exactly (`Flow.density_context`), and D counts that region."""
+        strategy = strategy or TemperatureSampling(1.0)
+        strategy.check(self.flow)
+        lr = self.flow.checked_images(lr.to(self.device), "lr")
+        hr = self.flow.checked_images(hr.to(self.device), "hr", batch=lr.shape[0])
+        with reduced(self.dtype, self.device):
+            lr, ctx, (h, w) = self.flow.density_context(lr, tuple(hr.shape[-2:]))
+        hr = hr[..., :h, :w]
+        latent, log_p = self.flow.encode(hr, ctx)
+        with reduced(self.dtype, self.device):
+            log_q = strategy.log_density(self.flow, lr, ctx, max(h / lr.shape[-2], w / lr.shape[-1]), latent)
+        dims = 3 * h * w
+        log_p = log_p.double() - gaussian_log_density(latent) + log_q + dims * self.flow.internal_log_scale
+        return (-log_p / dims + math.log(256)) / math.log(2)
 
     def __call__(self, image: ImageLike, *, scale=None, size=None,
                  strategy: LatentStrategy | None = None) -> SRResult:

@@ -35,6 +35,9 @@ class Flow(nn.Module, abc.ABC):
     kind: str = ""
     #: the dataclass the model was built from; saved next to the weights
     config: Any
+    #: log of d(internal value) / d(image value) per sub-pixel: `encode`'s log p is a density
+    #: of the image in the flow's own range (LINF: 2x - 1, so ln 2); 0 for images in [0, 1]
+    internal_log_scale: float = 0.0
 
     @abc.abstractmethod
     def condition(self, lr: torch.Tensor, out_size: tuple[int, int]) -> Any:
@@ -69,6 +72,12 @@ class Flow(nn.Module, abc.ABC):
     def default_tau(self, scale: float) -> float:
         """The temperature the flow's authors recommend at this scale."""
         return 0.8
+
+    def density_context(self, lr: torch.Tensor, out_size: tuple[int, int]):
+        """(LR, context, (h, w)) for the largest top-left HR region of an `out_size` image whose
+        density this flow computes without padding: `encode` of that region under the context
+        is then an exact log p(region | LR). The whole image unless a family overrides it."""
+        return lr, self.condition(lr, out_size), tuple(out_size)
 
     def sample_latent(self, ctx, tau: float, generator=None) -> Latent:
         """z ~ N(0, tau^2) for every part of the latent. `generator`: a torch.Generator (or

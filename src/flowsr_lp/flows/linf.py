@@ -202,6 +202,8 @@ def axis_lookups(q: torch.Tensor, n: int) -> list[AxisLookup]:
 class LINF(Flow):
     """`patch_size` 1 is LINF's per-pixel model, 3 the 3x3-patch model FlowSR-LP uses."""
 
+    #: the flow models 2x - 1 (images in [-1, 1])
+    internal_log_scale = math.log(2.0)
     #: queries per chunk when evaluating the conditioning network (bounds memory)
     chunk_queries: int = 8192
     #: the conditioning of a whole query grid is kept in the context below this size
@@ -232,6 +234,17 @@ class LINF(Flow):
         """Nats per query (LINF's training loss)."""
         hq, wq = ctx.grid_size
         return -log_p / (hq * wq)
+
+    def density_context(self, lr: torch.Tensor, out_size: tuple[int, int]):
+        """Patches overhanging the border model padding, not image: the exact density is that
+        of the top-left region whose sides are multiples of the patch size (the whole image
+        for the 1x1 flow), conditioned on the whole LR."""
+        H, W = checked_size(out_size)
+        ps = self.config.patch_size
+        h, w = H - H % ps, W - W % ps
+        if h == 0 or w == 0:
+            raise ValueError(f"a {H}x{W} output holds no whole {ps}x{ps} patch")
+        return lr, self.condition(lr, (H, W), window=(0, 0, h, w) if (h, w) != (H, W) else None), (h, w)
 
     def default_tau(self, scale: float) -> float:
         # LINF's recommended temperatures: 0.5 up to x4, 0.4 at x6, 0.2 at x8

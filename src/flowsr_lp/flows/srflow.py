@@ -108,6 +108,18 @@ class SRFlow(Flow):
     def default_tau(self, scale: float) -> float:
         return 0.9  # SRFlow's default heat
 
+    def density_context(self, lr: torch.Tensor, out_size: tuple[int, int]):
+        """An odd LR side is reflect-padded before the flow runs, so the exact density is that
+        of the LR cropped to even sides and the HR region it maps to."""
+        s, (h, w) = self.config.scale, lr.shape[-2:]
+        if tuple(out_size) != (s * h, s * w):
+            raise ValueError(f"SRFlow is a fixed-scale x{s} flow: the HR must be {(s * h, s * w)}, got {tuple(out_size)}")
+        h2, w2 = h - h % 2, w - w % 2
+        if h2 == 0 or w2 == 0:
+            raise ValueError(f"a {h}x{w} LR has no even-sided region: SRFlow's density needs at least 2x2")
+        lr = lr[..., :h2, :w2]
+        return lr, self.condition(lr, (s * h2, s * w2)), (s * h2, s * w2)
+
     # ---- conditioning ------------------------------------------------------------------
     def condition(self, lr: torch.Tensor, out_size: tuple[int, int] | None = None) -> SRFlowContext:
         lr = self.checked_images(lr, "lr")

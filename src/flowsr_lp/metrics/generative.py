@@ -59,3 +59,25 @@ def grid_score(sr: torch.Tensor, lr: torch.Tensor | None = None, period: int = 3
         border.append(sel(at_border).flatten(1))
         inner.append(sel(~at_border).flatten(1))
     return 255.0 * (torch.cat(border, 1).mean(1) - torch.cat(inner, 1).mean(1))
+
+
+def sr_space_diversity(samples: torch.Tensor, hr: torch.Tensor, scale: int, distance_map) -> float:
+    """The diversity score of the NTIRE "Learning the super-resolution space" challenge for one
+    image: `samples` N x 3 x H' x W' (N SR draws in [0, 1]), `hr` 3 x H x W or 1 x 3 x H x W.
+
+    1. The HR is cropped to a multiple of `scale`, each sample to the HR's size.
+    2. `distance_map(sr, hr)` gives a spatial distance map (LPIPS-AlexNet in the challenge;
+       B x 1 x H x W or B x H x W) per sample, on images in [-1, 1].
+    3. global = min over samples of each map's mean; 4. local = mean over pixels of the
+       per-pixel min over samples; 5. score = (global - local) / global * 100."""
+    if samples.dim() != 4 or samples.shape[0] < 2:
+        raise ValueError(f"the SR-space diversity needs N >= 2 samples as N x 3 x H x W, got {tuple(samples.shape)}")
+    hr = hr if hr.dim() == 4 else hr[None]
+    H, W = hr.shape[-2] - hr.shape[-2] % scale, hr.shape[-1] - hr.shape[-1] % scale
+    gt = hr[..., :H, :W]
+    sr = samples[..., :H, :W]
+    maps = distance_map(sr * 2 - 1, gt.expand(len(sr), -1, -1, -1) * 2 - 1)
+    maps = to_float64(maps.detach()).reshape(len(sr), -1)
+    global_best = maps.mean(1).min()
+    local_best = maps.min(0).values.mean()
+    return float((global_best - local_best) / global_best * 100)

@@ -14,6 +14,7 @@ from ..nets.dense import DenseBlock5
 from ..nets.edsr import ResBlock
 from ..nets.swin import SwinStage
 from ..nets.unet import OutConv, unet_forward, unet_layers
+from .scale import ScaleHead, split_prediction
 
 GENERATORS = ("unet", "edsr-baseline-latent", "swin_latent")
 INPUTS = ("both", "prior", "lr")
@@ -36,6 +37,9 @@ class LINFPriorConfig(ModelConfig):
     #: the flow's initial prior (flows.linf.INITIAL_PRIORS): "paper", or "antialiased", our
     #: every-scale extension (the paper's residual is zero at odd integer scales)
     initial_prior: str = "paper"
+    #: ours, off in every released module: also predict a scale sigma per latent element
+    #: (priors/scale.py); UNet generator only
+    scale_head: bool = False
 
     @property
     def width(self) -> int:
@@ -53,6 +57,8 @@ class LINFLatentModule(nn.Module):
         if cfg.generator not in GENERATORS or cfg.inputs not in INPUTS or cfg.initial_prior not in INITIAL_PRIORS:
             raise ValueError(f"generator must be one of {GENERATORS}, inputs one of {INPUTS} "
                              f"and initial_prior one of {INITIAL_PRIORS}")
+        if cfg.scale_head and cfg.generator != "unet":
+            raise ValueError(f"scale_head needs the unet generator, not {cfg.generator!r}")
         w, c = cfg.width, cfg.in_chans
         branch = w // 2 if cfg.inputs == "both" else w
         if cfg.inputs in ("both", "prior"):
@@ -63,6 +69,8 @@ class LINFLatentModule(nn.Module):
         if cfg.generator == "unet":
             self.inc, self.down_layers, self.up_layers = unet_layers(w, cfg.depth)
             self.outc = OutConv(w, c)
+            if cfg.scale_head:
+                self.scale_head = ScaleHead(w, c)
         elif cfg.generator == "edsr-baseline-latent":
             self.body = nn.Sequential(*[ResBlock(w, cfg.res_scale, nn.LeakyReLU(0.2)) for _ in range(cfg.n_resblocks)])
             self.last_conv = nn.Conv2d(w, c, 1)
@@ -90,11 +98,14 @@ class LINFLatentModule(nn.Module):
         return f
 
     def generate(self, z0: torch.Tensor, lr_feat: torch.Tensor | None, part: int = 0) -> torch.Tensor:
+        """mu (B x C x H x W), or with the scale head [mu, log sigma] (B x 2C x H x W)."""
         feats = [self.input_proj(z0)] if hasattr(self, "input_proj") else []
         x = torch.cat(feats + ([lr_feat] if lr_feat is not None else []), 1)
         g = self.config.generator
         if g == "unet":
-            return self.outc(unet_forward(x, self.inc, self.down_layers, self.up_layers))
+            f = unet_forward(x, self.inc, self.down_layers, self.up_layers)
+            mu = self.outc(f)
+            return torch.cat([mu, self.scale_head(f)], 1) if self.config.scale_head else mu
         if g == "edsr-baseline-latent":
             return self.last_conv(self.body(x))
         x = x.permute(0, 2, 3, 1)
@@ -104,8 +115,12 @@ class LINFLatentModule(nn.Module):
 
     def forward(self, latent: tuple[torch.Tensor, ...], lr: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(initial prior,), LR in [0, 1] -> (learned latent,) of the same shape."""
+        return self.distribution(latent, lr)[0]
+
+    def distribution(self, latent: tuple[torch.Tensor, ...], lr: torch.Tensor):
+        """((mu,), (log sigma,)) with the scale head, ((mu,), None) without."""
         (z0,) = latent
-        return (self.generate(z0, self.lr_features(lr, z0.shape[-2:])),)
+        return split_prediction([self.generate(z0, self.lr_features(lr, z0.shape[-2:]))], self.latent_channels)
 
 
 #: the released / paper configurations (key names and shapes in linf_lp_manifest.json)

@@ -12,6 +12,7 @@ from torch import nn
 from ..model_config import ModelConfig
 from ..nets.dense import DenseBlock5
 from ..nets.unet import OutConv, unet_forward, unet_layers
+from .scale import ScaleHead, split_prediction
 
 
 @dataclass
@@ -21,6 +22,8 @@ class SRFlowPriorConfig(ModelConfig):
     latent_channels: tuple[int, ...] = (6, 96)  # SRFlow 4x: (eps, z)
     with_lr: bool = False
     initial_prior: str = "paper"  # the flow's initial prior the module was trained on (SRFlow has one)
+    #: ours, off in every released module: also predict a scale sigma per latent element (priors/scale.py)
+    scale_head: bool = False
 
 
 
@@ -42,6 +45,8 @@ class SRFlowLatentModule(nn.Module):
             setattr(self, f"down_layers{i}", downs)
             setattr(self, f"up_layers{i}", ups)
             setattr(self, f"outc{i}", OutConv(d, c))
+            if cfg.scale_head:
+                setattr(self, f"scale_head{i}", ScaleHead(d, c))
 
     @property
     def latent_channels(self) -> tuple[int, ...]:
@@ -54,16 +59,23 @@ class SRFlowLatentModule(nn.Module):
         return F.interpolate(f, size, mode="bilinear", align_corners=False)
 
     def generate(self, z0: torch.Tensor, lr_feat: torch.Tensor | None, part: int = 0) -> torch.Tensor:
+        """mu of latent part `part`, or with the scale head [mu, log sigma] (2C channels)."""
         x = getattr(self, f"input_proj{part}")(z0)
         if lr_feat is not None:
             x = torch.cat([x, lr_feat], 1)
         x = unet_forward(x, getattr(self, f"inc{part}"), getattr(self, f"down_layers{part}"),
                          getattr(self, f"up_layers{part}"))
-        return getattr(self, f"outc{part}")(x)
+        mu = getattr(self, f"outc{part}")(x)
+        return torch.cat([mu, getattr(self, f"scale_head{part}")(x)], 1) if self.config.scale_head else mu
 
     def forward(self, latent: tuple[torch.Tensor, ...], lr: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Standardised initial-prior latents, LR in [0, 1] -> learned latents."""
-        return tuple(self.generate(z0, self.lr_features(lr, z0.shape[-2:], i), i) for i, z0 in enumerate(latent))
+        return self.distribution(latent, lr)[0]
+
+    def distribution(self, latent: tuple[torch.Tensor, ...], lr: torch.Tensor):
+        """(mu parts, log sigma parts) with the scale head, (mu parts, None) without."""
+        out = [self.generate(z0, self.lr_features(lr, z0.shape[-2:], i), i) for i, z0 in enumerate(latent)]
+        return split_prediction(out, self.latent_channels)
 
 
 RELEASED = {"srflow-lp-unet": SRFlowPriorConfig(dim=64, depth=3)}

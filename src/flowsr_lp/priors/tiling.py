@@ -8,6 +8,8 @@ from typing import Callable
 
 import torch
 
+from .scale import split_prediction
+
 
 def tile_starts(n: int, tile: int, stride: int) -> list[int]:
     if n <= tile:
@@ -70,12 +72,19 @@ def _within_budget(fn, z0: torch.Tensor, feat, max_pixels: int | None, tile: int
 
 def predict_latent(prior, latent: tuple[torch.Tensor, ...], lr: torch.Tensor, max_pixels: int | None = None,
                    tile: int = 256, overlap: int = 32, margin: int = 32) -> tuple[torch.Tensor, ...]:
-    """The latent module's prediction; each latent part whose map has more than
+    """The latent module's prediction (mu); each latent part whose map has more than
     `max_pixels` positions is computed in tiles (the LR branch always runs whole: it works
     at LR/3 resolution and is cheap)."""
+    return predict_distribution(prior, latent, lr, max_pixels, tile, overlap, margin)[0]
+
+
+def predict_distribution(prior, latent: tuple[torch.Tensor, ...], lr: torch.Tensor, max_pixels: int | None = None,
+                         tile: int = 256, overlap: int = 32, margin: int = 32):
+    """(mu parts, log sigma parts) of a module with a scale head, (mu parts, None) without;
+    whole or tiled as `predict_latent`."""
     out = []
     for i, z0 in enumerate(latent):
         feat = prior.lr_features(lr, tuple(z0.shape[-2:]), i)
         out.append(_within_budget(lambda z, f, i=i: prior.generate(z, f, i), z0, feat, max_pixels, tile, overlap,
                                   margin))
-    return tuple(out)
+    return split_prediction(out, prior.latent_channels)

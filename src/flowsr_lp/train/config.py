@@ -21,7 +21,8 @@ DEFAULTS: dict = {
     "optim": {"lr": 1e-4, "betas": [0.9, 0.999], "batch_size": 16, "epochs": None, "iterations": None,
               "milestones": [], "milestone_unit": "epoch", "gamma": 0.5, "grad_clip": None},
     "loss": {"perceptual": "vgg", "vgg_weights": None, "latent_weight": 0.0, "pixel_weight": 0.0,
-             "gradient_weight": 0.0, "nll_weight": 5e-4},
+             "gradient_weight": 0.0, "nll_weight": 5e-4, "scale_weight": 1.0,
+             "scale_only": False},  # scale_only: train a latent module's scale head alone (mu frozen)
     "run": {"out": "runs/default", "seed": 0, "workers": 0, "device": "auto", "amp": "none",
             "channels_last": False, "sync_bn": True, "log_every": 10, "val_every": 0, "ckpt_every": 200,
             "threads": None},
@@ -71,7 +72,7 @@ def _scalar(v):
 
 
 _NUMERIC = {"optim": ("lr", "gamma", "grad_clip"),
-            "loss": ("latent_weight", "pixel_weight", "gradient_weight", "nll_weight")}
+            "loss": ("latent_weight", "pixel_weight", "gradient_weight", "nll_weight", "scale_weight")}
 
 
 def load_config(path: str | Path, overrides: list[str] = (), task: str | None = None) -> dict:
@@ -113,6 +114,8 @@ def validate(cfg: dict) -> None:
         raise ConfigError("optim.milestone_unit must be epoch, iteration or fraction")
     if cfg["loss"]["perceptual"] not in ("vgg", "none"):
         raise ConfigError("loss.perceptual must be 'vgg' or 'none'")
+    if cfg["loss"]["scale_only"] and cfg["task"] != "prior":
+        raise ConfigError("loss.scale_only trains a latent module's scale head: a prior recipe's option")
     if cfg["task"] == "prior":
         if not cfg["flow"].get("checkpoint"):
             raise ConfigError("a prior is trained through a frozen flow: set flow.checkpoint")

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..priors.scale import gaussian_nll
+
 
 def _window_of(batch: dict) -> tuple | None:
     w = batch.get("window")
@@ -68,20 +70,35 @@ class LINFFinetune(nn.Module):
 
 class PriorObjective(nn.Module):
     """FlowSR-LP: L = L_percep + lambda * L_latent (+ pixel / gradient L1 when asked), with the flow
-    frozen; gradients reach the latent module through the flow's inverse only."""
+    frozen; gradients reach the latent module through the flow's inverse only. A module with a
+    scale head (priors/scale.py) also gets `scale_weight` x the Gaussian NLL of the HR's true
+    latent under N(mu, sigma^2); that term trains sigma only (mu is taken as given, and the head
+    reads detached features). `scale_only`: only the head learns, by that NLL alone; the rest
+    of the module stays in eval mode (BatchNorm statistics frozen, so mu is unchanged bit for
+    bit) and the flow's inverse is skipped."""
 
     def __init__(self, flow, prior: nn.Module, perceptual: nn.Module | None, latent_weight: float = 0.0,
-                 pixel_weight: float = 0.0, autocast: str = "none", gradient_weight: float = 0.0):
+                 pixel_weight: float = 0.0, autocast: str = "none", gradient_weight: float = 0.0,
+                 scale_weight: float = 1.0, scale_only: bool = False):
         super().__init__()
         self.prior = prior
         self.flow = flow.eval().requires_grad_(False)
         self.perceptual = perceptual
         self.latent_weight, self.pixel_weight, self.gradient_weight = latent_weight, pixel_weight, gradient_weight
+        self.scale_weight = scale_weight if getattr(prior.config, "scale_head", False) else 0.0
         self.autocast = autocast
+        self.head_only = scale_only
+        if scale_only and not self.scale_weight > 0:
+            raise ValueError("loss.scale_only needs a latent module with a scale head and scale_weight > 0")
 
     def train(self, mode: bool = True):  # the flow stays in eval mode whatever happens
         super().train(mode)
         self.flow.eval()
+        if self.head_only:
+            self.prior.eval()
+            for name, m in self.prior.named_children():
+                if name.startswith("scale_head"):
+                    m.train(mode)
         return self
 
     def _amp(self, device: torch.device):
@@ -95,12 +112,17 @@ class PriorObjective(nn.Module):
         with torch.no_grad():
             ctx = self.flow.condition(lr, tuple(batch["hr"].shape[-2:]), **({"window": window} if window else {}))
             z0 = self.flow.initial_prior(lr, ctx, self.prior.config.initial_prior)
-            z_gt = self.flow.encode(hr, ctx)[0] if self.latent_weight > 0 else None
+            z_gt = self.flow.encode(hr, ctx)[0] if self.latent_weight > 0 or self.scale_weight > 0 else None
         with self._amp(lr.device):
-            z_hat = self.prior(z0, lr)
+            z_hat, log_sigma = self.prior.distribution(z0, lr)
         z_hat = tuple(z.float() for z in z_hat)
+        loss, logs = z_hat[0].new_zeros(()), {}
+        if self.scale_weight > 0:
+            nll = sum(gaussian_nll(z, m, ls.float()) for z, m, ls in zip(z_gt, z_hat, log_sigma)) / len(z_gt)
+            loss, logs["scale_nll"] = loss + self.scale_weight * nll, nll.detach()
+        if self.head_only:
+            return loss, logs
         sr = self.flow.decode(z_hat, ctx)  # the flow in float32: its inverse amplifies rounding
-        loss, logs = sr.new_zeros(()), {}
         if self.perceptual is not None:
             with self._amp(lr.device):
                 p = self.perceptual(sr, hr).float()
@@ -111,7 +133,7 @@ class PriorObjective(nn.Module):
         if self.gradient_weight > 0:  # L1 between image gradients: seams the HR lacks cost extra
             g = sum((sr.diff(dim=d) - hr.diff(dim=d)).abs().mean() for d in (-1, -2))
             loss, logs["grad"] = loss + self.gradient_weight * g, g.detach()
-        if z_gt is not None:
+        if self.latent_weight > 0:
             lat = sum(F.l1_loss(a, b) for a, b in zip(z_hat, z_gt)) / len(z_gt)
             loss, logs["latent"] = loss + self.latent_weight * lat, lat.detach()
         logs["finite"] = torch.isfinite(sr).all().float()

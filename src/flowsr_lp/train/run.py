@@ -11,6 +11,7 @@ from ..checkpoints import CheckpointError, build_model, load_flow, load_prior, s
 from ..flows.layers import ActNorm
 from ..nets.vgg import PerceptualLoss, VGGWeightsMissing, load_vgg_state
 from ..pipeline import SuperResolver, check_prior_fits
+from ..priors.scale import with_scale_head
 from .objectives import FlowNLL, LINFFinetune, PriorObjective
 from ..distributed import finish, setup_distributed
 from .trainer import Trainer, TrainingError, check_out_folder
@@ -52,7 +53,7 @@ def default_loss_weights(cfg: dict) -> str | None:
     use pixel L1 x1 (+ latent L1 x0.1) and record the change in the config (saved with the
     run as `loss_weights_changed`); returns what changed, for the log."""
     loss = cfg["loss"]
-    if cfg["task"] != "prior" or loss["perceptual"] != "none" or loss["pixel_weight"] != 0:
+    if cfg["task"] != "prior" or loss["perceptual"] != "none" or loss["pixel_weight"] != 0 or loss["scale_only"]:
         return None
     changed = {"pixel_weight": (loss["pixel_weight"], 1.0),
                "latent_weight": (loss["latent_weight"], loss["latent_weight"] or 0.1)}
@@ -73,7 +74,7 @@ def train(cfg: dict, resume: bool = False, overwrite: bool = False) -> None:
     changed = default_loss_weights(cfg)
     if changed and rank == 0:
         logger.warning("loss weights changed: %s", changed)
-    needs_vgg = cfg["task"] == "prior" or cfg["stage"] == "finetune"
+    needs_vgg = (cfg["task"] == "prior" and not loss["scale_only"]) or cfg["stage"] == "finetune"
     percep, label = _perceptual(cfg, needs_vgg)
     try:
         if flow_spec.get("checkpoint"):
@@ -91,6 +92,8 @@ def train(cfg: dict, resume: bool = False, overwrite: bool = False) -> None:
         try:
             prior = (load_prior(prior_spec["checkpoint"], device=device) if prior_spec.get("checkpoint")
                      else build_model("prior", prior_spec["family"], prior_spec.get("config", {})).to(device))
+            if prior_spec.get("checkpoint") and prior_spec.get("scale_head") and not prior.config.scale_head:
+                prior = with_scale_head(prior)
             check_prior_fits(flow, prior)
         except (CheckpointError, ValueError, TypeError) as e:
             raise TrainingError(f"prior: {e}") from None
@@ -98,7 +101,7 @@ def train(cfg: dict, resume: bool = False, overwrite: bool = False) -> None:
             prior = prior.to(memory_format=torch.channels_last)
         prior.train()
         objective = PriorObjective(flow, prior, percep, loss["latent_weight"], loss["pixel_weight"], run["amp"],
-                                   loss["gradient_weight"])
+                                   loss["gradient_weight"], loss["scale_weight"], loss["scale_only"])
         model, export = prior, save_prior
         resolver = lambda: SuperResolver(flow, prior)  # noqa: E731
     trainer = Trainer(cfg, model, objective, export, resolver, label=label, rank=rank, world=world,

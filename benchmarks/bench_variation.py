@@ -1,0 +1,150 @@
+"""Samples around the learned prior (LearnedPrior(variation=t)) against temperature sampling,
+and the learned scale's likelihood (issue 20's acceptance figures), on B100 x4 (or any
+folder of HR images) with the bundled models.
+
+For each flow:
+- bits/dim of the HR under N(mu, sigma^2) (the module's scale head) and under N(mu, s^2) for
+  every global s in {0.5, 0.6, ..., 2.0} (the best s is chosen on the same images);
+- curves over t in {0.25, 0.5, 1.0} (around the prior) and tau in {0.1, ..., 1.0} (sampling),
+  `--draws` draws per image: pixel diversity (mean per-pixel std over draws, gray levels),
+  PSNR per draw (Y, shave 4, LINF protocol), grid score, %Inf;
+- at equal pixel diversity (the tau curve interpolated at each t point): the PSNR gain of
+  the samples around the prior and the ratio of their grid scores.
+
+Writes JSON and a plot (PSNR and grid against diversity).
+
+    python benchmarks/bench_variation.py --max-images 16 --draws 8 --out runs/variation
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from flowsr_lp import load_flow, load_prior
+from flowsr_lp.data.folders import find_images
+from flowsr_lp.evaluate import Dataset, make_pair
+from flowsr_lp.metrics import diversity, grid_score, psnr
+from flowsr_lp.pipeline import LearnedPrior, SuperResolver, TemperatureSampling
+
+from flowsr_lp.precision import hardware_line
+
+TAUS = [round(0.1 * k, 1) for k in range(1, 11)]
+VARIATIONS = [0.25, 0.5, 1.0]
+SCALES = [round(0.5 + 0.1 * k, 1) for k in range(16)]
+
+
+def curve_point(resolver, prepared, hr, lr, strategies) -> dict:
+    outs = [resolver.generate(prepared, s) for s in strategies]
+    finite = [o.all_finite for o in outs]
+    imgs = [o.images.clamp(0, 1) for o, ok in zip(outs, finite) if ok]
+    p = [psnr(x, hr, shave=4, y_channel=True).item() for x in imgs]
+    g = [grid_score(x, lr).item() for x in imgs]
+    div = 255 * diversity(torch.stack(imgs)).item() if len(imgs) > 1 else float("nan")
+    return {"psnr": float(np.mean(p)) if p else float("nan"), "grid": float(np.mean(g)) if g else float("nan"),
+            "diversity": div, "inf": 100.0 * finite.count(False) / len(finite)}
+
+
+def run_flow(name, flow_id, prior_id, pairs, draws, seed) -> dict:
+    flow, prior = load_flow(flow_id), load_prior(prior_id)
+    plain = type(prior)(type(prior.config).from_dict({**prior.config.to_dict(), "scale_head": False}))
+    plain.load_state_dict({k: v for k, v in prior.state_dict().items() if not k.startswith("scale_head")})
+    resolver = SuperResolver(flow, prior)
+    head = bool(getattr(prior.config, "scale_head", False))
+    bpd = {"sigma": [], **{f"s={s}": [] for s in SCALES}, "flow": []}
+    curves = {f"tau={t}": [] for t in TAUS} | {f"t={t}": [] for t in VARIATIONS}
+    for k, (hr, lr) in enumerate(pairs):
+        t0 = time.time()
+        if head:
+            bpd["sigma"].append(resolver.bits_per_dim(hr, lr, LearnedPrior(prior)).item())
+        for s in SCALES:
+            bpd[f"s={s}"].append(resolver.bits_per_dim(hr, lr, LearnedPrior(plain, variation=s)).item())
+        bpd["flow"].append(resolver.bits_per_dim(hr, lr).item())
+        prepared = resolver.prepare(lr, size=tuple(hr.shape[-2:]))
+        for t in TAUS:
+            curves[f"tau={t}"].append(curve_point(resolver, prepared, hr, lr,
+                                                  [TemperatureSampling(t, seed=seed + d) for d in range(draws)]))
+        for t in VARIATIONS:
+            curves[f"t={t}"].append(curve_point(resolver, prepared, hr, lr,
+                                                [LearnedPrior(prior, variation=t, seed=seed + d) for d in range(draws)]))
+        print(f"{name}: image {k + 1}/{len(pairs)} in {time.time() - t0:.1f} s", flush=True)
+    mean = {k: float(np.mean(v)) for k, v in bpd.items() if v}
+    best_s = min(SCALES, key=lambda s: mean[f"s={s}"])
+    summary = {k: {m: float(np.nanmean([p[m] for p in v])) for m in ("psnr", "grid", "diversity", "inf")}
+               for k, v in curves.items()}
+    tau_div = np.array([summary[f"tau={t}"]["diversity"] for t in TAUS])
+    order = np.argsort(tau_div)
+    compare = {}
+    for t in VARIATIONS:
+        d = summary[f"t={t}"]["diversity"]
+        at = lambda m: float(np.interp(d, tau_div[order], np.array([summary[f"tau={x}"][m] for x in TAUS])[order]))  # noqa: E731
+        compare[f"t={t}"] = {"diversity": d, "psnr_gain_db": summary[f"t={t}"]["psnr"] - at("psnr"),
+                             "grid_ratio": summary[f"t={t}"]["grid"] / at("grid") if at("grid") else float("nan"),
+                             "tau_at_equal_diversity": float(np.interp(d, tau_div[order], np.array(TAUS)[order]))}
+    return {"flow": flow_id, "prior": prior_id, "scale_head": head, "bpd": mean, "best_global_s": best_s,
+            "bpd_gain_over_best_s": (mean[f"s={best_s}"] - mean["sigma"]) if head else None,
+            "curves": summary, "equal_diversity": compare}
+
+
+def plot(results: dict, path: Path) -> None:
+    fig = Figure(figsize=(10, 4 * len(results)))
+    for row, (name, r) in enumerate(results.items()):
+        for col, metric in enumerate(("psnr", "grid")):
+            ax = fig.add_subplot(len(results), 2, 2 * row + col + 1)
+            for prefix, xs, style in (("tau=", TAUS, "o-"), ("t=", VARIATIONS, "s-")):
+                pts = [r["curves"][f"{prefix}{x}"] for x in xs]
+                ax.plot([p["diversity"] for p in pts], [p[metric] for p in pts], style,
+                        label="temperature sampling" if prefix == "tau=" else "around the prior (learned scale)")
+                for x, p in zip(xs, pts):
+                    ax.annotate(f"{prefix}{x}", (p["diversity"], p[metric]), fontsize=7)
+            ax.set_xlabel("pixel diversity (gray levels)")
+            ax.set_ylabel({"psnr": "PSNR per draw (dB)", "grid": "grid score"}[metric])
+            ax.set_title(f"{name}: {metric}")
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="../shared/data/B100/HR")
+    ap.add_argument("--max-images", type=int, default=100)
+    ap.add_argument("--draws", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--flows", default="LINF,SRFlow")
+    ap.add_argument("--out", default="runs/variation")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ds = Dataset("B100", Path(args.data), None)
+    pairs = []
+    for f in find_images([args.data])[: args.max_images]:
+        hr, lr, _ = make_pair(f, ds, 4.0, "make")
+        pairs.append((hr[None], lr[None]))
+    models = {"LINF": ("linf-small", "linf-small-lp"), "SRFlow": ("srflow-small", "srflow-small-lp")}
+    results = {}
+    t0 = time.time()
+    with torch.no_grad():
+        for name in args.flows.split(","):
+            results[name] = run_flow(name, *models[name], pairs, args.draws, args.seed)
+    meta = {"images": len(pairs), "draws": args.draws, "data": args.data, "hardware": hardware_line(),
+            "seconds": round(time.time() - t0, 1), "python": platform.python_version()}
+    (out / "variation.json").write_text(json.dumps({"meta": meta, **results}, indent=1))
+    plot(results, out / "variation.png")
+    for name, r in results.items():
+        print(name, json.dumps({k: r[k] for k in ("bpd", "best_global_s", "bpd_gain_over_best_s", "equal_diversity")},
+                               indent=1))
+    print(f"written {out / 'variation.json'} and {out / 'variation.png'}")
+
+
+if __name__ == "__main__":
+    main()
