@@ -1,8 +1,8 @@
 """Compute precision: which dtype the networks around a flow run in, and what the hardware
 offers. Reduced precision (bf16 / fp16) is applied with autocast to the encoder, the
 conditioning networks and the latent module; the flows' invertible transforms and their
-log-determinants always run in float32 (`full_precision`), because the inverse is where
-rounding turns into exploding values."""
+log-determinants always run in float32 (`full_precision`: no autocast, no TF32 on CUDA),
+because the inverse is where rounding turns into exploding values."""
 from __future__ import annotations
 
 import contextlib
@@ -187,8 +187,8 @@ def _to_float32(a):
 
 
 def float32_transform(method):
-    """Decorator for a flow module's invertible transform: it runs with autocast off and
-    its tensor (or tuple-of-tensor) arguments cast to float32."""
+    """Decorator for a flow module's invertible transform: it runs with autocast and TF32
+    off (`full_precision`) and its tensor (or tuple-of-tensor) arguments cast to float32."""
 
     @functools.wraps(method)
     def run(self, *args, **kwargs):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from typing import Iterable, Sequence
 
 import torch
@@ -132,6 +133,9 @@ class CachingLayer(InvertibleLayer):
         return super()._load_from_state_dict(*args, **kwargs)
 
 
+_HOLDING = threading.Lock()  # the counts of concurrent calls (the app decodes in threads)
+
+
 @contextlib.contextmanager
 def derive_once(module: nn.Module):
     """Inside, `module`'s weight caches keep their values in training too (with autograd),
@@ -139,15 +143,17 @@ def derive_once(module: nn.Module):
     fine-tuning: one float64 inverse per layer per decode, not per chunk); those values are
     dropped on leaving, so no autograd graph outlives the call."""
     caches = [m.cache for m in module.modules() if isinstance(m, CachingLayer)]
-    for c in caches:
-        c.held += 1
+    with _HOLDING:
+        for c in caches:
+            c.held += 1
     try:
         yield
     finally:
-        for c in caches:
-            c.held -= 1
-            if not c.held:
-                c._held = None
+        with _HOLDING:
+            for c in caches:
+                c.held -= 1
+                if not c.held:
+                    c._held = None
 
 
 class CachedInverse(CachingLayer):
