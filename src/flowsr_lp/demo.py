@@ -89,21 +89,27 @@ def run_demo(out: Path, images: int = 3, size: int = 288, runs: int = 10, device
                          "prior_training": training_record(bundled_path(prior_name))}
         opts = EvalOptions(data=[str(hr_dir.parent)], scales=scales, taus=taus, runs=runs, use_lpips=use_lpips,
                            alexnet_weights=alexnet_weights, lr_source="make", report_images=1, label=label,
-                           precision=precision)
+                           precision=precision, variations=[0.5], bpd=True, sr_space=use_lpips)
         r, n, c = evaluate(flow, prior, opts, out, progress=progress)
         rows += r
         notes += n
         crops += c
     # the temperature map (Fig. 2) of the first photo, with the LINF flow
     flow = load_flow(bundled_path("linf-small"), device=device)
+    prior = load_prior(bundled_path("linf-small-lp"), device=device)
     metric = "lpips" if use_lpips else "psnr"
     tmap = temperature_map(flow, load_rgb_uint8(photos[0]), 4.0, [round(0.1 * k, 1) for k in range(11)], 24,
-                           metric, 0, alexnet_weights, device, progress=False)
+                           metric, 0, alexnet_weights, device, progress=False,
+                           prior=prior if getattr(prior.config, "scale_head", False) else None)
     tsum = save_temperature_map(tmap, out / "temperature")
     tmap_html = (f"<p>{html.escape(photos[0].stem)} x4, best temperature of each 24x24 region for the whole-image "
                  f"{metric.upper()} (Fig. 2 of the paper): one fixed temperature is best at tau="
                  f"{tsum['best_single_tau']:g} ({tsum['best_single_score']:.3f}); per-region temperatures reach "
-                 f"{tsum['per_region_score']:.3f}.</p><img src='temperature/temperature_map.png' alt='temperature map'>")
+                 f"{tsum['per_region_score']:.3f}."
+                 + (f" Right: the learned prior's predicted scale sigma (a learned per-region temperature); its rank "
+                    f"correlation with the best temperature over the regions is {tsum['rank_correlation']:.2f}."
+                    if tsum.get("rank_correlation") is not None else "")
+                 + "</p><img src='temperature/temperature_map.png' alt='temperature map'>")
     summary = summarise(rows)
     meta = {"description": f"bundled small LINF and SRFlow, {len(photos)} scikit-image photos ({size}x{size} HR), "
                            f"{runs} draws per temperature", "models": models, "runs": runs,

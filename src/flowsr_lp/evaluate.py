@@ -15,8 +15,8 @@ from tqdm import tqdm
 from .data.folders import find_images, load_rgb_uint8
 from .data.resize import imresize, modcrop
 from .errors import ImageError
-from .metrics import diversity, grid_score, lpips, lr_psnr, psnr, ssim, to_uint8_like_srflow
-from .metrics.perceptual import lpips_model
+from .metrics import diversity, grid_score, lpips, lr_psnr, psnr, sr_space_diversity, ssim, to_uint8_like_srflow
+from .metrics.perceptual import lpips_map, lpips_model
 from .pipeline import LatentStrategy, SRResult, SuperResolver, TemperatureSampling, batched, bicubic
 from .report import save_crops
 from .tiles import batch_limit, release_cached_memory, tile_scale, tiled_result
@@ -110,6 +110,9 @@ class EvalOptions:
     bicubic: bool = False  # add a bicubic baseline row (MATLAB-style bicubic upsampling of the LR)
     precision: str = "fp32"  # the SuperResolver's compute precision (fp32 | bf16 | fp16 | auto)
     batch_size: int = 8  # same-size images upscaled together (see tiles.batch_limit)
+    variations: list[float] = field(default_factory=list)  # rows "LP variation=t": samples around the prior
+    bpd: bool = False  # a bits/dim column: the HR's density under each method's latent distribution
+    sr_space: bool = False  # the NTIRE SR-space diversity score over each method's runs (LPIPS maps)
 
 
 def protocol_metrics(sr: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor, scale: float, dataset: str,
@@ -141,7 +144,19 @@ def methods(opts: EvalOptions, resolver: SuperResolver) -> list[tuple[str, float
            for t in opts.taus]
     if resolver.prior is not None:
         out.append((f"{pre}LP", None, [resolver.strategy]))
+        out += [(f"{pre}LP variation={t:g}", None,
+                 [resolver.strategy.with_noise(variation=t, seed=opts.seed + r) for r in range(opts.runs)])
+                for t in opts.variations if t > 0]
     return out
+
+
+def density_strategy(strategies: list[LatentStrategy]) -> LatentStrategy | None:
+    """The latent distribution a method samples from (for bits/dim), or None: tau 0 is a
+    point mass."""
+    s = strategies[0]
+    if isinstance(s, TemperatureSampling) and not (s.tau is None or s.tau > 0):
+        return None
+    return s
 
 
 def evaluate(flow, prior, opts: EvalOptions, out_dir: Path, rank: int = 0, world: int = 1, progress: bool = True):
@@ -151,7 +166,7 @@ def evaluate(flow, prior, opts: EvalOptions, out_dir: Path, rank: int = 0, world
     device = resolver.device
     fixed = getattr(flow, "fixed_scale", None)
     rows, notes, crops = [], [], []
-    if opts.use_lpips:
+    if opts.use_lpips or opts.sr_space:
         lpips_model(device, opts.alexnet_weights)  # fail now, not after hours of work
     scales = [s for s in opts.scales if fixed is None or s == fixed]
     if fixed is not None and len(scales) < len(opts.scales):
@@ -228,6 +243,7 @@ def _evaluate_batch(resolver: SuperResolver, items: list, opts: EvalOptions, out
             log.error("%s x%g: %s out of memory even in tiles: left out", items[0][0].name, items[0][3], items[0][2].name)
             bar.update()
             return
+    bpd = _bits_per_dim(resolver, items, plan) if opts.bpd else {}
     for k, (ds, i, path, scale, hr, lr, lr_from) in enumerate(items):
         base = {"dataset": ds.name, "image": path.stem, "scale": scale, "lr_source": lr_from}
         shown = {}
@@ -242,6 +258,9 @@ def _evaluate_batch(resolver: SuperResolver, items: list, opts: EvalOptions, out
             inf = 100.0 * (finite.count(False) / len(finite))  # the paper's %Inf (metrics.inf_rate)
             samples = [x.clamp(0, 1) for x, ok in zip(mine, finite) if ok]
             div = diversity(torch.stack(samples)).item() if len(samples) > 1 else None
+            space = (sr_space_diversity(torch.cat(samples), hr, math.ceil(scale),
+                                        lambda a, b: lpips_map(a, b, opts.alexnet_weights))
+                     if opts.sr_space and len(samples) > 1 else None)
             for run, (strategy, images, ok) in enumerate(zip(strategies, mine, finite)):
                 row = {**base, "method": method, "tau": "" if tau is None else tau, "run": run,
                        "seed": "" if tau is None else strategy.seed, "finite": ok, "inf_rate": inf}
@@ -251,10 +270,25 @@ def _evaluate_batch(resolver: SuperResolver, items: list, opts: EvalOptions, out
                     shown.setdefault(method, sr)
                     if div is not None:
                         row["diversity"] = div
+                    if space is not None:
+                        row["sr_space"] = space
+                if method in bpd:
+                    row["bpd"] = bpd[method][k]
                 rows.append(row)
         if i < opts.report_images:
             crops.append(save_crops(out_dir, ds.name, path.stem, scale, hr, lr, shown, opts.label))
         bar.update()
+
+
+def _bits_per_dim(resolver: SuperResolver, items: list, plan) -> dict[str, list[float]]:
+    """{method: bits/dim of each item's HR under the method's latent distribution}."""
+    hr, lr = torch.cat([it[4] for it in items]), torch.cat([it[5] for it in items])
+    out = {}
+    for method, _, strategies in plan:
+        s = density_strategy(strategies)
+        if s is not None:
+            out[method] = resolver.bits_per_dim(hr, lr, s).tolist()
+    return out
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -273,7 +307,7 @@ def summarise(rows: list[dict]) -> list[dict]:
         entry = {"dataset": ds, "scale": scale, "method": method, "images": len(per_image), "runs": len(rs),
                  "inf_rate": sum(float(img_rows[0]["inf_rate"]) for img_rows in per_image.values()) / len(per_image)}
         entry["covers"] = {}
-        for m in METRICS + ("diversity",):
+        for m in METRICS + ("diversity", "sr_space", "bpd"):
             vals = []
             for img_rows in per_image.values():
                 v = [float(r[m]) for r in img_rows if r["finite"] and r.get(m, "") not in ("", None)]

@@ -16,10 +16,12 @@ from matplotlib.figure import Figure
 from .images import write_png
 from .pipeline import bicubic
 
-COLUMNS = ("psnr", "ssim", "lpips", "lr_psnr", "inf_rate", "grid", "diversity")
+COLUMNS = ("psnr", "ssim", "lpips", "lr_psnr", "bpd", "inf_rate", "grid", "diversity", "sr_space")
 HEADERS = {"psnr": "PSNR (↑)", "ssim": "SSIM (↑)", "lpips": "LPIPS (↓)", "lr_psnr": "LR-PSNR (↑)",
-           "inf_rate": "%Inf (↓)", "grid": "Grid (↓)", "diversity": "Diversity"}
-DIGITS = {"psnr": 2, "ssim": 4, "lpips": 3, "lr_psnr": 2, "inf_rate": 1, "grid": 3, "diversity": 4}
+           "bpd": "bits/dim (↓)", "inf_rate": "%Inf (↓)", "grid": "Grid (↓)", "diversity": "Diversity",
+           "sr_space": "SR-space div. (↑)"}
+DIGITS = {"psnr": 2, "ssim": 4, "lpips": 3, "lr_psnr": 2, "bpd": 3, "inf_rate": 1, "grid": 3, "diversity": 4,
+          "sr_space": 2}
 
 
 def _fmt(v, key) -> str:

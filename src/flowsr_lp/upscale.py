@@ -48,18 +48,28 @@ def output_paths(inputs: list[Path], out: Path) -> list[Path]:
     return [out] if single else [out / (p.stem + ".png") for p in inputs]
 
 
+def draw_strategy(resolver: SuperResolver, tau=None, seed: int = 0, variation: float = 0.0):
+    """The strategy of one draw: sampling at `tau` without a learned prior; with one, the
+    prior's prediction, or samples around it (`variation` > 0)."""
+    if resolver.prior is None:
+        return TemperatureSampling(tau, seed=seed)
+    return resolver.strategy.with_noise(variation=variation, seed=seed)
+
+
 def upscale_with_retries(resolver: SuperResolver, lr: torch.Tensor, size, tau=None, seed: int = 0,
-                         retries: int = 0, name="", first: SRResult | None = None) -> torch.Tensor:
+                         retries: int = 0, name="", first: SRResult | None = None, variation: float = 0.0,
+                         seed_step: int = 1) -> torch.Tensor:
     """One SR image (3 x H x W, raw) with the resolver's strategy (sampling at `tau` when it
     has no learned prior); on an exploding inverse, redraw with seed + 1, ... up to `retries`
     times; raises `ExplodingInverse` when every draw exploded. `first`: the first draw's
     result when it was already computed (the image's share of a batch). An image that runs
-    out of memory whole is retried in tiles (when its size can be tiled)."""
+    out of memory whole is retried in tiles (when its size can be tiled). Retry k uses seed +
+    k * seed_step (several draws of an image step by their count, so seeds never repeat)."""
     scale = tile_scale(resolver, lr, size)  # a large image: in tiles, with a progress bar
     prepared = None
-    sampling = resolver.prior is None
+    sampling = resolver.prior is None or variation > 0
     for attempt in range(retries + 1):
-        strategy = TemperatureSampling(tau, seed=seed + attempt) if sampling else resolver.strategy
+        strategy = draw_strategy(resolver, tau, seed + attempt * seed_step, variation)
         if attempt == 0 and first is not None:
             result = first
         else:
@@ -82,44 +92,60 @@ def upscale_with_retries(resolver: SuperResolver, lr: torch.Tensor, size, tau=No
             break  # the same latent every time: a retry cannot help
         if attempt < retries:
             log.warning("%s: exploding inverse (inf/NaN) with seed %d; retrying with seed %d",
-                        name, seed + attempt, seed + attempt + 1)
+                        name, seed + attempt * seed_step, seed + (attempt + 1) * seed_step)
     tries = "1 draw" if attempt == 0 else f"{attempt + 1} draws"
-    hint = " (try --retries N or a lower --tau)" if sampling else ""
+    hint = " (try --retries N or a lower --tau / --variation)" if sampling else ""
     raise ExplodingInverse(f"exploding inverse: the flow's output went inf/NaN ({tries}); nothing written{hint}")
 
 
 class _Failures:
-    """Counts inputs that failed; `each(src)` logs one input's failure as one error line and
-    lets the others go on."""
+    """The inputs that failed (`failed`, a set shared by the draws of a call); `each(src)` logs
+    one input's failure as one error line and lets the others go on."""
 
-    def __init__(self):
-        self.count = 0
+    def __init__(self, failed: set | None = None):
+        self.failed = failed if failed is not None else set()
+
+    @property
+    def count(self) -> int:
+        return len(self.failed)
 
     @contextlib.contextmanager
     def each(self, src: Path, hw=None):
         try:
             yield
         except (ImageError, ExplodingInverse, ValueError, OSError) as e:
-            self.count += 1
+            self.failed.add(src)
             msg = " ".join((str(e) or type(e).__name__).split())
             log.error("%s", msg if msg.startswith(str(src)) else f"{src}: {msg}")
         except torch.OutOfMemoryError:
-            self.count += 1
+            self.failed.add(src)
             log.error("%s: out of memory at %s; lower --max-megapixels or the scale, or use a device with more "
                       "memory", src, "x".join(map(str, hw)) if hw else "this size")
         except RuntimeError as e:  # any other failure of the device or the model on this input
-            self.count += 1
+            self.failed.add(src)
             log.error("%s: %s", src, first_line(e))
 
 
 def upscale_files(resolver: SuperResolver, inputs: list[Path], outs: list[Path], *, scale=None, size=None,
                   tau=None, seed: int = 0, retries: int = 0, max_megapixels: float = 64.0,
-                  progress: bool = True, batch_size: int = 1) -> int:
+                  progress: bool = True, batch_size: int = 1, variation: float = 0.0, draws: int = 1) -> int:
     """Upscale each input to its output path (by `scale` or to `size`); each failure is logged
     as an error and the rest still run. Inputs of the same LR size run through the resolver
     together, up to `batch_size` at a time (see `batch_limit`); every image is still seeded
-    with `seed` as when alone. Returns the number of failures."""
-    failures, seen, groups = _Failures(), {}, {}
+    with `seed` as when alone. `draws` > 1: N samples of each input, written as STEM_0.png,
+    STEM_1.png, ... (draw d seeded with seed + d). Returns the number of failed inputs."""
+    failed: set = set()
+    for k in range(draws):
+        dsts = outs if draws == 1 else [d.with_name(f"{d.stem}_{k}.png") for d in outs]
+        _upscale_all(resolver, inputs, dsts, scale, size, tau, seed + k, retries, max_megapixels, progress,
+                     batch_size, variation, draws, failed)
+    return len(failed)
+
+
+def _upscale_all(resolver, inputs, outs, scale, size, tau, seed, retries, max_megapixels, progress, batch_size,
+                 variation, seed_step, failed: set) -> None:
+    """One draw of every input; the inputs that failed are added to `failed`."""
+    failures, seen, groups = _Failures(failed), {}, {}
     bar = tqdm(total=len(inputs), desc="upscale", unit="img", disable=not progress)
     for src, dst in zip(inputs, outs):  # checks from the headers, in input order: nothing decoded yet
         with failures.each(src):
@@ -140,12 +166,12 @@ def upscale_files(resolver: SuperResolver, inputs: list[Path], outs: list[Path],
     for (lr_hw, hw), items in groups.items():
         n = batch_limit(lr_hw, batch_size)
         for k in range(0, len(items), n):
-            _upscale_batch(resolver, items[k : k + n], hw, tau, seed, retries, failures, bar)
+            _upscale_batch(resolver, items[k : k + n], hw, tau, seed, retries, failures, bar, variation, seed_step)
     bar.close()
-    return failures.count
 
 
-def _upscale_batch(resolver, items, hw, tau, seed, retries, failures: _Failures, bar) -> None:
+def _upscale_batch(resolver, items, hw, tau, seed, retries, failures: _Failures, bar, variation=0.0,
+                   seed_step=1) -> None:
     """Same-size inputs: read, upscaled as one batch (each with its own seed), written; an
     image that exploded is redrawn alone (`--retries`), and if the batch as a whole fails
     each image runs alone, so that its own error is reported."""
@@ -160,7 +186,7 @@ def _upscale_batch(resolver, items, hw, tau, seed, retries, failures: _Failures,
         bar.update()  # reached when the input failed
     batch = None
     if len(ready) > 1:
-        strategy = batched(TemperatureSampling(tau, seed=seed), len(ready)) if resolver.prior is None else None
+        strategy = batched(draw_strategy(resolver, tau, seed, variation), len(ready))
         try:
             batch = resolver.generate(resolver.prepare(torch.stack([lr for _, _, lr in ready]), size=hw), strategy)
         except (RuntimeError, ValueError, UsageError) as e:  # out of memory, a device error ...: each image
@@ -173,7 +199,7 @@ def _upscale_batch(resolver, items, hw, tau, seed, retries, failures: _Failures,
         with failures.each(src, hw):
             first = None if batch is None else SRResult(batch.images[i : i + 1], batch.finite[i : i + 1],
                                                         batch.strategy)
-            sr = upscale_with_retries(resolver, lr, hw, tau, seed, retries, src, first)
+            sr = upscale_with_retries(resolver, lr, hw, tau, seed, retries, src, first, variation, seed_step)
             try:
                 write_png(sr, dst)
             except OSError as e:  # read-only folder, disk full ...

@@ -18,7 +18,7 @@ from ..evaluate import LEFT_OUT, EvalOptions, evaluate, summarise
 from ..hub.resolve import flow_for_prior
 from ..report import write_outputs
 from ..cli_options import (add_device, add_precision, add_scales, add_taps, add_taus, count, positive_int,
-                           resolve_device, seed)
+                           resolve_device, seed, temperature)
 
 
 def add_parser(sub, parents=()) -> None:
@@ -38,6 +38,14 @@ def add_parser(sub, parents=()) -> None:
     add_taus(p, [0.8], "sampling temperatures (default 0.8)")
     p.add_argument("--bicubic", action="store_true", help="add a bicubic baseline row (MATLAB-style bicubic "
                    "upsampling of the LR) to every table and the report")
+    p.add_argument("--variation", "--variations", dest="variations", nargs="+", type=temperature, default=[],
+                   metavar="T", help="with --prior: rows 'LP variation=T' sampling around the prior, z = mu + T sigma "
+                                     "eps (sigma: the module's learned scale, or 1), --runs draws each")
+    p.add_argument("--bpd", action="store_true", help="a bits/dim column: the HR's negative log2-likelihood per "
+                   "sub-pixel under each method's latent distribution (tau rows: N(0, tau^2); the prior: "
+                   "N(mu, sigma^2); variation T: N(mu, (T sigma)^2); tau 0 has none)")
+    p.add_argument("--sr-space", action="store_true", help="the NTIRE SR-space diversity score over each "
+                   "method's --runs draws (spatial LPIPS: needs the AlexNet weights, see --alexnet-weights)")
     p.add_argument("--runs", type=positive_int, default=1,
                    help="samples per image and temperature (for %%Inf, diversity)")
     p.add_argument("--protocol", choices=["linf", "srflow"], default="linf",
@@ -64,7 +72,10 @@ def run(args) -> int:
     opts = EvalOptions(data=args.data, scales=args.scales, taus=args.taus, runs=args.runs, protocol=args.protocol,
                        seed=args.seed, use_lpips=not args.no_lpips, alexnet_weights=args.alexnet_weights,
                        max_images=args.max_images, lr_source=args.lr_source, report_images=args.report_images,
-                       bicubic=args.bicubic, precision=args.precision, batch_size=args.batch_size)
+                       bicubic=args.bicubic, precision=args.precision, batch_size=args.batch_size,
+                       variations=args.variations, bpd=args.bpd, sr_space=args.sr_space)
+    if opts.variations and not args.prior:
+        raise UsageError("--variation samples around a learned prior: give --prior")
     out = Path(args.out)
     args.flow = args.flow or flow_for_prior(args.prior)
     if args.flow is None:

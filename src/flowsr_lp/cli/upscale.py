@@ -33,6 +33,11 @@ def add_parser(sub, parents=()) -> None:
     g.add_argument("--size", type=parse_size, help="output size HxW")
     p.add_argument("--tau", type=temperature, default=None, help="sampling temperature (default: the flow's "
                    "recommended one; ignored with --prior)")
+    p.add_argument("--variation", type=temperature, default=0.0, metavar="T",
+                   help="with --prior: sample around the prior, z = mu + T sigma eps (sigma: the module's learned "
+                        "per-region scale, or 1 for a module without one); 0 (default) is the prior's prediction")
+    p.add_argument("--draws", type=positive_int, default=1, metavar="N",
+                   help="N samples of each input, written as NAME_0.png ... NAME_{N-1}.png (draw d uses seed + d)")
     p.add_argument("--seed", type=seed, default=0, help="random seed; each image is seeded with it (default 0)")
     p.add_argument("--retries", type=count, default=0, help="on an exploding inverse, draw a new sample up to N times")
     p.add_argument("-o", "--out", required=True, help="output folder, or a .png path for a single input")
@@ -63,12 +68,14 @@ def run(args) -> int:
         scale = fixed
     if fixed is not None and scale is not None and scale not in (fixed, (fixed, fixed)):
         raise UsageError(f"this flow is fixed-scale x{fixed}; --scale {scale} is not possible")
+    if args.variation > 0 and prior is None:
+        raise UsageError("--variation samples around a learned prior: give --prior (without one, use --tau)")
     if prior is not None and args.tau is not None:
         log.warning("--tau is ignored with a learned prior (the latent is predicted, not sampled)")
     resolver = SuperResolver(flow, prior, prior_max_pixels=args.prior_max_pixels, precision=args.precision,
                              max_output_pixels=args.max_megapixels * 1e6)  # the CLI's limit, not the API default
     failures = upscale_files(resolver, inputs, outs, scale=scale, size=args.size, tau=args.tau, seed=args.seed,
                              retries=args.retries, max_megapixels=args.max_megapixels, progress=not args.quiet,
-                             batch_size=args.batch_size)
+                             batch_size=args.batch_size, variation=args.variation, draws=args.draws)
     print(f"{len(inputs) - failures} of {len(inputs)} image(s) written to {args.out}", file=sys.stderr)
     return 0 if failures == 0 else 1

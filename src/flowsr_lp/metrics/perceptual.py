@@ -80,3 +80,15 @@ def lpips(sr: torch.Tensor, hr: torch.Tensor, alexnet_weights: str | Path | None
     model = lpips_model(sr.device, alexnet_weights)
     d = model(sr.float().clamp(0, 1) * 2 - 1, hr.float() * 2 - 1)
     return d.flatten().double()
+
+
+@torch.no_grad()
+def lpips_map(sr: torch.Tensor, hr: torch.Tensor, alexnet_weights: str | Path | None = None) -> torch.Tensor:
+    """Spatial LPIPS: B x 3 x H x W images in [-1, 1] -> B x 1 x H x W distance maps (the
+    per-layer maps upsampled to the image size and summed, as LPIPS(spatial=True))."""
+    model = lpips_model(sr.device, alexnet_weights)
+    model.spatial = True
+    try:
+        return model(sr.float(), hr.float())
+    finally:
+        model.spatial = False
