@@ -55,3 +55,23 @@ def test_identical_samples_score_zero_and_one_sample_is_refused():
     assert sr_space_diversity(s, hr, 4, TinyPerceptual()) == pytest.approx(0.0, abs=1e-9)
     with pytest.raises(ValueError, match="N >= 2"):
         sr_space_diversity(s[:1], hr, 4, TinyPerceptual())
+
+
+def test_spatial_lpips_map_averages_to_lpips(tmp_path):
+    """lpips_map (with stand-in AlexNet weights) is a per-pixel map whose mean is the LPIPS
+    distance up to the upsampling of the coarse layers' maps."""
+    from torchvision.models import alexnet
+
+    from flowsr_lp.metrics import lpips
+    from flowsr_lp.metrics.perceptual import lpips_map
+
+    torch.manual_seed(0)
+    torch.save(alexnet(weights=None).state_dict(), tmp_path / "alexnet.pth")
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.rand(2, 3, 64, 64, generator=g), torch.rand(2, 3, 64, 64, generator=g)
+    m = lpips_map(a * 2 - 1, b * 2 - 1, tmp_path / "alexnet.pth")
+    assert m.shape == (2, 1, 64, 64) and (m >= 0).all()
+    torch.testing.assert_close(m.flatten(1).mean(1).double(), lpips(a, b, tmp_path / "alexnet.pth"), rtol=0.1, atol=0)
+    assert lpips_map(a * 2 - 1, a * 2 - 1, tmp_path / "alexnet.pth").abs().max() < 1e-6
+    # and the scalar LPIPS is back to normal afterwards
+    assert lpips(a, b, tmp_path / "alexnet.pth").shape == (2,)
