@@ -249,7 +249,7 @@ def reference(path: Path, use_prior: bool, seed: int, scale: float = 4, tau: flo
     flow = load_flow("linf-small")
     resolver = SuperResolver(flow, load_prior("linf-small-lp") if use_prior else None)
     lr = read_image(path)[0][None]
-    sr = resolver.upscale(lr, scale=scale, tau=tau, generator=torch.Generator().manual_seed(seed))
+    sr = resolver.upscale(lr, scale=scale, tau=None if use_prior else tau, generator=torch.Generator().manual_seed(seed))
     return to_uint8(sr[0])
 
 
