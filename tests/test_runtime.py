@@ -9,8 +9,10 @@ import sys
 import pytest
 import torch
 
-from flowsr_lp import cli, runtime
+from flowsr_lp import SuperResolver, TemperatureSampling, cli, runtime
 from flowsr_lp.cli_options import inference_device
+
+from helpers import tiny_linf
 
 
 def fake_proc_stat(monkeypatch, cpus, samples):
@@ -115,3 +117,9 @@ def test_every_command_takes_threads(monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["models", "--threads", "0"])
     assert e.value.code == 2 and "--threads" in capsys.readouterr().err
+
+
+def test_the_python_api_keeps_the_callers_thread_count():
+    torch.set_num_threads(1)
+    SuperResolver(tiny_linf(3))(torch.rand(1, 3, 6, 6), scale=2, strategy=TemperatureSampling(0.5, seed=0))
+    assert torch.get_num_threads() == 1
