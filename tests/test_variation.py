@@ -6,7 +6,7 @@ import torch
 
 from flowsr_lp.pipeline import LearnedPrior, SuperResolver, TemperatureSampling, batched
 from flowsr_lp.priors import LINFLatentModule, LINFPriorConfig, SRFlowLatentModule, SRFlowPriorConfig
-from flowsr_lp.priors.scale import LOG_SIGMA_BOUND, gaussian_nll, with_scale_head
+from flowsr_lp.nets.scale_head import LOG_SIGMA_BOUND, gaussian_nll, with_scale_head
 from flowsr_lp.priors.tiling import predict_distribution
 
 from helpers import tiny_linf, tiny_srflow
@@ -146,3 +146,20 @@ def test_gaussian_nll_trains_sigma_only():
     vals = [gaussian_nll(z, mu, torch.full_like(z, best + d)).item() for d in (-0.1, 0.0, 0.1)]
     assert vals[1] < vals[0] and vals[1] < vals[2]
     assert LOG_SIGMA_BOUND > 0
+
+
+def test_a_latent_of_the_wrong_channels_is_a_package_error():
+    from flowsr_lp.errors import UsageError
+    from flowsr_lp.priors.tiling import predict_latent
+
+    _, prior = linf_pair(head=False)
+    lr = lr_image()
+    for bad in [(torch.zeros(1, 12, 4, 4),), torch.zeros(1, 27, 4, 4), (torch.zeros(27, 4, 4),)]:
+        with pytest.raises(UsageError, match="27"):
+            prior(bad, lr)
+        with pytest.raises(UsageError, match="27"):
+            predict_latent(prior, bad, lr)
+    flow = tiny_srflow()
+    sp = SRFlowLatentModule(SRFlowPriorConfig(dim=8, depth=1, latent_channels=flow.latent_channels)).eval()
+    with pytest.raises(UsageError, match="2 latent part"):
+        sp((torch.zeros(1, flow.latent_channels[0], 4, 4),), lr)

@@ -46,6 +46,20 @@ def pil_bicubic(img: torch.Tensor, size: int) -> torch.Tensor:
     return torch.from_numpy(out.copy()).permute(2, 0, 1)
 
 
+#: how LINF crops make their LR: PIL's bicubic (LINF's own training) or MATLAB's antialiased
+#: bicubic (`imresize`, as `evaluate` and the benchmarks make LR images)
+LR_KERNELS = ("pil", "matlab")
+
+
+def downscale(hr: torch.Tensor, size: int, kernel: str) -> torch.Tensor:
+    """uint8 3 x H x W -> uint8 3 x size x size with the named kernel (LR_KERNELS)."""
+    if kernel == "pil":
+        return pil_bicubic(hr, size)
+    if kernel == "matlab":
+        return imresize(hr[None], out_size=(size, size))[0]
+    raise ValueError(f"lr_kernel must be one of {LR_KERNELS}, got {kernel!r}")
+
+
 def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float() / 255.0
 
@@ -53,18 +67,19 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
 @dataclass
 class LINFCrops:
     """LINF stage-1 / fine-tune crops: LR `lr_size`^2, scale s ~ U(lo, hi) per batch, HR
-    crop round(lr_size * s), LR by PIL bicubic, flips + transpose. s is capped so the crop
-    fits the smallest image of the batch."""
+    crop round(lr_size * s), LR by PIL bicubic (or `lr_kernel: matlab`), flips + transpose. s
+    is capped so the crop fits the smallest image of the batch."""
 
     lr_size: int = 48
     scale_min: float = 1.0
     scale_max: float = 4.0
+    lr_kernel: str = "pil"
 
     def __call__(self, images, min_side: int, gen: torch.Generator, item_gens) -> dict:
         s = _uniform(gen, self.scale_min, min(self.scale_max, min_side / self.lr_size))
         size = round(self.lr_size * s)
         hrs = [augment(random_crop(img, size, g), g) for img, g in zip(images, item_gens)]
-        lrs = [pil_bicubic(hr.contiguous(), self.lr_size) for hr in hrs]
+        lrs = [downscale(hr.contiguous(), self.lr_size, self.lr_kernel) for hr in hrs]
         return {"lr": to_float(torch.stack(lrs)), "hr": to_float(torch.stack(hrs)), "scale": size / self.lr_size}
 
 
@@ -75,12 +90,13 @@ class LINFLPCrops:
     batch). As upstream, the LR branch sees the whole LR while the window covers part of
     the crop, so the two are misaligned unless s is close to window / lr_size.
     `window: null` is our aligned variant: the loss covers the whole crop, as at test time
-    (the latent map then grows with s)."""
+    (the latent map then grows with s). `lr_kernel: matlab` makes the LR as `evaluate` does."""
 
     lr_size: int = 96
     window: int | None = 96
     scale_min: float = 1.0
     scale_max: float = 4.0
+    lr_kernel: str = "pil"  # LR_KERNELS
 
     def __call__(self, images, min_side: int, gen: torch.Generator, item_gens) -> dict:
         lo = max(self.scale_min, (self.window or 0) / self.lr_size)
@@ -89,7 +105,7 @@ class LINFLPCrops:
         win = self.window or size
         top, left = _randint(gen, size - win), _randint(gen, size - win)
         hrs = [augment(random_crop(img, size, g), g) for img, g in zip(images, item_gens)]
-        lrs = [pil_bicubic(hr.contiguous(), self.lr_size) for hr in hrs]
+        lrs = [downscale(hr.contiguous(), self.lr_size, self.lr_kernel) for hr in hrs]
         return {"lr": to_float(torch.stack(lrs)), "hr": to_float(torch.stack(hrs)),
                 "window": (top, left, win, win), "scale": size / self.lr_size}
 

@@ -14,7 +14,7 @@ from ..nets.dense import DenseBlock5
 from ..nets.edsr import ResBlock
 from ..nets.swin import SwinStage
 from ..nets.unet import OutConv, unet_forward, unet_layers
-from .scale import ScaleHead, split_prediction
+from ..nets.scale_head import LR_CHANNELS, ScaleHead, check_parts, lr_map, split_prediction
 
 GENERATORS = ("unet", "edsr-baseline-latent", "swin_latent")
 INPUTS = ("both", "prior", "lr")
@@ -38,7 +38,7 @@ class LINFPriorConfig(ModelConfig):
     #: every-scale extension (the paper's residual is zero at odd integer scales)
     initial_prior: str = "paper"
     #: ours, off in every released module: also predict a scale sigma per latent element
-    #: (priors/scale.py); UNet generator only
+    #: (nets/scale_head.py); UNet generator only
     scale_head: bool = False
 
     @property
@@ -89,23 +89,29 @@ class LINFLatentModule(nn.Module):
     # two stages, separately callable so large maps can be tiled (see tiling.py); `part` is
     # the index of the latent part (LINF latents have one)
     def lr_features(self, lr: torch.Tensor, size: tuple[int, int], part: int = 0) -> torch.Tensor | None:
-        """LR branch on the whole LR image (in [0, 1]), resized to the latent map's size."""
+        """LR branch on the whole LR image (in [0, 1]), resized to the latent map's size; with
+        the scale head, the resized LR (its input) follows as the last channels."""
+        own = [lr_map(lr, size)] if self.config.scale_head else []
         if not hasattr(self, "lr_proj"):
-            return None
+            return own[0] if own else None
         f = self.lr_proj((lr - 0.5) / 0.5)
         if tuple(f.shape[-2:]) != tuple(size):
             f = F.interpolate(f, size, mode="bilinear", align_corners=False)
-        return f
+        return torch.cat([f, *own], 1) if own else f
 
     def generate(self, z0: torch.Tensor, lr_feat: torch.Tensor | None, part: int = 0) -> torch.Tensor:
         """mu (B x C x H x W), or with the scale head [mu, log sigma] (B x 2C x H x W)."""
+        head_lr = None
+        if self.config.scale_head:
+            lr_feat, head_lr = lr_feat[:, :-LR_CHANNELS], lr_feat[:, -LR_CHANNELS:]
+            lr_feat = lr_feat if lr_feat.shape[1] else None
         feats = [self.input_proj(z0)] if hasattr(self, "input_proj") else []
         x = torch.cat(feats + ([lr_feat] if lr_feat is not None else []), 1)
         g = self.config.generator
         if g == "unet":
             f = unet_forward(x, self.inc, self.down_layers, self.up_layers)
             mu = self.outc(f)
-            return torch.cat([mu, self.scale_head(f)], 1) if self.config.scale_head else mu
+            return torch.cat([mu, self.scale_head(f, head_lr)], 1) if self.config.scale_head else mu
         if g == "edsr-baseline-latent":
             return self.last_conv(self.body(x))
         x = x.permute(0, 2, 3, 1)
@@ -119,6 +125,7 @@ class LINFLatentModule(nn.Module):
 
     def distribution(self, latent: tuple[torch.Tensor, ...], lr: torch.Tensor):
         """((mu,), (log sigma,)) with the scale head, ((mu,), None) without."""
+        check_parts(latent, self.latent_channels, "LINF latent module")
         (z0,) = latent
         return split_prediction([self.generate(z0, self.lr_features(lr, z0.shape[-2:]))], self.latent_channels)
 

@@ -12,7 +12,7 @@ from torch import nn
 from ..model_config import ModelConfig
 from ..nets.dense import DenseBlock5
 from ..nets.unet import OutConv, unet_forward, unet_layers
-from .scale import ScaleHead, split_prediction
+from ..nets.scale_head import LR_CHANNELS, ScaleHead, check_parts, lr_map, split_prediction
 
 
 @dataclass
@@ -22,7 +22,7 @@ class SRFlowPriorConfig(ModelConfig):
     latent_channels: tuple[int, ...] = (6, 96)  # SRFlow 4x: (eps, z)
     with_lr: bool = False
     initial_prior: str = "paper"  # the flow's initial prior the module was trained on (SRFlow has one)
-    #: ours, off in every released module: also predict a scale sigma per latent element (priors/scale.py)
+    #: ours, off in every released module: also predict a scale sigma per latent element (nets/scale_head.py)
     scale_head: bool = False
 
 
@@ -53,20 +53,27 @@ class SRFlowLatentModule(nn.Module):
         return self.config.latent_channels
 
     def lr_features(self, lr: torch.Tensor, size: tuple[int, int], part: int = 0) -> torch.Tensor | None:
+        """The LR branch's features at the latent map's size (with `with_lr`); with the scale
+        head, the resized LR (its input) follows as the last channels."""
+        own = [lr_map(lr, size)] if self.config.scale_head else []
         if not self.config.with_lr:
-            return None
+            return own[0] if own else None
         f = getattr(self, f"lr_proj{part}")((lr - 0.5) / 0.5)
-        return F.interpolate(f, size, mode="bilinear", align_corners=False)
+        return torch.cat([F.interpolate(f, size, mode="bilinear", align_corners=False), *own], 1)
 
     def generate(self, z0: torch.Tensor, lr_feat: torch.Tensor | None, part: int = 0) -> torch.Tensor:
         """mu of latent part `part`, or with the scale head [mu, log sigma] (2C channels)."""
+        head_lr = None
+        if self.config.scale_head:
+            lr_feat, head_lr = lr_feat[:, :-LR_CHANNELS], lr_feat[:, -LR_CHANNELS:]
+            lr_feat = lr_feat if lr_feat.shape[1] else None
         x = getattr(self, f"input_proj{part}")(z0)
         if lr_feat is not None:
             x = torch.cat([x, lr_feat], 1)
         x = unet_forward(x, getattr(self, f"inc{part}"), getattr(self, f"down_layers{part}"),
                          getattr(self, f"up_layers{part}"))
         mu = getattr(self, f"outc{part}")(x)
-        return torch.cat([mu, getattr(self, f"scale_head{part}")(x)], 1) if self.config.scale_head else mu
+        return torch.cat([mu, getattr(self, f"scale_head{part}")(x, head_lr)], 1) if self.config.scale_head else mu
 
     def forward(self, latent: tuple[torch.Tensor, ...], lr: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Standardised initial-prior latents, LR in [0, 1] -> learned latents."""
@@ -74,6 +81,7 @@ class SRFlowLatentModule(nn.Module):
 
     def distribution(self, latent: tuple[torch.Tensor, ...], lr: torch.Tensor):
         """(mu parts, log sigma parts) with the scale head, (mu parts, None) without."""
+        check_parts(latent, self.latent_channels, "SRFlow latent module")
         out = [self.generate(z0, self.lr_features(lr, z0.shape[-2:], i), i) for i, z0 in enumerate(latent)]
         return split_prediction(out, self.latent_channels)
 

@@ -8,7 +8,7 @@ from typing import Callable
 
 import torch
 
-from .scale import split_prediction
+from ..nets.scale_head import check_parts, split_prediction
 
 
 def tile_starts(n: int, tile: int, stride: int) -> list[int]:
@@ -82,6 +82,7 @@ def predict_distribution(prior, latent: tuple[torch.Tensor, ...], lr: torch.Tens
                          tile: int = 256, overlap: int = 32, margin: int = 32):
     """(mu parts, log sigma parts) of a module with a scale head, (mu parts, None) without;
     whole or tiled as `predict_latent`."""
+    check_parts(latent, prior.latent_channels)
     out = []
     for i, z0 in enumerate(latent):
         feat = prior.lr_features(lr, tuple(z0.shape[-2:]), i)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..priors.scale import gaussian_nll
+from ..nets.scale_head import gaussian_nll
 
 
 def _window_of(batch: dict) -> tuple | None:
@@ -71,7 +71,7 @@ class LINFFinetune(nn.Module):
 class PriorObjective(nn.Module):
     """FlowSR-LP: L = L_percep + lambda * L_latent (+ pixel / gradient L1 when asked), with the flow
     frozen; gradients reach the latent module through the flow's inverse only. A module with a
-    scale head (priors/scale.py) also gets `scale_weight` x the Gaussian NLL of the HR's true
+    scale head (nets/scale_head.py) also gets `scale_weight` x the Gaussian NLL of the HR's true
     latent under N(mu, sigma^2); that term trains sigma only (mu is taken as given, and the head
     reads detached features). `scale_only`: only the head learns, by that NLL alone; the rest
     of the module stays in eval mode (BatchNorm statistics frozen, so mu is unchanged bit for

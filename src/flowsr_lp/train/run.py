@@ -11,7 +11,7 @@ from ..checkpoints import CheckpointError, build_model, load_flow, load_prior, s
 from ..flows.layers import ActNorm
 from ..nets.vgg import PerceptualLoss, VGGWeightsMissing, load_vgg_state
 from ..pipeline import SuperResolver, check_prior_fits
-from ..priors.scale import with_scale_head
+from ..nets.scale_head import with_scale_head
 from .objectives import FlowNLL, LINFFinetune, PriorObjective
 from ..distributed import finish, setup_distributed
 from .trainer import Trainer, TrainingError, check_out_folder

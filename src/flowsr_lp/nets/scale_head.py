@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 #: log sigma is bounded to +-LOG_SIGMA_BOUND (sigma in [0.018, 54.6]) by a scaled tanh
@@ -15,16 +16,30 @@ LOG_SIGMA_BOUND = 4.0
 
 
 class ScaleHead(nn.Module):
-    """features (B x dim x H x W) -> log sigma (B x channels x H x W); starts at sigma = 1."""
+    """(generator features B x dim x H x W, the LR in [-1, 1] resized to H x W) -> log sigma
+    (B x channels x H x W); starts at sigma = 1. The LR is its own input: where the image has
+    texture is what sets the scale, and initial priors standardised per position (SRFlow's)
+    no longer carry their local energy."""
 
     def __init__(self, dim: int, channels: int):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(dim, channels, 1))
+        self.body = nn.Sequential(nn.Conv2d(dim + LR_CHANNELS, dim, 3, padding=1), nn.LeakyReLU(0.2),
+                                  nn.Conv2d(dim, dim, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(dim, channels, 1))
         nn.init.zeros_(self.body[-1].weight)
         nn.init.zeros_(self.body[-1].bias)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return LOG_SIGMA_BOUND * torch.tanh(self.body(features.detach()) / LOG_SIGMA_BOUND)
+    def forward(self, features: torch.Tensor, lr_map: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([features.detach(), lr_map.to(features.dtype)], 1)
+        return LOG_SIGMA_BOUND * torch.tanh(self.body(x) / LOG_SIGMA_BOUND)
+
+
+#: channels of the LR map a scale head reads beside the generator's features
+LR_CHANNELS = 3
+
+
+def lr_map(lr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The LR (in [0, 1]) in [-1, 1], bilinearly resized to a latent map's size."""
+    return F.interpolate((lr - 0.5) / 0.5, size, mode="bilinear", align_corners=False)
 
 
 def gaussian_nll(z: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
@@ -49,3 +64,14 @@ def with_scale_head(prior: nn.Module) -> nn.Module:
     if unexpected or not all(k.startswith("scale_head") for k in missing):
         raise ValueError(f"cannot grow a scale head on this module: missing {missing}, unexpected {unexpected}")
     return grown.train(prior.training)
+
+
+def check_parts(latent, channels, what: str = "latent module") -> None:
+    """Raise `UsageError` unless `latent` is a tuple of B x C x H x W maps with the channels a
+    latent module predicts (one per part), instead of a convolution's shape error."""
+    from ..errors import UsageError
+
+    got = [tuple(z.shape) for z in latent] if isinstance(latent, (tuple, list)) else None
+    if got is None or len(got) != len(channels) or any(len(s) != 4 or s[1] != c for s, c in zip(got, channels)):
+        raise UsageError(f"this {what} takes {len(channels)} latent part(s) of {list(channels)} channels "
+                         f"(B x C x H x W); got {got if got is not None else type(latent).__name__}")
