@@ -12,7 +12,7 @@ import torch.distributed as dist
 from PIL import Image
 from skimage import data as skdata
 
-from flowsr_lp import distributed, pipeline, precision
+from flowsr_lp import distributed, precision
 from flowsr_lp.errors import UsageError
 from flowsr_lp.evaluate import EvalOptions, evaluate
 from flowsr_lp.flows import layers
@@ -280,6 +280,8 @@ def test_bf16_is_refused_on_a_gpu_without_it_and_each_gpu_is_asked(monkeypatch):
     with pytest.raises(UsageError, match=r"cuda:1 has no bf16 support \(compute capability 7.5"):
         precision.resolve_precision("bf16", "cuda:1")
     assert precision.resolve_precision("fp16", "cuda:1") == torch.float16
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # nothing to ask: the device check says so
+    assert precision.resolve_precision("bf16", "cuda:1") == torch.bfloat16
 
 
 def test_weight_cache_sees_a_new_weight_at_a_reused_address():

@@ -92,7 +92,7 @@ def resolve_precision(name: str | torch.dtype, device: torch.device | str) -> to
     is logged with its reason."""
     key = parse_precision(name)
     device = torch.device(device)
-    if key == "bf16" and device.type == "cuda" and not has_bf16_units(device):
+    if key == "bf16" and device.type == "cuda" and torch.cuda.is_available() and not has_bf16_units(device):
         raise UsageError(f"precision bf16: {device} has no bf16 support (compute capability "
                          f"{'.'.join(map(str, torch.cuda.get_device_capability(device)))}, bf16 needs 8.0); "
                          "use fp16 or fp32")
