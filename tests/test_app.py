@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dataclasses import replace
 import torch
 from PIL import Image
 
@@ -85,6 +86,32 @@ def test_known_hr_mode_downscales_and_scores_against_the_image(cache, tmp_path):
     rows = {r["method"]: r for r in service.scores(res)}
     assert all({"PSNR", "SSIM", "LR-PSNR", "grid"} <= set(r) for r in rows.values())
     assert 15 < rows["learned prior"]["PSNR"] < 60 and 0 < rows["learned prior"]["SSIM"] <= 1
+    # tau 0 has no density; the prior's N(mu, sigma^2) does, and it is the API's figure
+    assert "bits/dim" not in rows["tau 0"] and "bits/dim" not in rows["bicubic"]
+    want = model.resolver.bits_per_dim(res.inputs.hr, res.inputs.lr, model.prior).item()
+    assert rows["learned prior"]["bits/dim"] == want and 0 < want < 16
+
+
+def test_samples_around_the_prior(cache, tmp_path):
+    """Variation > 0: `draws` samples mu + t sigma eps beside the prior's prediction, seeded
+    seed, seed + 1, ..., scored with their diversity and (known HR) their bits/dim."""
+    path = photo(tmp_path / "hr.png", 48)
+    model = cache.get(LINF)
+    s = service.Settings(scale=4, tau=0.5, seed=2, draws=3, known_hr=True, variation=0.7)
+    res = service.run(model, service.plan(path, model, s, 1.0), s)
+    assert [d.seed for d in res.prior_draws] == [2, 3, 4] and all(d.finite for d in res.prior_draws)
+    assert not torch.equal(res.prior_draws[0].sr, res.prior_draws[1].sr)
+    again = service.run(model, service.plan(path, model, s, 1.0), s)
+    assert torch.equal(again.prior_draws[1].sr, res.prior_draws[1].sr)  # seeded
+    rows = {r["method"]: r for r in service.scores(res)}
+    around = rows["prior, variation 0.7"]
+    assert around["diversity"] > 0.5 and "diversity" not in rows["learned prior"]
+    assert around["diversity"] == pytest.approx(service.draw_diversity(res, around_prior=True))
+    assert around["bits/dim"] != rows["learned prior"]["bits/dim"] and {"tau 0.5", "bicubic"} <= set(rows)
+    zero = service.run(model, service.plan(path, model, replace(s, variation=0.0), 1.0), s := replace(s, variation=0.0))
+    assert zero.prior_draws == [] and torch.equal(zero.prior.sr, res.prior.sr)
+    with pytest.raises(UsageError, match="variation"):
+        service.check_settings(model, replace(s, variation=-1.0))
 
 
 def test_every_figure_is_of_the_image_shown():
@@ -327,7 +354,8 @@ def test_page_handlers_without_a_browser(tmp_path):
             pass
 
         out = app.on_run(str(image), "linf-small", "", "", False, 3, "", 0.5, 1, 2, progress=progress)
-        status, gallery, prior_img, table, pair, shown, heat, files, pick = out
+        status, gallery, prior_img, table, pair, shown, heat, files, pick, prior_gallery = out
+        assert prior_gallery == []  # variation 0: the prior's prediction only
         assert "**linf-small** x3" in status and "40x40 -> 120x120" in status and "fp32" in status
         assert [g[0].shape for g in gallery] == [(120, 120, 3)] * 2 and prior_img.shape == (120, 120, 3)
         assert pair[0] is shown["tau"] and pair[1] is shown["learned prior"]

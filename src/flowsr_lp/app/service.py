@@ -37,6 +37,7 @@ class Settings:
     seed: int = 0
     draws: int = 1
     known_hr: bool = False  # the image is the HR: downscale it first, then score against it
+    variation: float = 0.0  # > 0: the prior column also gets `draws` samples around the prior
 
 
 @dataclass
@@ -80,6 +81,9 @@ class Result:
     device: str
     seconds: float
     tau: float
+    prior_draws: list[Output] = field(default_factory=list)  # samples around the prior
+    variation: float = 0.0
+    bits_per_dim: dict[str, float] = field(default_factory=dict)  # known-HR mode: method -> bits/dim of the HR
 
     @functools.cached_property
     def bicubic(self) -> torch.Tensor:
@@ -90,6 +94,10 @@ class Result:
     @property
     def finite_draws(self) -> list[Output]:
         return [d for d in self.draws if d.finite]
+
+    @property
+    def finite_prior_draws(self) -> list[Output]:
+        return [d for d in self.prior_draws if d.finite]
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
@@ -111,8 +119,8 @@ def check_settings(model: LoadedModel, s: Settings) -> None:
             raise UsageError(f"{model.choice.name} is fixed-scale: x{fixed} only")
     elif s.out_size is None and not MIN_SCALE <= s.scale <= MAX_SCALE:
         raise UsageError(f"scale {s.scale:g} is outside {MIN_SCALE:g}-{MAX_SCALE:g}")
-    if not (0 <= s.tau <= 10 and 1 <= s.draws <= MAX_DRAWS):
-        raise UsageError(f"tau must be in 0-10 and draws in 1-{MAX_DRAWS}")
+    if not (0 <= s.tau <= 10 and 0 <= s.variation <= 10 and 1 <= s.draws <= MAX_DRAWS):
+        raise UsageError(f"tau and variation must be in 0-10 and draws in 1-{MAX_DRAWS}")
     if s.known_hr and s.out_size is not None:
         raise UsageError("known-HR mode upscales back to the image's own size: give a scale, not an output size")
 
@@ -182,9 +190,11 @@ def generate(model: LoadedModel, prepared, strategy, seed: int | None) -> Output
 
 def compute(model: LoadedModel, p: Plan, s: Settings, sampling: bool, prior: bool, report) -> Result:
     """Decode the image, condition the flow once, then s.draws draws at s.tau and/or the
-    learned prior (no queueing: callers go through `model.call`)."""
+    learned prior (and, with s.variation > 0, s.draws samples around it); in known-HR mode
+    also the HR's bits/dim under each method (no queueing: callers go through `model.call`)."""
     prior = prior and model.prior is not None
-    steps = (s.draws if sampling else 0) + int(prior) + 1
+    around = s.draws if prior and s.variation > 0 else 0
+    steps = (s.draws if sampling else 0) + int(prior) + around + 1
     t0 = time.perf_counter()
     report(0.0, "conditioning the flow")
     inputs = read_inputs(p)
@@ -197,9 +207,23 @@ def compute(model: LoadedModel, p: Plan, s: Settings, sampling: bool, prior: boo
     if prior:
         report((len(draws) + 1) / steps, "learned prior")
         learned = generate(model, prepared, model.prior, None)
+    prior_draws = []
+    for k in range(around):
+        report((len(draws) + 2 + k) / steps, f"around the prior (variation {s.variation:g}): draw {k + 1} of {around}")
+        prior_draws.append(generate(model, prepared, model.prior.with_noise(variation=s.variation, seed=s.seed + k),
+                                    s.seed + k))
+    bpd = {}
+    if inputs.hr is not None:
+        if sampling and s.tau > 0:
+            bpd[f"tau {s.tau:g}"] = model.resolver.bits_per_dim(inputs.hr, inputs.lr, TemperatureSampling(s.tau)).item()
+        if prior:
+            bpd["learned prior"] = model.resolver.bits_per_dim(inputs.hr, inputs.lr, model.prior).item()
+        if around:
+            bpd[f"prior, variation {s.variation:g}"] = model.resolver.bits_per_dim(
+                inputs.hr, inputs.lr, model.prior.with_noise(variation=s.variation)).item()
     report(1.0, "done")
-    return Result(inputs, draws, learned, model.choice.name,
-                  model.precision, str(model.device), time.perf_counter() - t0, s.tau)
+    return Result(inputs, draws, learned, model.choice.name, model.precision, str(model.device),
+                  time.perf_counter() - t0, s.tau, prior_draws, s.variation, bpd)
 
 
 def _queued(model: LoadedModel, work, report):
@@ -254,6 +278,10 @@ def scores(res: Result) -> list[dict]:
                         [d.shown for d in res.finite_draws]))
     if res.prior is not None and res.prior.finite:
         methods.append(("learned prior", [res.prior.shown]))
+    if res.prior_draws:
+        n, ok = len(res.prior_draws), len(res.finite_prior_draws)
+        methods.append((f"prior, variation {res.variation:g}" + (f" ({ok} of {n} finite)" if ok < n else ""),
+                        [d.shown for d in res.finite_prior_draws]))
     for name, images in methods:
         if not images:
             rows.append({"method": name, "note": "every draw exploded"})
@@ -265,13 +293,19 @@ def scores(res: Result) -> list[dict]:
             shave = math.ceil(max(scale))
             row["PSNR"] = psnr(sr, hr.expand_as(sr), shave=shave).mean().item()
             row["SSIM"] = ssim(sr, hr.expand_as(sr)).mean().item()
+        if len(images) > 1:
+            row["diversity"] = 255 * diversity(sr[:, None]).item()
+        key = name.split(" (")[0]
+        if key in res.bits_per_dim:
+            row["bits/dim"] = res.bits_per_dim[key]
         rows.append(row)
     return rows
 
 
-def draw_diversity(res: Result) -> float | None:
-    """Mean per-pixel standard deviation (0-255 scale) across the finite draws."""
-    finite = res.finite_draws
+def draw_diversity(res: Result, around_prior: bool = False) -> float | None:
+    """Mean per-pixel standard deviation (0-255 scale) across the finite draws (at tau, or
+    around the prior)."""
+    finite = res.finite_prior_draws if around_prior else res.finite_draws
     if len(finite) < 2:
         return None
     return 255 * diversity(torch.stack([d.shown[None] for d in finite])).item()

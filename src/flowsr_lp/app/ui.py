@@ -137,11 +137,12 @@ class App:
         return local, scale, size, info
 
     def on_run(self, image, name, flow_path, prior_path, known_hr, scale, size_text, tau, seed, draws,
-               progress=gr.Progress()):
+               variation=0.0, progress=gr.Progress()):
         with page_errors():
             model = self.model_for(image, name, flow_path, prior_path)
             s = service.Settings(scale=float(scale), out_size=service.parse_size(size_text), tau=float(tau),
-                                 seed=int(seed or 0), draws=int(draws), known_hr=bool(known_hr))
+                                 seed=int(seed or 0), draws=int(draws), known_hr=bool(known_hr),
+                                 variation=float(variation or 0))
             plan = service.plan(image, model, s, self.config.max_megapixels)
             res = service.run(model, plan, s, progress=lambda f, text: progress(f, desc=text))
             return self._show(res, Path(image).stem)
@@ -170,14 +171,23 @@ class App:
                 notes.append(service.exploding_message(res.prior))
         else:
             notes.append(f"{res.model} has no learned prior")
+        prior_gallery = []
+        for d in res.prior_draws:
+            prior_gallery.append((views.display(d.sr, d.finite), f"variation {res.variation:g}, seed {d.seed}"))
+            if d.finite:
+                files.append(write_png(d.sr, out / f"{stem}_prior_var{res.variation:g}_seed{d.seed}.png"))
+            else:
+                notes.append(service.exploding_message(d))
         sy, sx = inputs.scale
         each = "; ".join([f"draws {sum(d.seconds for d in res.draws) / max(1, len(res.draws)):.2f} s each"] +
                          ([f"prior {res.prior.seconds:.2f} s"] if res.prior else []))
         div = service.draw_diversity(res)
+        div_prior = service.draw_diversity(res, around_prior=True)
         status = (f"**{res.model}** x{sx:.3g} ({inputs.lr.shape[-2]}x{inputs.lr.shape[-1]} -> "
                   f"{inputs.out_size[0]}x{inputs.out_size[1]}) on {res.device}, precision **{res.precision}**: "
                   f"{res.seconds:.2f} s ({each})" +
                   (f"; diversity of {len(res.finite_draws)} draws: {div:.2f} gray levels" if div is not None else "") +
+                  (f"; around the prior: {div_prior:.2f}" if div_prior is not None else "") +
                   "".join(f"\n\n- {n}" for n in notes))
         heat_panels = [(f"tau {res.tau:g} (seed {d.seed})", views.grid_map(d.sr, inputs.lr))
                        for d in res.finite_draws[:1]]
@@ -186,7 +196,7 @@ class App:
         heat = (views.heat_figure(res.bicubic, heat_panels, "grid score (gray levels)") if heat_panels else None)
         pick = prior_img if prior_img is not None else shown.get("tau")
         return (status, gallery, prior_img, metrics_table(service.scores(res)), self.pair(shown, PAIRS[2]),
-                shown, heat, [str(f) for f in files], pick)
+                shown, heat, [str(f) for f in files], pick, prior_gallery)
 
     @staticmethod
     def pair(shown: dict, which: str):
@@ -228,14 +238,21 @@ class App:
 
 
 def metrics_table(rows: list[dict]) -> str:
-    cols = [c for c in ("PSNR", "SSIM", "LR-PSNR", "grid") if any(c in r for r in rows)]
+    cols = [c for c in ("PSNR", "SSIM", "LR-PSNR", "bits/dim", "diversity", "grid") if any(c in r for r in rows)]
     lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for r in rows:
-        cells = [f"{r[c]:.4f}" if c == "SSIM" else f"{r[c]:.2f}" for c in cols if c in r]
-        lines.append(f"| {r['method']} | " + (" | ".join(cells) if cells else r.get("note", "")) + " |")
+        if "note" in r:
+            lines.append(f"| {r['method']} | {r['note']} |" + " |" * (len(cols) - 1))
+            continue
+        cells = [("–" if c not in r else f"{r[c]:.4f}" if c == "SSIM" else f"{r[c]:.3f}" if c == "bits/dim"
+                  else f"{r[c]:.2f}") for c in cols]
+        lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
     known = "PSNR/SSIM against the known HR (RGB, scale pixels shaved); " if "PSNR" in cols else ""
-    return ("\n".join(lines) + f"\n\n{known}LR-PSNR: the output downscaled vs the LR; grid: excess jump across "
-            "3x3 patch borders, in gray levels (0 = none).")
+    bpd = ("bits/dim: the HR's negative log2-likelihood per sub-pixel under the method's latent distribution "
+           "(lower: the method explains the real image better); " if "bits/dim" in cols else "")
+    div = "diversity: per-pixel std over the draws, gray levels; " if "diversity" in cols else ""
+    return ("\n".join(lines) + f"\n\n{known}LR-PSNR: the output downscaled vs the LR; {bpd}{div}grid: excess jump "
+            "across 3x3 patch borders, in gray levels (0 = none).")
 
 
 def build(app: App) -> gr.Blocks:
@@ -258,6 +275,8 @@ def build(app: App) -> gr.Blocks:
                 scale = gr.Slider(1, 8, value=4, step=0.1, label="Scale")
                 size = gr.Textbox(label="or output size HxW (LINF)", placeholder="e.g. 512x768")
                 tau = gr.Slider(0, 1.5, value=0.8, step=0.05, label="Temperature tau")
+                variation = gr.Slider(0, 1.5, value=0, step=0.05, label="Variation around the prior",
+                                      info="0: the prior's prediction; > 0: Draws samples mu + t sigma eps")
                 with gr.Row():
                     seed = gr.Number(0, precision=0, label="Seed")
                     draws = gr.Slider(1, service.MAX_DRAWS, value=4, step=1, label="Draws")
@@ -269,6 +288,8 @@ def build(app: App) -> gr.Blocks:
                                          format="png")
                     prior_img = gr.Image(label="Learned prior (click to zoom)", interactive=False, height=360,
                                          elem_id="prior", format="png")
+                prior_gallery = gr.Gallery(label="Samples around the prior", columns=4, height=200,
+                                           elem_id="prior-draws", format="png")
                 metrics = gr.Markdown(elem_id="metrics")
                 with gr.Tabs():
                     with gr.Tab("Compare"):
@@ -297,8 +318,8 @@ def build(app: App) -> gr.Blocks:
         # queued: picking a registry name may download it first
         model.change(app.on_model, model_inputs, model_outputs, concurrency_limit=None, api_visibility="private")
         flow_path.submit(app.on_model, model_inputs, model_outputs, concurrency_limit=None, api_visibility="private")
-        run.click(app.on_run, [image] + model_inputs + [known_hr, scale, size, tau, seed, draws],
-                  [status, gallery, prior_img, metrics, slider, shown, heat, files, pick],
+        run.click(app.on_run, [image] + model_inputs + [known_hr, scale, size, tau, seed, draws, variation],
+                  [status, gallery, prior_img, metrics, slider, shown, heat, files, pick, prior_gallery],
                   concurrency_limit=None, api_visibility="private")
         which.change(app.pair, [shown, which], slider, queue=False, api_visibility="private")
         for source in (prior_img, pick):
