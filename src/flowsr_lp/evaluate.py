@@ -3,6 +3,7 @@ learned prior; per-image rows, means, %Inf over repeated runs, diversity and gri
 written as CSV, JSON, a Markdown table and an HTML report (see report.py)."""
 from __future__ import annotations
 
+import base64
 import logging
 import math
 import os
@@ -10,15 +11,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from .data.folders import find_images, load_rgb_uint8
 from .data.resize import imresize, modcrop
+from .distributed import gather_objects
 from .errors import ImageError
+from .images import atomic_write, image_size
 from .metrics import diversity, grid_score, lpips, lr_psnr, psnr, sr_space_diversity, ssim, to_uint8_like_srflow
 from .metrics.perceptual import lpips_map, lpips_model
 from .pipeline import LatentStrategy, SRResult, SuperResolver, TemperatureSampling, batched, bicubic
-from .report import save_crops
+from .report import crop_panel, crop_path, png_bytes, save_crops
+from .shards import JobProgress, Journal, shares
 from .tiles import batch_limit, release_cached_memory, tile_scale, tiled_result
 
 log = logging.getLogger(__name__)
@@ -26,6 +29,7 @@ log = logging.getLogger(__name__)
 DATA_ROOTS_ENV = "FLOWSR_LP_DATA"
 LEFT_OUT = "left out of every mean"  # in the note of each unreadable input (the CLI then exits 1)
 METRICS = ("psnr", "ssim", "lpips", "lr_psnr", "grid")
+ROW_HEAD = ("dataset", "image", "scale", "lr_source", "method", "tau", "run", "seed", "finite")  # then inf_rate
 
 
 @dataclass
@@ -159,47 +163,110 @@ def density_strategy(strategies: list[LatentStrategy]) -> LatentStrategy | None:
     return s
 
 
-def evaluate(flow, prior, opts: EvalOptions, out_dir: Path, rank: int = 0, world: int = 1, progress: bool = True):
-    """Rows (one per image, scale, method and run) and report crops for this process's share
-    of the images; rank r takes images i with i % world == r."""
-    resolver = SuperResolver(flow, prior, precision=opts.precision)
-    device = resolver.device
-    fixed = getattr(flow, "fixed_scale", None)
-    rows, notes, crops = [], [], []
-    if opts.use_lpips or opts.sr_space:
-        lpips_model(device, opts.alexnet_weights)  # fail now, not after hours of work
+def pair_sizes(path: Path, scale: float) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(LR size, HR size) of `make_pair(path, ...)`, from the image's header."""
+    h, w = image_size(path)
+    if scale == int(scale):
+        s = int(scale)
+        h, w = h - h % s, w - w % s
+    return (round(h / scale), round(w / scale)), (h, w)
+
+
+@dataclass
+class Job:
+    """An evaluation's work. `batches`: same-size items ((data index, image index, scale
+    index), data set, path, scale), upscaled together wherever they run; `methods`: (name,
+    tau, one strategy per run; the bicubic baseline's is None). A unit is (batch, method,
+    run): what one process does at a time, and what the journal records."""
+
+    batches: list[list[tuple]]
+    methods: list[tuple]
+    notes: list[str]
+
+    def units(self) -> list[tuple[int, int, int]]:
+        return [(b, m, r) for b in range(len(self.batches)) for m, (_, _, runs) in enumerate(self.methods)
+                for r in range(len(runs))]
+
+    def cost(self, unit) -> float:  # HR pixels to generate
+        return sum(_pixels(item[2], item[3]) for item in self.batches[unit[0]])
+
+
+def _pixels(path: Path, scale: float) -> int:
+    h, w = pair_sizes(path, scale)[1]
+    return h * w
+
+
+def _uid(unit) -> str:
+    return "/".join(map(str, unit))
+
+
+def _left_out(notes: list, ds: Dataset, scale: float, path: Path, e: Exception) -> None:
+    msg = " ".join(str(e).split())
+    log.error("%s", msg)
+    notes.append(f"{ds.name} x{scale:g}: {path.name} {LEFT_OUT}: {msg}")
+
+
+def plan_job(opts: EvalOptions, resolver: SuperResolver) -> Job:
+    """Every (image, scale) of the data sets, grouped in batches of one LR and HR size (at most
+    `batch_limit` images each), and the methods; an image whose header cannot be read is left
+    out with a note."""
+    fixed = getattr(resolver.flow, "fixed_scale", None)
     scales = [s for s in opts.scales if fixed is None or s == fixed]
+    notes = []
     if fixed is not None and len(scales) < len(opts.scales):
-        notes.append(f"{flow.kind} is a fixed-scale x{fixed} flow: scales {[s for s in opts.scales if s != fixed]} skipped")
-    jobs = []
-    for spec in opts.data:
+        notes.append(f"{resolver.flow.kind} is a fixed-scale x{fixed} flow: scales "
+                     f"{[s for s in opts.scales if s != fixed]} skipped")
+    groups: dict[tuple, list] = {}
+    for d, spec in enumerate(opts.data):
         ds = resolve_dataset(spec)
-        files = find_images([ds.hr])[: opts.max_images]
-        jobs += [(ds, i, f, s) for i, f in enumerate(files) for s in scales]
-    mine = [j for j in jobs if j[1] % world == rank]
-    bar = tqdm(total=len(mine), desc="evaluate", unit="img", disable=not progress or rank != 0)
-    pending: dict[tuple, list] = {}  # same-size pairs waiting for a batch, by (LR size, HR size)
-    for ds, i, path, scale in mine:
-        bar.set_postfix_str(f"{ds.name} x{scale:g} {path.name}")
-        try:
-            hr, lr, lr_from = make_pair(path, ds, scale, opts.lr_source)
-        except (ImageError, ValueError) as e:  # a corrupt or unusable image: say so, go on with the others
-            msg = " ".join(str(e).split())
-            log.error("%s", msg)
-            notes.append(f"{ds.name} x{scale:g}: {path.name} {LEFT_OUT}: {msg}")
-            bar.update()
-            continue
-        key = (tuple(lr.shape[-2:]), tuple(hr.shape[-2:]))
-        group = pending.setdefault(key, [])
-        group.append((ds, i, path, scale, hr[None].to(device), lr[None].to(device), lr_from))
-        if len(group) >= batch_limit(key[0], opts.batch_size):
-            _evaluate_batch(resolver, pending.pop(key), opts, out_dir, rows, crops, bar)
-        elif sum(map(len, pending.values())) > 2 * opts.batch_size:  # many sizes: bound what waits
-            _evaluate_batch(resolver, pending.pop(next(iter(pending))), opts, out_dir, rows, crops, bar)
-    for group in pending.values():
-        _evaluate_batch(resolver, group, opts, out_dir, rows, crops, bar)
+        for i, path in enumerate(find_images([ds.hr])[: opts.max_images]):
+            for k, scale in enumerate(scales):
+                try:
+                    key = pair_sizes(path, scale)
+                except (ImageError, ValueError) as e:
+                    _left_out(notes, ds, scale, path, e)
+                    continue
+                groups.setdefault(key, []).append(((d, i, k), ds, path, scale))
+    batches = [items[k : k + n] for key, items in groups.items() for n in [batch_limit(key[0], opts.batch_size)]
+               for k in range(0, len(items), n)]
+    plan = methods(opts, resolver)
+    if opts.bicubic:
+        plan.insert(0, (f"{opts.label} bicubic".strip(), None, [None]))
+    return Job(batches, plan, notes)
+
+
+def evaluate(flow, prior, opts: EvalOptions, out_dir: Path, rank: int = 0, world: int = 1, progress: bool = True,
+             journal: Journal | None = None):
+    """Rows (one per image, scale, method and run), notes and report crops of the whole job,
+    returned on rank 0 (empty lists on the others). The units (same-size images, method, run)
+    not in `journal` yet are split over the `world` processes in contiguous shares of about
+    equal cost; each finished unit is recorded in `journal` (default: kept in memory). Every
+    image gets the seeds and the batch a single process gives it, so the values do not depend
+    on the number of processes. Statistics over runs (diversity, SR-space) are computed where
+    all the runs of an (image, method) are, at the end on rank 0 when they were split."""
+    resolver = SuperResolver(flow, prior, precision=opts.precision)
+    if opts.use_lpips or opts.sr_space:
+        lpips_model(resolver.device, opts.alexnet_weights)  # fail now, not after hours of work
+    job = plan_job(opts, resolver)
+    journal = journal or Journal(None, {})
+    earlier = list(journal.records)
+    units = job.units()
+    done = {r["unit"] for r in earlier if "unit" in r}
+    todo = [u for u in units if _uid(u) not in done]
+    mine = [todo[k] for k in shares([job.cost(u) for u in todo], world)[rank]]
+    bar = JobProgress(len(units), len(units) - len(todo), rank=rank, world=world, desc="evaluate",
+                      enabled=progress)
+    runner = _Runner(resolver, job, opts, journal, done, mine)
+    for unit in mine:
+        runner.run(unit)
+        _, ds, path, scale = job.batches[unit[0]][0]
+        bar.step(note=f"{ds.name} x{scale:g} {path.name}")
+    parts = gather_objects((journal.records[len(earlier):], runner.open_samples()), world)
     bar.close()
-    return rows, notes, crops
+    if rank != 0:
+        return [], [], []
+    samples = {name: t for _, part in parts for name, t in part.items()}
+    return runner.merge(earlier + [rec for recs, _ in parts for rec in recs], samples, Path(out_dir))
 
 
 def _upscaled(resolver: SuperResolver, items: list, plan, tiled: bool = False) -> dict | None:
@@ -226,58 +293,202 @@ def _on(device: torch.device, result: SRResult) -> SRResult:
     return SRResult(result.images.to(device), result.finite, result.strategy)
 
 
-def _evaluate_batch(resolver: SuperResolver, items: list, opts: EvalOptions, out_dir: Path, rows: list,
-                    crops: list, bar) -> None:
-    """Rows and report crops of same-size pairs (ds, i, path, scale, hr, lr, lr_from),
-    upscaled as one batch (each image seeded as when alone)."""
-    plan = methods(opts, resolver)
-    results = _upscaled(resolver, items, plan)
-    if results is None:  # out of memory: the images one by one, one alone in tiles
-        if len(items) > 1:
-            log.warning("out of memory upscaling %d images together; running them one by one", len(items))
-            for item in items:
-                _evaluate_batch(resolver, [item], opts, out_dir, rows, crops, bar)
-            return
-        results = _upscaled(resolver, items, plan, tiled=True)
-        if results is None:
-            log.error("%s x%g: %s out of memory even in tiles: left out", items[0][0].name, items[0][3], items[0][2].name)
-            bar.update()
-            return
-    bpd = _bits_per_dim(resolver, items, plan) if opts.bpd else {}
-    for k, (ds, i, path, scale, hr, lr, lr_from) in enumerate(items):
-        base = {"dataset": ds.name, "image": path.stem, "scale": scale, "lr_source": lr_from}
-        shown = {}
-        if opts.bicubic:
-            sr = bicubic(lr, tuple(hr.shape[-2:]))
-            shown["bicubic"] = sr
-            rows.append({**base, "method": f"{opts.label} bicubic".strip(), "tau": "", "run": 0, "seed": "",
-                         "finite": True, "inf_rate": 0.0, **protocol_metrics(sr, hr, lr, scale, ds.name, opts)})
-        for method, tau, strategies in plan:
-            mine = [r.images[k : k + 1] for r in results[method]]
-            finite = [bool(r.finite[k]) for r in results[method]]  # the pipeline's own check
-            inf = 100.0 * (finite.count(False) / len(finite))  # the paper's %Inf (metrics.inf_rate)
-            samples = [x.clamp(0, 1) for x, ok in zip(mine, finite) if ok]
-            div = diversity(torch.stack(samples)).item() if len(samples) > 1 else None
-            space = (sr_space_diversity(torch.cat(samples), hr, math.ceil(scale),
-                                        lambda a, b: lpips_map(a, b, opts.alexnet_weights))
-                     if opts.sr_space and len(samples) > 1 else None)
-            for run, (strategy, images, ok) in enumerate(zip(strategies, mine, finite)):
-                row = {**base, "method": method, "tau": "" if tau is None else tau, "run": run,
-                       "seed": "" if tau is None else strategy.seed, "finite": ok, "inf_rate": inf}
-                if ok:
-                    sr = images.clamp(0, 1)
-                    row.update(protocol_metrics(sr, hr, lr, scale, ds.name, opts))
-                    shown.setdefault(method, sr)
-                    if div is not None:
-                        row["diversity"] = div
-                    if space is not None:
-                        row["sr_space"] = space
-                if method in bpd:
-                    row["bpd"] = bpd[method][k]
-                rows.append(row)
-        if i < opts.report_images:
-            crops.append(save_crops(out_dir, ds.name, path.stem, scale, hr, lr, shown, opts.label))
-        bar.update()
+class _Runner:
+    """Runs one process's units of a `Job` (the images of a batch loaded and conditioned once
+    for its consecutive units) and merges the records of every process on rank 0."""
+
+    def __init__(self, resolver: SuperResolver, job: Job, opts: EvalOptions, journal: Journal, done: set, mine):
+        self.resolver, self.job, self.opts, self.journal = resolver, job, opts, journal
+        self.done = set(done)  # unit ids recorded, by any process, before or now
+        self.mine = {_uid(u) for u in mine}
+        self.touched: set[tuple[int, int]] = set()  # (batch, method) groups with a sample saved here
+        self._batch, self._items, self._notes, self._prepared, self._alone = None, [], [], None, False
+
+    # ---- loading ----
+    def load(self, b: int) -> list:
+        """The batch's items (ds, i, path, scale, hr, lr, lr_from, item id) on the device, None
+        where an image could not be read. The item id, 'data/image/scale' indices, orders the rows."""
+        if self._batch != b:
+            self._batch, self._items, self._notes, self._prepared, self._alone = b, [], [], None, False
+            dev = self.resolver.device
+            for (d, i, k), ds, path, scale in self.job.batches[b]:
+                try:
+                    hr, lr, lr_from = make_pair(path, ds, scale, self.opts.lr_source)
+                except (ImageError, ValueError) as e:  # a corrupt or unusable image: the others go on
+                    _left_out(self._notes, ds, scale, path, e)
+                    self._items.append(None)
+                    continue
+                self._items.append((ds, i, path, scale, hr[None].to(dev), lr[None].to(dev), lr_from, f"{d}/{i}/{k}"))
+        return self._items
+
+    def _generate(self, live: list, strategy) -> list:
+        """(images, finite) per item with `strategy`, as one batch; after an out-of-memory each
+        image alone, then in tiles (None: left out)."""
+        if not self._alone:
+            try:
+                if self._prepared is None:
+                    size = tuple(live[0][4].shape[-2:])
+                    self._prepared = self.resolver.prepare(torch.cat([it[5] for it in live]), size=size)
+                res = self.resolver.generate(self._prepared, batched(strategy, len(live)))
+                return [(res.images[k : k + 1], bool(res.finite[k])) for k in range(len(live))]
+            except torch.OutOfMemoryError:
+                pass
+            self._prepared, self._alone = None, True
+            release_cached_memory()  # outside the handler: its traceback no longer holds the tensors
+            if len(live) > 1:
+                log.warning("out of memory upscaling %d images together; running them one by one", len(live))
+        out = []
+        for it in live:
+            plan = [("", None, [strategy])]
+            res = (_upscaled(self.resolver, [it], plan) if len(live) > 1 else None) or \
+                _upscaled(self.resolver, [it], plan, tiled=True)
+            if res is None:
+                log.error("%s x%g: %s out of memory even in tiles: left out", it[0].name, it[3], it[2].name)
+            out.append(None if res is None else (res[""][0].images[0:1], bool(res[""][0].finite[0])))
+        return out
+
+    # ---- one unit ----
+    def run(self, unit) -> None:
+        b, m, r = unit
+        items = self.load(b)
+        name, tau, strategies = self.job.methods[m]
+        strategy = strategies[r]
+        live = [it for it in items if it is not None]
+        rows = {}
+        if strategy is None:  # the bicubic baseline
+            results = [(bicubic(it[5], tuple(it[4].shape[-2:])), True) for it in live]
+        else:
+            results = self._generate(live, strategy) if live else []
+        bpd = _bits_per_dim(self.resolver, live, [self.job.methods[m]]) if self.opts.bpd and r == 0 and live else {}
+        samples = {}
+        for k, (it, res) in enumerate(zip(live, results)):
+            if res is None:
+                continue
+            ds, _, path, scale, hr, lr, lr_from, iid = it
+            sr, ok = res
+            row = {"dataset": ds.name, "image": path.stem, "scale": scale, "lr_source": lr_from, "method": name,
+                   "tau": "" if tau is None else tau, "run": r,
+                   "seed": "" if tau is None or strategy is None else strategy.seed, "finite": ok}
+            if ok:
+                sr = sr.clamp(0, 1)
+                row.update(protocol_metrics(sr, hr, lr, scale, ds.name, self.opts))
+                samples[k] = sr
+            if name in bpd:
+                row["bpd"] = bpd[name][k]
+            rows[iid] = row
+        rec = {"unit": _uid(unit), "rows": rows, "notes": self._notes}
+        if len(strategies) == 1:
+            rec.update(group=_uid((b, m)), stats=self.stats(b, m, {k: [x] for k, x in samples.items()}))
+        else:
+            for k, x in samples.items():
+                self.journal.put_sample(_sample(b, m, r, k), x)
+            self.touched.add((b, m))
+        self.journal.record(rec)
+        self.done.add(_uid(unit))
+        runs = [_uid((b, m, q)) for q in range(len(strategies))]
+        if len(strategies) > 1 and all(u in self.done for u in runs) and r == max(
+                q for q in range(len(strategies)) if runs[q] in self.mine):
+            self.complete(b, m)  # every run is here: its statistics now, the samples go
+
+    # ---- statistics over runs ----
+    def stats(self, b: int, m: int, samples: dict[int, list]) -> dict:
+        """{item id: diversity, SR-space score (two finite runs or more) and the report crop of the
+        first finite run} of batch b's items under method m; `samples`: by item index among the
+        batch's readable items, the finite runs' clamped images in run order."""
+        name, _, strategies = self.job.methods[m]
+        out = {}
+        for k, it in enumerate(x for x in self.load(b) if x is not None):
+            xs = [x.cpu() for x in samples.get(k, [])]
+            st = {}
+            if len(xs) > 1:
+                st["diversity"] = diversity(torch.stack(xs)).item()
+                if self.opts.sr_space:
+                    st["sr_space"] = sr_space_diversity(torch.cat(xs).to(it[4].device), it[4], math.ceil(it[3]),
+                                                        lambda a, c: lpips_map(a, c, self.opts.alexnet_weights))
+            if xs and it[1] < self.opts.report_images and strategies[0] is not None:
+                st["crop"] = base64.b64encode(png_bytes(crop_panel(xs[0], it[4].cpu()))).decode()
+            out[it[7]] = st
+        return out
+
+    def complete(self, b: int, m: int, found: dict | None = None) -> None:
+        """Record the statistics of group (b, m) from its saved samples (or `found`), then drop them."""
+        runs = len(self.job.methods[m][2])
+        names = [_sample(b, m, r, k) for r in range(runs) for k in range(len(self.job.batches[b]))]
+        got = {n: (found or {}).get(n) if (found or {}).get(n) is not None else self.journal.get_sample(n)
+               for n in names}
+        samples: dict[int, list] = {}
+        for r in range(runs):
+            for k in range(len([x for x in self.load(b) if x is not None])):
+                if got[_sample(b, m, r, k)] is not None:
+                    samples.setdefault(k, []).append(got[_sample(b, m, r, k)])
+        self.journal.record({"group": _uid((b, m)), "stats": self.stats(b, m, samples)})
+        self.journal.drop_samples(names)
+        self.touched.discard((b, m))
+
+    def open_samples(self) -> dict:
+        """The samples of groups this process could not complete (their runs were split)."""
+        out = {}
+        for b, m in self.touched:
+            for r in range(len(self.job.methods[m][2])):
+                for k in range(len(self.job.batches[b])):
+                    x = self.journal.get_sample(_sample(b, m, r, k))
+                    if x is not None:
+                        out[_sample(b, m, r, k)] = x
+        return out
+
+    # ---- rank 0: the whole job ----
+    def merge(self, records: list[dict], samples: dict, out_dir: Path):
+        """Rows in the order of a single process, notes, and the report's crops (written here)."""
+        units = {rec["unit"]: rec for rec in records if "unit" in rec}
+        groups = {rec["group"]: rec["stats"] for rec in records if "group" in rec}
+        notes = list(dict.fromkeys(self.job.notes + [n for rec in units.values() for n in rec["notes"]]))
+        keyed = []
+        for b, batch in enumerate(self.job.batches):
+            for m, (name, _, strategies) in enumerate(self.job.methods):
+                if _uid((b, m)) not in groups and any(_uid((b, m, r)) in units for r in range(len(strategies))):
+                    self.complete(b, m, samples)
+                    groups[_uid((b, m))] = self.journal.records[-1]["stats"]
+                for planned in batch:
+                    iid = "/".join(map(str, planned[0]))
+                    runs = [units[_uid((b, m, r))]["rows"].get(iid) for r in range(len(strategies))]
+                    runs = [x for x in runs if x is not None]
+                    st = groups.get(_uid((b, m)), {}).get(iid, {})
+                    for x in runs:
+                        row = {k: v for k, v in x.items() if k not in ROW_HEAD + ("bpd",)}
+                        row = {**{k: x[k] for k in ROW_HEAD},
+                               "inf_rate": 100.0 * sum(not y["finite"] for y in runs) / len(runs), **row}
+                        if x["finite"]:
+                            row.update({k: st[k] for k in ("diversity", "sr_space") if k in st})
+                        if "bpd" in runs[0]:
+                            row["bpd"] = runs[0]["bpd"]
+                        keyed.append(((planned[0], m, x["run"]), row))
+        rows = [row for _, row in sorted(keyed, key=lambda kr: kr[0])]
+        return rows, notes, self.crops(groups, rows, out_dir)
+
+    def crops(self, groups: dict, rows: list[dict], out_dir: Path) -> list[dict]:
+        """Report crops (HR, bicubic, each method's first finite run) of the first
+        `report_images` images of each data set and scale, written to out_dir/crops."""
+        entries = {}
+        for b, batch in enumerate(self.job.batches):
+            for (d, i, k), ds, path, scale in batch:
+                if i >= self.opts.report_images or not any(r["image"] == path.stem and r["dataset"] == ds.name
+                                                           and r["scale"] == scale for r in rows):
+                    continue
+                hr, lr, _ = make_pair(path, ds, scale, self.opts.lr_source)
+                label = self.opts.label
+                entry = save_crops(out_dir, ds.name, path.stem, scale, hr[None], lr[None], {}, label)
+                for m, (name, _, _) in enumerate(self.job.methods):
+                    crop = groups.get(_uid((b, m)), {}).get(f"{d}/{i}/{k}", {}).get("crop")
+                    if crop is not None:
+                        entry["panels"][name] = crop_path(ds.name, path.stem, scale, name, label)
+                        data = base64.b64decode(crop)
+                        atomic_write(out_dir / entry["panels"][name], lambda tmp, data=data: Path(tmp).write_bytes(data))
+                entries[(d, i, k)] = entry
+        return [entries[key] for key in sorted(entries)]
+
+
+def _sample(b: int, m: int, r: int, k: int) -> str:
+    return f"{b}-{m}-{r}-{k}"
 
 
 def _bits_per_dim(resolver: SuperResolver, items: list, plan) -> dict[str, list[float]]:

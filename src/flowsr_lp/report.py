@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import html
+import io
 import json
 import math
 import re
@@ -12,8 +13,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
+from PIL import Image
 
-from .images import write_png
+from .images import to_uint8, write_png
 from .pipeline import bicubic
 
 COLUMNS = ("psnr", "ssim", "lpips", "lr_psnr", "bpd", "inf_rate", "grid", "diversity", "sr_space")
@@ -38,21 +40,38 @@ def detail_window(hr: torch.Tensor, size: int) -> tuple[int, int]:
     return (idx // pooled.shape[-1]) * max(1, size // 4), (idx % pooled.shape[-1]) * max(1, size // 4)
 
 
+CROP = 96  # HR pixels on a side of a report crop
+
+
+def crop_panel(img: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+    """The report's view of `img` (1 x 3 x H x W): the CROP x CROP window of `hr` with the most
+    detail, twice as large (nearest), on the CPU."""
+    top, left = detail_window(hr, CROP)
+    crop = img[0, :, top : top + CROP, left : left + CROP]
+    return F.interpolate(crop[None], scale_factor=2, mode="nearest")[0].cpu()
+
+
+def png_bytes(img: torch.Tensor) -> bytes:
+    """A 3 x H x W image in [0, 1] as the bytes of the 8-bit PNG `write_png` writes."""
+    buf = io.BytesIO()
+    Image.fromarray(to_uint8(img)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def crop_path(dataset: str, image: str, scale: float, name: str, label: str = "") -> str:
+    """Where a panel of the report is written, relative to the output folder."""
+    tag = f"{label}_{dataset}_{image}_x{scale:g}".strip("_").replace("/", "_").replace(" ", "_")
+    return f"crops/{tag}_{name.replace('=', '').replace(' ', '_')}.png"
+
+
 def save_crops(out_dir: Path, dataset: str, image: str, scale: float, hr, lr, shown: dict, label: str = "") -> dict:
     """Write HR / bicubic / per-method crops of one image; return their relative paths."""
-    size = 96
-    top, left = detail_window(hr, size)
-    folder = Path(out_dir) / "crops"
-    tag = f"{label}_{dataset}_{image}_x{scale:g}".strip("_").replace("/", "_").replace(" ", "_")
     made = {} if "bicubic" in shown else {"bicubic": bicubic(lr, tuple(hr.shape[-2:]))}  # evaluate --bicubic made it
     panels = {"HR": hr, **made, **shown}
     entry = {"dataset": dataset, "image": image, "scale": scale, "label": label, "panels": {}}
     for name, img in panels.items():
-        crop = img[0, :, top : top + size, left : left + size]
-        crop = F.interpolate(crop[None], scale_factor=2, mode="nearest")[0]  # easier to see
-        fname = f"{tag}_{name.replace('=', '').replace(' ', '_')}.png"
-        write_png(crop.cpu(), folder / fname)
-        entry["panels"][name] = f"crops/{fname}"
+        entry["panels"][name] = crop_path(dataset, image, scale, name, label)
+        write_png(crop_panel(img, hr), Path(out_dir) / entry["panels"][name])
     return entry
 
 

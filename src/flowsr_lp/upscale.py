@@ -6,12 +6,14 @@ import logging
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
+from PIL import Image
 
 from .checkpoints import load_flow, load_prior
+from .distributed import gather_objects
 from .errors import ExplodingInverse, ImageError, UsageError, first_line
 from .images import IMAGE_SUFFIXES, image_size, read_image, write_png
 from .pipeline import SRResult, SuperResolver, TemperatureSampling, batched, output_size
+from .shards import JobProgress, shares
 from .tiles import batch_limit, release_cached_memory, tile_scale, tiled_result
 from .hub.resolve import default_models, flow_for_prior
 
@@ -102,8 +104,9 @@ class _Failures:
     """The inputs that failed (`failed`, a set shared by the draws of a call); `each(src)` logs
     one input's failure as one error line and lets the others go on."""
 
-    def __init__(self, failed: set | None = None):
+    def __init__(self, failed: set | None = None, quiet: bool = False):
         self.failed = failed if failed is not None else set()
+        self.quiet = quiet  # count the failures without logging them (they are logged elsewhere)
 
     @property
     def count(self) -> int:
@@ -113,41 +116,66 @@ class _Failures:
     def each(self, src: Path, hw=None):
         try:
             yield
+            return
         except (ImageError, ExplodingInverse, ValueError, OSError) as e:
-            self.failed.add(src)
             msg = " ".join((str(e) or type(e).__name__).split())
-            log.error("%s", msg if msg.startswith(str(src)) else f"{src}: {msg}")
+            msg = msg if msg.startswith(str(src)) else f"{src}: {msg}"
         except torch.OutOfMemoryError:
-            self.failed.add(src)
-            log.error("%s: out of memory at %s; lower --max-megapixels or the scale, or use a device with more "
-                      "memory", src, "x".join(map(str, hw)) if hw else "this size")
+            msg = (f"{src}: out of memory at {'x'.join(map(str, hw)) if hw else 'this size'}; lower --max-megapixels "
+                   "or the scale, or use a device with more memory")
         except RuntimeError as e:  # any other failure of the device or the model on this input
-            self.failed.add(src)
-            log.error("%s: %s", src, first_line(e))
+            msg = f"{src}: {first_line(e)}"
+        self.failed.add(src)
+        if not self.quiet:
+            log.error("%s", msg)
 
 
 def upscale_files(resolver: SuperResolver, inputs: list[Path], outs: list[Path], *, scale=None, size=None,
                   tau=None, seed: int = 0, retries: int = 0, max_megapixels: float = 64.0,
-                  progress: bool = True, batch_size: int = 1, variation: float = 0.0, draws: int = 1) -> int:
+                  progress: bool = True, batch_size: int = 1, variation: float = 0.0, draws: int = 1,
+                  skip_existing: bool = False, rank: int = 0, world: int = 1) -> int:
     """Upscale each input to its output path (by `scale` or to `size`); each failure is logged
     as an error and the rest still run. Inputs of the same LR size run through the resolver
     together, up to `batch_size` at a time (see `batch_limit`); every image is still seeded
     with `seed` as when alone. `draws` > 1: N samples of each input, written as STEM_0.png,
-    STEM_1.png, ... (draw d seeded with seed + d). Returns the number of failed inputs."""
+    STEM_1.png, ... (draw d seeded with seed + d). `skip_existing`: outputs that are already
+    whole PNGs of the right size are left as they are. Under torchrun (`world` > 1) the
+    batches are shared out over the processes (each one as a single process runs it, so the
+    files are the same) with one progress bar on rank 0. Returns the number of failed inputs
+    (of the whole job)."""
     failed: set = set()
+    failures = _Failures(failed)
+    checks = _Failures(failed, quiet=rank != 0)  # every process checks the headers; rank 0 says what failed
+    units = []
     for k in range(draws):
         dsts = outs if draws == 1 else [d.with_name(f"{d.stem}_{k}.png") for d in outs]
-        _upscale_all(resolver, inputs, dsts, scale, size, tau, seed + k, retries, max_megapixels, progress,
-                     batch_size, variation, draws, failed)
+        for hw, items in _plan(inputs, dsts, scale, size, max_megapixels, batch_size, checks):
+            units.append((k, hw, items))
+    if skip_existing:
+        found = gather_objects({(k, dst) for n, (k, hw, items) in enumerate(units) if n % world == rank
+                                for _, dst in items if complete_png(dst, hw)}, world)
+        whole = set().union(*found)
+        units = [(k, hw, [it for it in items if (k, it[1]) not in whole]) for k, hw, items in units]
+        if rank == 0 and whole:
+            log.info("%d output(s) already complete: skipped", len(whole))
+    units = [u for u in units if u[2]]
+    todo = sum(len(items) for _, _, items in units)
+    bar = JobProgress(draws * len(inputs), draws * len(inputs) - todo, rank=rank, world=world, desc="upscale",
+                      unit="img", enabled=progress)
+    costs = [len(items) * hw[0] * hw[1] for _, hw, items in units]
+    for n in shares(costs, world)[rank]:
+        k, hw, items = units[n]
+        _upscale_batch(resolver, items, hw, tau, seed + k, retries, failures, bar, variation, draws)
+    failed = set().union(*gather_objects(failed, world))
+    bar.close()
     return len(failed)
 
 
-def _upscale_all(resolver, inputs, outs, scale, size, tau, seed, retries, max_megapixels, progress, batch_size,
-                 variation, seed_step, failed: set) -> None:
-    """One draw of every input; the inputs that failed are added to `failed`."""
-    failures, seen, groups = _Failures(failed), {}, {}
-    bar = tqdm(total=len(inputs), desc="upscale", unit="img", disable=not progress)
-    for src, dst in zip(inputs, outs):  # checks from the headers, in input order: nothing decoded yet
+def _plan(inputs, outs, scale, size, max_megapixels, batch_size, failures: _Failures) -> list[tuple]:
+    """(output size, [(input, output), ...]) batches of same-size inputs, checked from their
+    headers in input order (nothing decoded yet); the inputs that fail go to `failures`."""
+    seen, groups = {}, {}
+    for src, dst in zip(inputs, outs):
         with failures.each(src):
             if dst.resolve() == src.resolve():
                 raise ImageError(f"{src}: output would overwrite the input; choose another -o")
@@ -161,13 +189,20 @@ def _upscale_all(resolver, inputs, outs, scale, size, tau, seed, retries, max_me
                                  f"--max-megapixels limit of {max_megapixels:g}")
             seen[dst] = src
             groups.setdefault((lr_hw, hw), []).append((src, dst))
-            continue
-        bar.update()  # reached when the input failed
-    for (lr_hw, hw), items in groups.items():
-        n = batch_limit(lr_hw, batch_size)
-        for k in range(0, len(items), n):
-            _upscale_batch(resolver, items[k : k + n], hw, tau, seed, retries, failures, bar, variation, seed_step)
-    bar.close()
+    return [(hw, items[k : k + n]) for (lr_hw, hw), items in groups.items() for n in [batch_limit(lr_hw, batch_size)]
+            for k in range(0, len(items), n)]
+
+
+def complete_png(path: Path, hw) -> bool:
+    """True when `path` holds a whole, valid PNG of size hw (`--skip-existing`)."""
+    try:
+        with Image.open(path) as im:
+            if im.format != "PNG" or (im.height, im.width) != tuple(hw):
+                return False
+            im.verify()  # every chunk's checksum, up to the end chunk: a cut file fails
+        return True
+    except Exception:  # noqa: BLE001 - missing, unreadable or damaged in any way: not complete
+        return False
 
 
 def _upscale_batch(resolver, items, hw, tau, seed, retries, failures: _Failures, bar, variation=0.0,

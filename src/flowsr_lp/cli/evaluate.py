@@ -12,11 +12,12 @@ import torch
 
 from .. import __version__
 from ..checkpoints import load_flow, load_prior
-from ..distributed import finish, gather_objects, setup_distributed
+from ..distributed import finish, setup_distributed
 from ..errors import UsageError
 from ..evaluate import LEFT_OUT, EvalOptions, evaluate, summarise
 from ..hub.resolve import flow_for_prior
 from ..report import write_outputs
+from ..shards import Journal
 from ..cli_options import (add_device, add_precision, add_scales, add_taps, add_taus, count, positive_int,
                            resolve_device, seed, temperature)
 
@@ -62,6 +63,9 @@ def add_parser(sub, parents=()) -> None:
                    help="same-size images upscaled together, up to N at a time and at most 512x512 LR pixels in "
                         "all (default 8); every image keeps its own seeds, as when alone")
     p.add_argument("-o", "--out", default="eval", help="output folder (default ./eval)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the evaluation recorded in -o (OUT/units): finished units are skipped; the "
+                        "options must be the ones it was started with")
     add_device(p)
     add_precision(p)
     p.set_defaults(run=run)
@@ -83,14 +87,13 @@ def run(args) -> int:
     flow = load_flow(args.flow, device=device, taps=args.taps)
     prior = load_prior(args.prior, device=device) if args.prior else None
     t0 = time.time()
-    rows, notes, crops = evaluate(flow, prior, opts, out, rank, world, progress=not args.quiet)
-    parts = gather_objects((rows, notes, crops), world)
+    journal = Journal(out / "units", settings(args, opts, device), resume=args.resume, rank=rank, world=world)
+    rows, notes, crops = evaluate(flow, prior, opts, out, rank, world, progress=not args.quiet, journal=journal)
+    journal.close()
     finish(world)
     if rank != 0:
         return 0
-    rows = [r for p in parts for r in p[0]]
-    notes = list(dict.fromkeys(n for p in parts for n in p[1]))
-    crops = [c for p in parts for c in p[2]]
+    notes = list(dict.fromkeys(notes))
     if not opts.use_lpips:
         notes.append("LPIPS not computed (--no-lpips)")
     summary = summarise(rows)
@@ -107,3 +110,20 @@ def run(args) -> int:
     if failed:
         print(f"{failed} input(s) could not be used (see the error lines and the report's notes)", file=sys.stderr)
     return 1 if failed else 0
+
+
+#: the option behind each field of EvalOptions, as a resumed run names what differs
+OPTION_NAMES = {"data": "--data", "scales": "--scales", "taus": "--tau", "runs": "--runs", "protocol": "--protocol",
+                "seed": "--seed", "use_lpips": "--no-lpips", "alexnet_weights": "--alexnet-weights",
+                "max_images": "--max-images", "lr_source": "--lr-source", "report_images": "--report-images",
+                "bicubic": "--bicubic", "precision": "--precision", "batch_size": "--batch-size",
+                "variations": "--variation", "bpd": "--bpd", "sr_space": "--sr-space"}
+
+
+def settings(args, opts: EvalOptions, device) -> dict:
+    """What the recorded units depend on, by option name (a resume must give the same)."""
+    fields = asdict(opts)
+    out = {OPTION_NAMES.get(k, k): v for k, v in fields.items()}
+    out.update({"--flow": str(args.flow), "--prior": str(args.prior or ""), "--taps": args.taps,
+                "--device": device.type})
+    return out

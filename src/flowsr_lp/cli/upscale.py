@@ -1,10 +1,12 @@
-"""`flowsr-lp upscale`: image files or folders in, PNGs out."""
+"""`flowsr-lp upscale`: image files or folders in, PNGs out; under torchrun the batches are
+shared out over the processes."""
 from __future__ import annotations
 
 import logging
 import sys
 from pathlib import Path
 
+from ..distributed import finish, setup_distributed
 from ..errors import UsageError
 from ..images import list_images
 from ..cli_options import (add_device, add_precision, add_taps, count, inference_device, parse_scale, parse_size,
@@ -41,6 +43,9 @@ def add_parser(sub, parents=()) -> None:
     p.add_argument("--seed", type=seed, default=0, help="random seed; each image is seeded with it (default 0)")
     p.add_argument("--retries", type=count, default=0, help="on an exploding inverse, draw a new sample up to N times")
     p.add_argument("-o", "--out", required=True, help="output folder, or a .png path for a single input")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="leave outputs that are already whole PNGs of the right size as they are (to finish an "
+                        "interrupted run)")
     add_device(p)
     add_precision(p)
     p.add_argument("--max-megapixels", type=positive_float, default=64.0,
@@ -58,7 +63,7 @@ def run(args) -> int:
     if not inputs:
         raise UsageError("no input images found")
     outs = output_paths(inputs, Path(args.out))
-    device = inference_device(args.device, args.threads)
+    rank, world, device = setup_distributed(str(inference_device(args.device, args.threads)))
     flow, prior = load_models(args.flow, args.prior, device, args.taps)
     scale = args.scale
     fixed = getattr(flow, "fixed_scale", None)
@@ -76,6 +81,9 @@ def run(args) -> int:
                              max_output_pixels=args.max_megapixels * 1e6)  # the CLI's limit, not the API default
     failures = upscale_files(resolver, inputs, outs, scale=scale, size=args.size, tau=args.tau, seed=args.seed,
                              retries=args.retries, max_megapixels=args.max_megapixels, progress=not args.quiet,
-                             batch_size=args.batch_size, variation=args.variation, draws=args.draws)
-    print(f"{len(inputs) - failures} of {len(inputs)} image(s) written to {args.out}", file=sys.stderr)
+                             batch_size=args.batch_size, variation=args.variation, draws=args.draws,
+                             skip_existing=args.skip_existing, rank=rank, world=world)
+    finish(world)
+    if rank == 0:
+        print(f"{len(inputs) - failures} of {len(inputs)} image(s) written to {args.out}", file=sys.stderr)
     return 0 if failures == 0 else 1
