@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 
 import torch
@@ -27,6 +28,12 @@ def process_group_timeout() -> datetime.timedelta:
     if not minutes > 0:
         raise UsageError(f"{TIMEOUT_ENV}={raw!r}: expected a positive number of minutes")
     return datetime.timedelta(minutes=minutes)
+
+
+def quiet_other_ranks() -> None:
+    """Under torchrun, ranks other than 0 log warnings and errors only: rank 0 speaks for the job."""
+    if int(os.environ.get("RANK", 0)) > 0:
+        logging.getLogger("flowsr_lp").setLevel(logging.WARNING)
 
 
 def local_cuda_device(local_rank: str | None, visible: int) -> torch.device:

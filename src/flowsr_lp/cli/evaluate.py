@@ -12,7 +12,7 @@ import torch
 
 from .. import __version__
 from ..checkpoints import load_flow, load_prior
-from ..distributed import finish, setup_distributed
+from ..distributed import finish, quiet_other_ranks, setup_distributed
 from ..errors import UsageError
 from ..evaluate import LEFT_OUT, EvalOptions, evaluate, summarise
 from ..hub.resolve import flow_for_prior
@@ -72,6 +72,7 @@ def add_parser(sub, parents=()) -> None:
 
 
 def run(args) -> int:
+    quiet_other_ranks()
     rank, world, device = setup_distributed(str(resolve_device(args.device)))
     opts = EvalOptions(data=args.data, scales=args.scales, taus=args.taus, runs=args.runs, protocol=args.protocol,
                        seed=args.seed, use_lpips=not args.no_lpips, alexnet_weights=args.alexnet_weights,

@@ -6,7 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ..distributed import finish, setup_distributed
+from ..distributed import finish, quiet_other_ranks, setup_distributed
 from ..errors import UsageError
 from ..images import list_images
 from ..cli_options import (add_device, add_precision, add_taps, count, inference_device, parse_scale, parse_size,
@@ -63,6 +63,7 @@ def run(args) -> int:
     if not inputs:
         raise UsageError("no input images found")
     outs = output_paths(inputs, Path(args.out))
+    quiet_other_ranks()
     rank, world, device = setup_distributed(str(inference_device(args.device, args.threads)))
     flow, prior = load_models(args.flow, args.prior, device, args.taps)
     scale = args.scale
