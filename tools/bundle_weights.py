@@ -21,9 +21,12 @@ from flowsr_lp.checkpoints import load_flow, load_prior, read_checkpoint, save_f
 from flowsr_lp.hub.registry import BUNDLED, WEIGHTS
 
 #: the recipes (configs/cpu/NAME.yaml) of each bundled model, in training order
-#: (srflow-small-lp version 2 continues version 1, from the same recipe's earlier version)
-STAGES = {"linf-small": ["linf-small", "linf-small-ft"], "linf-small-lp": ["linf-small-lp", "linf-small-lp-ft"],
-          "srflow-small": ["srflow-small", "srflow-small-ft", "srflow-small-ft2"], "srflow-small-lp": ["srflow-small-lp-v1", "srflow-small-lp"]}
+#: (srflow-small-lp version 2 continues version 1, from the same recipe's earlier version;
+#: the -scale stages grow and train the latent modules' scale heads, models v3)
+STAGES = {"linf-small": ["linf-small", "linf-small-ft"],
+          "linf-small-lp": ["linf-small-lp", "linf-small-lp-ft", "linf-small-lp-scale"],
+          "srflow-small": ["srflow-small", "srflow-small-ft", "srflow-small-ft2"],
+          "srflow-small-lp": ["srflow-small-lp-v1", "srflow-small-lp", "srflow-small-lp-scale"]}
 HARDWARE = "2-core x86_64 CPU (AVX512-BF16/AMX), float32, shared with other work while training"
 
 
@@ -53,9 +56,12 @@ def stage_records(runs: Path, name: str, commands: dict) -> list[dict]:
             records.append(run_record(run, recipe, commands.get(recipe, "")))
             cfg = yaml.safe_load((run / "config.yaml").read_text())
             start = cfg["flow" if cfg["task"] == "flow" else "prior"].get("checkpoint")
-        elif start:  # an earlier session's stage, recorded in the checkpoint this one started from
+        elif start:  # an earlier session's stage(s), recorded in the checkpoint this one started from
             old = read_checkpoint(start)[1].get("training", {})
-            records.append({**(old["stages"][-1] if "stages" in old else old), "session": "earlier"})
+            if "stages" in old:  # every stage before this one: done
+                records += [{**st, "session": st.get("session", "earlier")} for st in reversed(old["stages"])]
+                break
+            records.append({**old, "session": "earlier"})
             start = None
         else:
             raise FileNotFoundError(f"{name}: no run {run} and no checkpoint that records it")
@@ -64,15 +70,32 @@ def stage_records(runs: Path, name: str, commands: dict) -> list[dict]:
 
 def describe(rec: dict) -> tuple[str, str]:
     fin, val = rec.get("final", {}), rec.get("validation", {})
-    loss = ", ".join(f"{k} {float(fin[k]):.4g}" for k in ("nll", "l1", "latent") if fin.get(k))
+    loss = ", ".join(f"{k} {float(fin[k]):.4g}" for k in ("nll", "l1", "latent", "scale_nll") if fin.get(k))
     vals = f"PSNR {float(val['val_psnr']):.2f} dB, LR-PSNR {float(val['val_lr_psnr']):.2f} dB" if val else "–"
+    if val.get("val_bpd"):
+        vals += f", {float(val['val_bpd']):.3f} bits/dim"
     return loss or "–", vals
+
+
+def table_rows(name: str, model, stages: list[dict], task: str) -> list[str]:
+    """TRAINING.md's rows of one model, a stage each."""
+    n = sum(p.numel() for p in model.parameters())
+    out = []
+    for i, st in enumerate(stages):
+        loss, vals = describe(st)
+        cmd = st.get("command") or f"flowsr-lp train-{task} {st['recipe']}"
+        cmd = f"`{cmd}`" + (" (an earlier session's recipe)" if st.get("session") == "earlier" else "")
+        out.append(f"| {f'`{name}`' if i == 0 else ''} | {f'{n / 1e6:.2f} M' if i == 0 else ''} | {cmd} "
+                   f"| {st['steps']} | {st['seconds'] / 60:.1f} min | {loss} | {vals} |")
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", default="runs")
     ap.add_argument("--commands", default=None, help="JSON {recipe name: command line} used to train each stage")
+    ap.add_argument("--models", nargs="+", default=list(BUNDLED), help="the models to re-bundle (default: all); "
+                    "the others keep their files, and TRAINING.md lists them from their metadata")
     a = ap.parse_args()
     commands = json.loads(Path(a.commands).read_text()) if a.commands else {}
     lines = ["# How the bundled models were trained", "",
@@ -91,6 +114,12 @@ def main() -> None:
              "| model | parameters | stage: command | steps | wall time | final training loss | last validation |",
              "|---|---|---|---|---|---|---|"]
     for name in BUNDLED:
+        if name not in a.models:  # kept as it is: its rows come from its own training record
+            dst = WEIGHTS / f"{name}.safetensors"
+            kind = read_checkpoint(dst)[1]["kind"]
+            model = (load_flow if kind == "flow" else load_prior)(dst)
+            lines += table_rows(name, model, read_checkpoint(dst)[1]["training"]["stages"], kind)
+            continue
         stages = stage_records(Path(a.runs), name, commands)
         run = Path(a.runs) / STAGES[name][-1]
         cfg = yaml.safe_load((run / "config.yaml").read_text())
@@ -103,13 +132,7 @@ def main() -> None:
                     "machine": f"{platform.machine()} CPU, torch {torch.__version__}"}
         dst = WEIGHTS / f"{name}.safetensors"
         (save_flow if cfg["task"] == "flow" else save_prior)(model, dst, training=training)
-        n = sum(p.numel() for p in model.parameters())
-        for i, st in enumerate(stages):
-            loss, vals = describe(st)
-            cmd = st.get("command") or f"flowsr-lp train-{cfg['task']} {st['recipe']}"
-            cmd = f"`{cmd}`" + (" (an earlier session's recipe)" if st.get("session") == "earlier" else "")
-            lines.append(f"| {f'`{name}`' if i == 0 else ''} | {f'{n / 1e6:.2f} M' if i == 0 else ''} | {cmd} "
-                         f"| {st['steps']} | {st['seconds'] / 60:.1f} min | {loss} | {vals} |")
+        lines += table_rows(name, model, stages, cfg["task"])
         print(f"{name}: {dst} ({dst.stat().st_size / 1e6:.2f} MB)")
     (WEIGHTS / "TRAINING.md").write_text("\n".join(lines) + "\n")
 
