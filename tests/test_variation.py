@@ -122,6 +122,10 @@ def test_srflow_module_has_a_head_per_part():
     assert [m.shape for m in mu] == [tuple(s) for s in flow.latent_shapes(ctx)] == [x.shape for x in ls]
     r = SuperResolver(flow, prior)
     assert torch.equal(r(lr).images, r(lr, strategy=LearnedPrior(prior, variation=0)).images)
+    # bit for bit the module without its heads (mu keeps its memory layout through the split)
+    plain = SRFlowLatentModule(SRFlowPriorConfig(dim=8, depth=1, latent_channels=flow.latent_channels)).eval()
+    plain.load_state_dict({k: v for k, v in prior.state_dict().items() if not k.startswith("scale_head")})
+    assert torch.equal(SuperResolver(flow, plain)(lr).images, r(lr).images)
 
 
 def test_grown_head_keeps_every_other_weight():

@@ -52,7 +52,14 @@ def split_prediction(outputs, channels) -> tuple[tuple[torch.Tensor, ...], tuple
     -> (mu parts, log sigma parts or None)."""
     if all(o.shape[1] == c for o, c in zip(outputs, channels)):
         return tuple(outputs), None
-    return tuple(o[:, :c] for o, c in zip(outputs, channels)), tuple(o[:, c:] for o, c in zip(outputs, channels))
+
+    def part(o, sl):  # a dense copy in the output's layout, so what follows computes as without a head
+        fmt = torch.channels_last if o.dim() == 4 and o.is_contiguous(memory_format=torch.channels_last) else \
+            torch.contiguous_format
+        return o[:, sl].contiguous(memory_format=fmt)
+
+    return (tuple(part(o, slice(0, c)) for o, c in zip(outputs, channels)),
+            tuple(part(o, slice(c, None)) for o, c in zip(outputs, channels)))
 
 
 def with_scale_head(prior: nn.Module) -> nn.Module:
