@@ -81,8 +81,8 @@ def requested_threads() -> tuple[int, str] | None:
 def keep_freed_memory(pad_bytes: int = 256 << 20) -> bool:
     """Ask glibc to grow and trim the heap in `pad_bytes` steps and to serve blocks of up to
     32 MB from it, so the large tensors of one image (or tile) reuse the pages of the previous
-    one instead of fresh, page-faulting ones: about 15 % of the CPU time of a 64x64 LINF
-    upscale, and 30 % of a tiled 1024x1024 LR (benchmarks/README.md). Larger blocks are still
+    one instead of fresh, page-faulting ones (the saving is measured in benchmarks/README.md,
+    "Why the code is as it is"). Larger blocks are still
     mapped and returned to the system when freed. False where there is no glibc."""
     name = ctypes.util.find_library("c")
     try:

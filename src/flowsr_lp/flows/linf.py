@@ -324,8 +324,8 @@ class LINF(Flow):
                 cells = (first + (row.index[r0:r1, None] * w + col.index[None, :]).flatten()).flatten()
                 q = table.index_select(0, cells).view(b, r1 - r0, wq, c)
                 q_coef, f_row, f_col = q[..., :hd], q[..., hd : hd + hd // 2], q[..., hd + hd // 2 :]
-                # one fused expression: in-place chains (addcmul_, cos(out=) then mul_) on the
-                # strided feature slices were 15 % slower with 2 threads (bench_before_after.py)
+                # one fused expression, not in-place chains on the strided feature slices
+                # (slower: benchmarks/README.md, "Why the code is as it is")
                 g = math.pi * (f_row * rel_rows[i] + f_col * rel_cols[j] + phase)
                 # each neighbour is weighted by the area of the diagonally opposite rectangle
                 cw = q_coef * (areas[3 - k // hd] / total)

@@ -89,7 +89,7 @@ def psnr(sr: torch.Tensor, hr: torch.Tensor, shave: int = 0, y_channel: bool = F
 
 def _filter_valid(x: torch.Tensor, k: list[float]) -> torch.Tensor:
     """Separable 'valid' filtering of the last two dims with the 1-D kernel k, as in-place sums
-    of shifted slices (about 8x faster than float64 conv2d on CPU for DIV2K-sized images)."""
+    of shifted slices (faster than float64 conv2d on the CPU: benchmarks/README.md)."""
     n = len(k)
     h, w = x.shape[-2:]
     if h < n or w < n:
