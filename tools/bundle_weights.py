@@ -94,23 +94,30 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", default="runs")
     ap.add_argument("--commands", default=None, help="JSON {recipe name: command line} used to train each stage")
-    ap.add_argument("--models", nargs="+", default=list(BUNDLED), help="the models to re-bundle (default: all); "
+    ap.add_argument("--models", nargs="*", default=list(BUNDLED), help="the models to re-bundle (default: all); "
                     "the others keep their files, and TRAINING.md lists them from their metadata")
     a = ap.parse_args()
     commands = json.loads(Path(a.commands).read_text()) if a.commands else {}
     lines = ["# How the bundled models were trained", "",
              "All four were trained on the CPU of a development machine (2 cores, shared with other work, so wall "
              "times are upper bounds), from the recipes in `configs/cpu/`, on T91 (91 images) + BSDS200 (200 "
-             "images) from `../shared/data`, validated on Set5 (PSNR on RGB with shave = scale, tau 0 for flows; "
-             "x4, x3 for `linf-small-lp`). The flows were trained in two stages: NLL (`linf-small.yaml`, "
+             "images) from `../shared/data`. The flows were trained in two stages: NLL (`linf-small.yaml`, "
              "`srflow-small.yaml`), then steps alternating between the NLL (x 5e-4) and pixel L1 of the "
              "temperature-0 output (`*-ft.yaml`, LINF's second stage without VGG), which lifts tau = 0 above "
-             "bicubic; SRFlow's continued at a lower learning rate (`srflow-small-ft2.yaml`). `linf-small-lp` uses our every-scale initial prior (`initial_prior: antialiased`, see the "
-             "README) and a second stage with scales up to x6 and latent weight 0.02 (`linf-small-lp-ft.yaml`); `srflow-small-lp` "
-             "continues the earlier session's module (same recipe file, version 1) for the fine-tuned flow. No VGG19 ImageNet weights were available, so the latent modules were trained with "
-             "`--perceptual none` (pixel L1 + 0.1 latent L1) instead of the paper's VGG loss; to retrain with it "
-             "add `--perceptual vgg --vgg-weights vgg19-dcbb9e9d.pth --set loss.latent_weight=0 --set "
-             "loss.pixel_weight=0` (LINF) or keep `latent_weight` 0.1 (SRFlow).", "",
+             "bicubic; SRFlow's continued at a lower learning rate (`srflow-small-ft2.yaml`). `linf-small-lp` uses "
+             "our every-scale initial prior (`initial_prior: antialiased`, see the README) and a second stage with "
+             "scales up to x6 and latent weight 0.02 (`linf-small-lp-ft.yaml`); `srflow-small-lp` continues the "
+             "earlier session's module (same recipe file, version 1) for the fine-tuned flow. Models v3 add a last "
+             "stage to each latent module (`*-lp-scale.yaml`): a scale head grown on the trained module and trained "
+             "alone (`loss.scale_only`) by the Gaussian NLL of the HR's true latent; mu is frozen, so the outputs at "
+             "variation 0 are bit-identical to v2. No VGG19 ImageNet weights were available, so the latent modules "
+             "were trained with `--perceptual none` (pixel L1 + 0.1 latent L1) instead of the paper's VGG loss; to "
+             "retrain with it add `--perceptual vgg --vgg-weights vgg19-dcbb9e9d.pth --set loss.latent_weight=0 "
+             "--set loss.pixel_weight=0` (LINF) or keep `latent_weight` 0.1 (SRFlow).", "",
+             "Validation: the earlier stages on Set5 (PSNR on RGB with shave = scale, tau 0 for flows; x4, x3 for "
+             "`linf-small-lp`); the `-scale` stages by the `evaluate` protocol on 6 Set14 images x4 (PSNR on Y, "
+             "8-bit MATLAB-bicubic LR) with the held-out bits/dim under N(mu, sigma^2). Bits/dim of every stage "
+             "on B100 x4: see the table after this one.", "",
              "| model | parameters | stage: command | steps | wall time | final training loss | last validation |",
              "|---|---|---|---|---|---|---|"]
     for name in BUNDLED:
