@@ -13,7 +13,6 @@ import torch
 
 import flowsr_lp
 from common import build, header, load, peak_rss_mb
-from flowsr_lp.tiles import upscale_tiled
 
 
 def main() -> None:
@@ -29,11 +28,12 @@ def main() -> None:
     header(f"large image: {a.case} x4 of a {a.lr}x{a.lr} LR, {a.precision}, tiles {a.tile} + margin {a.margin}")
     torch.manual_seed(0)
     flow, prior = build(flowsr_lp, a.case)
-    resolver = flowsr_lp.SuperResolver(flow, prior, precision=a.precision, max_output_pixels=None)
+    resolver = flowsr_lp.SuperResolver(flow, prior, precision=a.precision, max_output_pixels=None, tile=a.tile,
+                                       tile_margin=a.margin)
     lr = torch.rand(1, 3, a.lr, a.lr)
     base = peak_rss_mb()
     t, c = time.perf_counter(), time.process_time()
-    sr = upscale_tiled(resolver, lr, 4, tile=a.tile, margin=a.margin, progress=True)
+    sr = resolver(lr, scale=4).images
     wall, cpu = time.perf_counter() - t, time.process_time() - c
     print(f"output {tuple(sr.shape)}, finite: {bool(torch.isfinite(sr).all())}")
     print(f"time: wall {wall:.1f} s, cpu {cpu:.1f} s ({load()} at the end)")

@@ -158,7 +158,6 @@ def check_seeds(run: Run):
 
 def check_tiling(run: Run):
     from flowsr_lp import SuperResolver, TemperatureSampling
-    from flowsr_lp.tiles import upscale_tiled
     lr = run.photo(36 if run.quick else 96)
     flow, prior = run.models("linf-small", run.device, True)
     whole = SuperResolver(flow, prior)(lr, scale=3).images
@@ -166,8 +165,7 @@ def check_tiling(run: Run):
                                 prior_overlap=8, prior_margin=8 if run.quick else 16)(lr, scale=3).images
     resolver = SuperResolver(flow)
     at0 = resolver(lr, scale=3, strategy=TemperatureSampling(0.0)).images
-    tiles = upscale_tiled(resolver, lr, 3, tile=18 if run.quick else 48, strategy=TemperatureSampling(0.0),
-                          progress=False)
+    tiles = resolver(lr, scale=3, strategy=TemperatureSampling(0.0), tile=18 if run.quick else 48).images
     out = {"prior tiles vs whole": _diff(tiled_prior, whole), "image tiles vs whole (tau 0)": _diff(tiles, at0)}
     return out["prior tiles vs whole"]["mean"] <= 0.01 and out["image tiles vs whole (tau 0)"]["max"] <= 2e-3, out
 
@@ -195,16 +193,17 @@ def check_oom(run: Run):
             out.update(whole_peak_gb=round(whole / 2**30, 2), fraction=round(fraction, 4))
             torch.cuda.set_per_process_memory_fraction(fraction, run.device)
             restore = lambda: torch.cuda.set_per_process_memory_fraction(1.0, run.device)  # noqa: E731
-        else:  # no memory limit to set on the CPU: a stub raises the out-of-memory
-            original, limit = SuperResolver.generate, side * side - 1
+        else:  # no memory limit to set on the CPU: a stub raises the out-of-memory conditioning the whole LR
+            cls = type(resolver.flow)
+            original, limit = cls.condition, side * side - 1
 
-            def generate(self, prepared, strategy=None):
-                if prepared.lr.shape[-2] * prepared.lr.shape[-1] > limit:
+            def condition(self, lr, *args, **kwargs):
+                if lr.shape[-2] * lr.shape[-1] > limit:
                     raise torch.OutOfMemoryError("stub: out of memory")
-                return original(self, prepared, strategy)
+                return original(self, lr, *args, **kwargs)
 
-            SuperResolver.generate = generate
-            restore = lambda: setattr(SuperResolver, "generate", original)  # noqa: E731
+            cls.condition = condition
+            restore = lambda: setattr(cls, "condition", original)  # noqa: E731
             out["simulated"] = True
         failures = upscale_files(resolver, [src], [run.tmp / "oom" / "out.png"], scale=scale, progress=False)
     finally:

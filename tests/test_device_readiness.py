@@ -17,7 +17,7 @@ from flowsr_lp.errors import UsageError
 from flowsr_lp.evaluate import EvalOptions, evaluate
 from flowsr_lp.flows import layers
 from flowsr_lp.flows.layers import InvertibleLinear
-from flowsr_lp.flows.linf import ConditionalAffine
+from flowsr_lp.flows.linf import LINF, ConditionalAffine
 from flowsr_lp.pipeline import SuperResolver, TemperatureSampling
 from flowsr_lp.priors.tiling import predict_latent
 from flowsr_lp.train.trainer import grads_finite, restore_cuda_rng
@@ -179,33 +179,36 @@ def _photos(folder, n, side):
 
 @pytest.fixture
 def oom_above(monkeypatch):
-    """`SuperResolver.generate` raises an out-of-memory above `limit[0]` LR pixels per call."""
+    """LINF's `condition` (the whole image's, or a tile's) raises an out-of-memory above
+    `limit[0]` LR pixels per call; `calls` records the calls over 64x64 LR pixels (not the
+    tile grid's tiny shape probes)."""
     limit, calls = [None], []
-    original = SuperResolver.generate
+    original = LINF.condition
 
-    def generate(self, prepared, strategy=None):
-        n = prepared.lr.shape[0] * prepared.lr.shape[-2] * prepared.lr.shape[-1]
-        calls.append(n)
+    def condition(self, lr, *args, **kwargs):
+        n = lr.shape[0] * lr.shape[-2] * lr.shape[-1]
+        if n > 64 * 64:
+            calls.append(n)
         if limit[0] is not None and n > limit[0]:
             raise torch.OutOfMemoryError(f"CUDA out of memory (stub: {n} LR pixels)")
-        return original(self, prepared, strategy)
+        return original(self, lr, *args, **kwargs)
 
-    monkeypatch.setattr(SuperResolver, "generate", generate)
+    monkeypatch.setattr(LINF, "condition", condition)
     return limit, calls
 
 
 def test_upscale_out_of_memory_retries_alone_then_in_tiles(tmp_path, oom_above, caplog):
     limit, calls = oom_above
-    srcs = _photos(tmp_path / "in", 2, 300)  # 300x300 LR: a batch of 2, 4 tiles of <= 288x288 each
+    srcs = _photos(tmp_path / "in", 2, 300)  # 300x300 LR: a batch of 2, or each alone in 2x2 tiles
     resolver = SuperResolver(tiny_linf())
     outs = [[tmp_path / run / p.name for p in srcs] for run in ("plain", "oom")]
     assert upscale_files(resolver, srcs, outs[0], scale=2, tau=0, progress=False, batch_size=8) == 0
     limit[0], calls[:] = 85_000, []
     with caplog.at_level(logging.WARNING):
         assert upscale_files(resolver, srcs, outs[1], scale=2, tau=0, progress=False, batch_size=8) == 0
-    # the batch, then each image alone, then its tiles
-    assert calls[0] == 180_000 and calls.count(90_000) == 2 and max(c for c in calls if c != 90_000) == 180_000
-    assert len(calls) == 1 + 2 * (1 + 4) and sorted(calls)[-4] <= 85_000
+    # the batch, then each image alone, then its 4 tiles: 255 + 33 LR pixels of context (LINF 3x3 at x2
+    # tiles in steps of 3), and the 45 left + 33
+    assert calls == [180_000] + 2 * [90_000, 288 * 288, 288 * 78, 78 * 288, 78 * 78]
     assert "running them one by one" in caplog.text and "retrying in tiles" in caplog.text
     for plain, tiled in zip(*outs):  # tau 0: the tiles give the whole image's pixels
         a, b = (np.asarray(Image.open(p), dtype=int) for p in (plain, tiled))

@@ -61,6 +61,19 @@ def _int_at_least(low: int, what: str):
 
 
 positive_int = _int_at_least(1, "positive integer")
+
+
+def tile_option(text: str) -> str | int:
+    """--tile: auto, off or a tile side in LR pixels."""
+    if text in ("auto", "off"):
+        return text
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid tile {text!r} (expected auto, off or a side in LR pixels)") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"tile side must be >= 1 LR pixel, got {text!r}")
+    return v
 count = _int_at_least(0, "count")
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed's range, less room for seed + retries
 

@@ -19,10 +19,10 @@ from .errors import ImageError
 from .images import atomic_write, image_size
 from .metrics import diversity, grid_score, lpips, lr_psnr, psnr, sr_space_diversity, ssim, to_uint8_like_srflow
 from .metrics.perceptual import lpips_map, lpips_model
-from .pipeline import LatentStrategy, SRResult, SuperResolver, TemperatureSampling, batched, bicubic
+from .pipeline import LatentStrategy, SuperResolver, TemperatureSampling, batched, bicubic
 from .report import crop_panel, crop_path, png_bytes, save_crops
 from .shards import JobProgress, Journal, shares
-from .tiles import batch_limit, release_cached_memory, tile_scale, tiled_result
+from .tiles import batch_limit, release_cached_memory
 
 log = logging.getLogger(__name__)
 
@@ -271,26 +271,19 @@ def evaluate(flow, prior, opts: EvalOptions, out_dir: Path, rank: int = 0, world
 
 def _upscaled(resolver: SuperResolver, items: list, plan, tiled: bool = False) -> dict | None:
     """{method: one `SRResult` per run} of same-size pairs as one batch, or of one pair in
-    tiles; None when that ran out of memory (or the size cannot be tiled)."""
+    tiles (`SuperResolver.retry_tile`); None when that ran out of memory (or the size cannot be tiled)."""
     lr, size = torch.cat([it[5] for it in items]), tuple(items[0][4].shape[-2:])
+    tile = resolver.retry_tile(tuple(lr.shape[-2:]), size) if tiled else None
+    if tiled and tile is None:
+        return None
     try:
-        if not tiled:
-            prepared = resolver.prepare(lr, size=size)
-            return {m: [resolver.generate(prepared, batched(s, len(items))) for s in strategies]
-                    for m, _, strategies in plan}
-        scale = tile_scale(resolver, lr, size, above=0)
-        if scale is None:
-            return None
-        return {m: [_on(lr.device, tiled_result(resolver, lr, scale, s)) for s in strategies]
+        prepared = resolver.prepare(lr, size=size, tile=tile)
+        return {m: [resolver.generate(prepared, batched(s, len(items))) for s in strategies]
                 for m, _, strategies in plan}
     except torch.OutOfMemoryError:
         pass
     release_cached_memory()  # outside the handler: its traceback no longer holds the tensors
     return None
-
-
-def _on(device: torch.device, result: SRResult) -> SRResult:
-    return SRResult(result.images.to(device), result.finite, result.strategy)
 
 
 class _Runner:

@@ -21,18 +21,22 @@ import logging
 import math
 import numbers
 from dataclasses import dataclass, field
-from typing import Any, Union
+from fractions import Fraction
+from typing import Any, Callable, Union
 
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from .data.resize import imresize
 from .errors import UsageError
-from .flows.base import Flow, Latent, checked_size
+from .flows.base import Flow, Latent, checked_size, sample_noise
 from .images import rgb_array
 from .precision import reduced, resolve_precision
 from .priors.tiling import predict_distribution
+from .runtime import progress_bars
+from .tiles import AUTO_TILE, TILE_ABOVE_LR_PIXELS, TileGrid, flow_tile_unit, tile_grid, tiled_scale
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +177,23 @@ class SRResult:
 
 
 # ---- latent strategies ("schedulers") ----------------------------------------------------
+@dataclass
+class LatentInputs:
+    """What a strategy reads to choose the latent of a whole LR batch, also when the image is
+    decoded in tiles: the LR, unit noise of the whole latent's shapes (`noise(tau, generator)`)
+    and the flow's initial prior of the whole image (`start(kind)`)."""
+
+    flow: Flow
+    lr: torch.Tensor
+    noise: Callable[[float, Any], Latent]
+    start: Callable[[str], Latent]
+
+    @classmethod
+    def whole(cls, flow: Flow, lr: torch.Tensor, ctx) -> "LatentInputs":
+        return cls(flow, lr, lambda tau, gen: flow.sample_latent(ctx, tau, gen),
+                   lambda kind: flow.initial_prior(lr, ctx, kind))
+
+
 class LatentStrategy(abc.ABC):
     """Chooses the latent the flow decodes, given the LR batch and the flow's conditioning."""
 
@@ -183,8 +204,12 @@ class LatentStrategy(abc.ABC):
         """Raise `UsageError` when this strategy cannot work with `flow`."""
 
     @abc.abstractmethod
+    def choose(self, inputs: LatentInputs, scale: float) -> Latent:
+        """The whole latent for this LR batch; `scale` is the larger of the two upscaling ratios."""
+
     def latent(self, flow: Flow, lr: torch.Tensor, ctx, scale: float) -> Latent:
-        """The latent for this LR batch; `scale` is the larger of the two upscaling ratios."""
+        """`choose` for an LR batch the flow was conditioned on whole (`ctx`)."""
+        return self.choose(LatentInputs.whole(flow, lr, ctx), scale)
 
     def log_density(self, flow: Flow, lr: torch.Tensor, ctx, scale: float, latent: Latent) -> torch.Tensor:
         """log q(latent) in nats per batch item (float64) under the latent distribution this
@@ -236,9 +261,9 @@ class TemperatureSampling(LatentStrategy):
     def deterministic(self) -> bool:
         return self.tau == 0
 
-    def latent(self, flow: Flow, lr: torch.Tensor, ctx, scale: float) -> Latent:
-        tau = flow.default_tau(scale) if self.tau is None else self.tau
-        return flow.sample_latent(ctx, tau, _generators(self.generator, self.seed))
+    def choose(self, inputs: LatentInputs, scale: float) -> Latent:
+        tau = inputs.flow.default_tau(scale) if self.tau is None else self.tau
+        return inputs.noise(tau, _generators(self.generator, self.seed))
 
     def log_density(self, flow: Flow, lr: torch.Tensor, ctx, scale: float, latent: Latent) -> torch.Tensor:
         tau = flow.default_tau(scale) if self.tau is None else self.tau
@@ -310,21 +335,29 @@ class LearnedPrior(LatentStrategy):
     def check(self, flow: Flow) -> None:
         check_prior_fits(flow, self.prior)
 
+    @property
+    def start_kind(self) -> str:
+        """The initial prior this module was trained on (`Flow.initial_prior`'s kind)."""
+        return getattr(self.prior.config, "initial_prior", "paper")
+
     def distribution(self, flow: Flow, lr: torch.Tensor, ctx) -> tuple[Latent, Latent | None]:
         """(mu, log sigma or None) the latent module predicts for this LR batch."""
-        start = flow.initial_prior(lr, ctx, getattr(self.prior.config, "initial_prior", "paper"))
+        return self.predict(flow.initial_prior(lr, ctx, self.start_kind), lr)
+
+    def predict(self, start: Latent, lr: torch.Tensor) -> tuple[Latent, Latent | None]:
+        """(mu, log sigma or None) from the flow's initial prior `start` of the LR batch `lr`."""
         # channels-last (NHWC) maps: oneDNN convolves them without reordering
         start, lr = (tuple(z.contiguous(memory_format=torch.channels_last) for z in start),
                      lr.contiguous(memory_format=torch.channels_last))
         return predict_distribution(self.prior, start, lr, self.max_pixels, self.tile, self.overlap, self.margin)
 
-    def latent(self, flow: Flow, lr: torch.Tensor, ctx, scale: float) -> Latent:
-        mu, log_sigma = self.distribution(flow, lr, ctx)
+    def choose(self, inputs: LatentInputs, scale: float) -> Latent:
+        mu, log_sigma = self.predict(inputs.start(self.start_kind), inputs.lr)
         if self.variation == 0:
             return mu
         if log_sigma is None:
             _note_fixed_variation()
-        eps = flow.sample_latent(ctx, 1.0, _generators(self.generator, self.seed))
+        eps = inputs.noise(1.0, _generators(self.generator, self.seed))
         t = self.variation
         if log_sigma is None:
             return tuple(m + t * e.to(m.dtype) for m, e in zip(mu, eps))
@@ -353,22 +386,47 @@ def _note_fixed_variation() -> None:
 # ---- the pipeline ------------------------------------------------------------------------
 @dataclass
 class Prepared:
-    """An LR batch on the flow's device, its output size and the flow's conditioning."""
+    """An LR batch on the flow's device, its output size and the flow's conditioning (None
+    when it runs in `tiles`: each tile is conditioned when it is decoded)."""
 
     lr: torch.Tensor
     size: tuple[int, int]
     ctx: Any
     input_kind: str
+    tiles: TileGrid | None = None
 
     @property
     def scale(self) -> float:
         return max(self.size[0] / self.lr.shape[-2], self.size[1] / self.lr.shape[-1])
 
 
+def checked_tile(tile) -> str | int:
+    """`tile` as "auto", "off" or a positive int (a `UsageError` naming tile otherwise)."""
+    if tile in ("auto", "off") or (isinstance(tile, numbers.Integral) and not isinstance(tile, bool) and tile > 0):
+        return tile if isinstance(tile, str) else int(tile)
+    raise UsageError(f"tile must be 'auto', 'off' or a tile side in LR pixels (a positive integer), got {tile!r}")
+
+
+#: LR pixels of context around each tile (`SuperResolver(tile_margin=)`). The bundled LINF's
+#: encoder sees 12 LR pixels around a pixel, so its tiles are exact up to rounding; SRFlow's
+#: RRDB and flow see the whole image in principle, and with 32 the bundled models' tiles stay
+#: within 0.01/255 of the whole image on photos (16: 0.02/255; benchmarks/bench_tiles.py).
+#: The latent module needs no margin: it runs on the whole initial prior.
+TILE_MARGIN = 32
+
+
 class SuperResolver:
     """`flow` + optional learned `prior`. Without a prior the default strategy samples the
     latent at the flow's recommended temperature; with one, the latent module's prediction
     replaces the sample (`LearnedPrior`, tiled above `prior_max_pixels` latent positions).
+
+    `tile`: "auto" (the default) upscales LR images over `TILE_ABOVE_LR_PIXELS` (512 x 512)
+    in tiles of `AUTO_TILE` (256) LR pixels and smaller ones whole; "off" always whole; N
+    tiles of N LR pixels. Each tile is computed with `tile_margin` LR pixels of context. The
+    latent is chosen for the whole image (noise drawn for the whole latent from the seed,
+    the latent module run on the whole initial prior, which is assembled from the tiles) and
+    decoded tile by tile, so tiles give the whole image's pixels (see `tiles.py`). Tiling
+    needs one whole-pixel scale on both axes; "auto" runs other sizes whole.
 
     `precision` ("fp32", "bf16", "fp16" or "auto": bf16 where the hardware has bf16 matrix
     units) is what the encoder, the conditioning networks and the latent module compute in
@@ -377,7 +435,12 @@ class SuperResolver:
     def __init__(self, flow: Flow, prior=None, *, strategy: LatentStrategy | None = None,
                  prior_max_pixels: int | None = 1 << 20, prior_tile: int = 256, prior_overlap: int = 32,
                  prior_margin: int = 32, precision: str | torch.dtype = "fp32",
-                 max_output_pixels: int | None = MAX_OUTPUT_PIXELS):
+                 max_output_pixels: int | None = MAX_OUTPUT_PIXELS, tile: str | int = "auto",
+                 tile_margin: int = TILE_MARGIN):
+        self.tile = checked_tile(tile)
+        if not (isinstance(tile_margin, numbers.Integral) and tile_margin >= 0):
+            raise UsageError(f"tile_margin must be a whole number of LR pixels >= 0, got {tile_margin!r}")
+        self.tile_margin = int(tile_margin)
         if max_output_pixels is not None and not (isinstance(max_output_pixels, numbers.Real) and max_output_pixels > 0):
             raise ValueError(f"max_output_pixels must be a positive number or None, got {max_output_pixels!r}")
         self.max_output_pixels = max_output_pixels
@@ -411,14 +474,97 @@ class SuperResolver:
         return h, w
 
     @torch.no_grad()
-    def prepare(self, image: ImageLike, *, scale=None, size=None) -> Prepared:
-        """Everything that does not depend on the latent: the LR batch and the conditioning."""
+    def prepare(self, image: ImageLike, *, scale=None, size=None, tile: str | int | None = None) -> Prepared:
+        """Everything that does not depend on the latent: the LR batch, the tiles it runs in
+        (`tile`: this call's, default the resolver's) and, run whole, the conditioning."""
         lr, kind = as_lr_batch(image)
         lr = lr.to(self.device)
         hw = self.target_size(tuple(lr.shape[-2:]), scale, size)
+        grid = self.tiles(tuple(lr.shape[-2:]), hw, self.tile if tile is None else checked_tile(tile))
+        if grid is not None:
+            return Prepared(lr, hw, None, kind, grid)
         with reduced(self.dtype, self.device):
             ctx = self.flow.condition(lr, hw)
         return Prepared(lr, hw, ctx, kind)
+
+    def tiles(self, lr_hw: tuple[int, int], size: tuple[int, int], tile: str | int) -> TileGrid | None:
+        """The tiles an `lr_hw` -> `size` upscale runs in under `tile`, or None: whole (also an
+        image that fits one tile). A size tiles cannot reproduce runs whole under "auto" and
+        is a `UsageError` under a tile side."""
+        if tile == "off" or (tile == "auto" and lr_hw[0] * lr_hw[1] <= TILE_ABOVE_LR_PIXELS):
+            return None
+        side = AUTO_TILE if tile == "auto" else tile
+        scale = tiled_scale(lr_hw, size)
+        try:
+            if scale is None:
+                raise UsageError(f"a {lr_hw[0]}x{lr_hw[1]} LR upscaled to {size[0]}x{size[1]} cannot be tiled: "
+                                 "tiles need the same whole-pixel scale on both axes (tile='off' runs it whole)")
+            unit = flow_tile_unit(self.flow, float(scale))
+        except UsageError:
+            if tile == "auto":
+                return None
+            raise
+        if max(lr_hw) <= side:
+            return None
+        return tile_grid(lambda hw: self._latent_shapes(hw, scale), unit, lr_hw, scale, side, self.tile_margin)
+
+    def retry_tile(self, lr_hw: tuple[int, int], size: tuple[int, int]) -> int | None:
+        """The tile side to retry an upscale in after it ran out of memory whole: `AUTO_TILE`
+        when tiles can reproduce the size and the image is larger than one tile, else None."""
+        try:
+            return AUTO_TILE if self.tiles(lr_hw, size, AUTO_TILE) is not None else None
+        except UsageError:
+            return None
+
+    def _latent_shapes(self, lr_hw: tuple[int, int], scale: Fraction) -> list[tuple[int, ...]]:
+        """The flow's latent shapes for one LR of size `lr_hw` (conditioned on a blank one)."""
+        with reduced(self.dtype, self.device):
+            ctx = self.flow.condition(torch.zeros(1, 3, *lr_hw, device=self.device),
+                                      (int(lr_hw[0] * scale), int(lr_hw[1] * scale)))
+        return self.flow.latent_shapes(ctx)
+
+    def latent_inputs(self, prepared: Prepared) -> LatentInputs:
+        """What strategies choose the latent of a prepared input from (see `LatentInputs`)."""
+        if prepared.tiles is None:
+            return LatentInputs.whole(self.flow, prepared.lr, prepared.ctx)
+        grid, lr = prepared.tiles, prepared.lr
+        shapes = [(lr.shape[0], *s[1:]) for s in grid.shapes]
+
+        def start(kind: str) -> Latent:
+            out = [None] * len(shapes)
+            for t, x, ctx in self._conditioned_tiles(prepared):
+                for i, z in enumerate(self.flow.initial_prior(x, ctx, kind)):
+                    out[i] = z.new_empty(shapes[i]) if out[i] is None else out[i]
+                    (ki, kj), (wi, wj) = grid.kept(t, i)
+                    out[i][..., wi, wj] = z[..., ki, kj]
+            return tuple(out)
+
+        return LatentInputs(self.flow, lr, lambda tau, gen: sample_noise(shapes, tau, gen, *self.flow.device_dtype()),
+                            start)
+
+    def _conditioned_tiles(self, prepared: Prepared):
+        """(tile, its LR region, the flow conditioned on it) for each tile in turn, with a
+        progress bar on a terminal."""
+        grid = prepared.tiles
+        bar = tqdm(grid, desc="tiles", unit="tile", leave=False, disable=None if progress_bars() else True)
+        for t in bar:
+            x = prepared.lr[..., t.r0 : t.r1, t.c0 : t.c1]
+            with reduced(self.dtype, self.device):
+                ctx = self.flow.condition(x, grid.hr(t)[0])
+            yield t, x, ctx
+
+    def decode(self, prepared: Prepared, latent: Latent) -> torch.Tensor:
+        """The SR batch of a whole latent: decoded whole, or tile by tile from the latent's
+        windows (each tile conditioned anew)."""
+        if prepared.tiles is None:
+            return self.flow.decode(latent, prepared.ctx)  # decode casts the latent to the flow's float32
+        grid, out = prepared.tiles, None
+        for t, _, ctx in self._conditioned_tiles(prepared):
+            sr = self.flow.decode(tuple(z[(..., *grid.region(t, i))] for i, z in enumerate(latent)), ctx)
+            out = sr.new_empty(*sr.shape[:2], *prepared.size) if out is None else out
+            _, kept, at = grid.hr(t)
+            out[(..., *at)] = sr[(..., *kept)]
+        return out
 
     @torch.no_grad()
     def generate(self, prepared: Prepared, strategy: LatentStrategy | None = None) -> SRResult:
@@ -427,8 +573,8 @@ class SuperResolver:
         if strategy is not self.strategy:
             strategy.check(self.flow)
         with reduced(self.dtype, self.device):
-            latent = strategy.latent(self.flow, prepared.lr, prepared.ctx, prepared.scale)
-        sr = self.flow.decode(latent, prepared.ctx)  # decode casts the latent to the flow's float32
+            latent = strategy.choose(self.latent_inputs(prepared), prepared.scale)
+        sr = self.decode(prepared, latent)
         return SRResult(sr, finite_mask(sr), strategy, prepared.input_kind)
 
     @torch.no_grad()
@@ -455,9 +601,9 @@ class SuperResolver:
         log_p = log_p.double() - gaussian_log_density(latent) + log_q + dims * self.flow.internal_log_scale
         return (-log_p / dims + math.log(256)) / math.log(2)
 
-    def __call__(self, image: ImageLike, *, scale=None, size=None,
-                 strategy: LatentStrategy | None = None) -> SRResult:
-        return self.generate(self.prepare(image, scale=scale, size=size), strategy)
+    def __call__(self, image: ImageLike, *, scale=None, size=None, strategy: LatentStrategy | None = None,
+                 tile: str | int | None = None) -> SRResult:
+        return self.generate(self.prepare(image, scale=scale, size=size, tile=tile), strategy)
 
     def upscale(self, lr: torch.Tensor, out_size: tuple[int, int] | None = None, *,
                 scale: float | tuple[float, float] | None = None, tau: float | None = None,

@@ -37,9 +37,9 @@ def sigma_image(flow, prior, lr: torch.Tensor, hr_size: tuple[int, int]) -> torc
     the parts weighted by their latent elements per HR pixel, then exp."""
     if not getattr(prior.config, "scale_head", False):
         raise ValueError("this latent module has no scale head: there is no learned scale to draw")
-    resolver = SuperResolver(flow, prior)
-    prepared = resolver.prepare(lr, size=hr_size)
-    _, log_sigma = LearnedPrior(prior).distribution(flow, prepared.lr, prepared.ctx)
+    resolver, strategy = SuperResolver(flow, prior), LearnedPrior(prior)
+    prepared = resolver.prepare(lr, size=hr_size)  # whole or in tiles, as the resolver runs it
+    _, log_sigma = strategy.predict(resolver.latent_inputs(prepared).start(strategy.start_kind), prepared.lr)
     H, W = hr_size
     total, weight = torch.zeros(H, W), 0.0
     for ls in log_sigma:

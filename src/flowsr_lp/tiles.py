@@ -1,24 +1,24 @@
-"""Large images in tiles: the LR image is cut into tiles, each upscaled with `margin` LR
-pixels of context on every side (dropped afterwards), and the HR crops are written into
-one output. Memory then depends on the tile size, not on the image: a 1024x1024 LR at x4
-(a 4096x4096 output) with LINF-LP stays under 4 GB. A progress bar counts the tiles.
+"""Where the tiles of a tiled upscale lie (`SuperResolver(tile=...)` runs them).
 
-Tiles start on multiples of a unit chosen so that each tile's HR grid (and LINF's 3x3
-patch grid) lines up with the whole image's, so away from the margins a tile computes the
-same values as the whole image (the latent module, which sees further, gives close values;
-sampling draws each tile's noise in turn from one generator)."""
+An LR image is cut into tiles of `tile` LR pixels; each is computed with `margin` LR pixels of
+context on every side, which are dropped afterwards. Tiles start on multiples of a unit
+chosen so that each tile's HR grid (and LINF's 3x3 patch grid) lines up with the whole
+image's, and every latent part of a tile is then a window of the whole image's latent:
+latent position = LR position * the part's `factor`."""
 from __future__ import annotations
 
-import logging
+from dataclasses import dataclass
 from fractions import Fraction
+from typing import Callable, Iterator
 
 import torch
-from tqdm import tqdm
 
 from .errors import UsageError
-from .pipeline import SRResult, SuperResolver, TemperatureSampling, finite_mask
 
-log = logging.getLogger(__name__)
+#: `tile="auto"` upscales LR images with more pixels than this in tiles of `AUTO_TILE`
+TILE_ABOVE_LR_PIXELS = 512 * 512
+#: the tile side (LR pixels) of `tile="auto"` and of the out-of-memory retries
+AUTO_TILE = 256
 
 
 def release_cached_memory() -> None:
@@ -37,17 +37,13 @@ def tile_unit(scale: float, patch: int = 1, lr_multiple: int = 1, limit: int = 6
         if hr.denominator == 1 and hr.numerator % patch == 0:
             return u
     raise UsageError(f"scale {scale:g} cannot be tiled (no LR step up to {limit} maps to whole HR patches); "
-                     "upscale the image whole or use a scale like 2, 3, 4")
+                     "upscale the image whole (tile='off') or use a scale like 2, 3, 4")
 
 
 def flow_tile_unit(flow, scale: float) -> int:
     """`tile_unit` for a flow: LINF's patches stay aligned, SRFlow's LR tiles stay even."""
     patch = getattr(getattr(flow, "config", None), "patch_size", 1)
     return tile_unit(scale, patch, lr_multiple=2 if getattr(flow, "fixed_scale", None) is not None else 1)
-
-
-#: LR images with more pixels than this are upscaled in tiles by the command line
-TILE_ABOVE_LR_PIXELS = 512 * 512
 
 
 def batch_limit(lr_hw: tuple[int, int], batch_size: int) -> int:
@@ -57,70 +53,92 @@ def batch_limit(lr_hw: tuple[int, int], batch_size: int) -> int:
     return max(1, min(batch_size, TILE_ABOVE_LR_PIXELS // (lr_hw[0] * lr_hw[1])))
 
 
-def tile_scale(resolver: SuperResolver, lr: torch.Tensor, size: tuple[int, int],
-               above: int | None = None) -> float | None:
-    """The scale to upscale `lr` to `size` in tiles with, when the image is larger than
-    `above` LR pixels and tiling can reproduce the size exactly; else None (upscale whole)."""
-    h, w = lr.shape[-2:]
-    if h * w <= (TILE_ABOVE_LR_PIXELS if above is None else above) or size[0] * w != size[1] * h:
-        return None
-    scale = size[0] / h
-    try:
-        flow_tile_unit(resolver.flow, scale)
-    except UsageError:
-        return None
-    return scale if Fraction(scale).limit_denominator(1000) * h == size[0] else None
+def tiled_scale(lr_hw: tuple[int, int], size: tuple[int, int]) -> Fraction | None:
+    """The scale at which tiles reproduce an `lr_hw` -> `size` upscale: the same whole-pixel
+    ratio on both axes, or None."""
+    s = Fraction(size[0], lr_hw[0])
+    return s if s == Fraction(size[1], lr_hw[1]) and s.limit_denominator(1000) == s else None
 
 
-def tiled_result(resolver: SuperResolver, lr: torch.Tensor, scale: float, strategy) -> SRResult:
-    """`upscale_tiled` as the `SRResult` of a whole-image `generate`."""
-    sr = upscale_tiled(resolver, lr, scale, strategy=strategy)
-    return SRResult(sr, finite_mask(sr), strategy)
+@dataclass(frozen=True)
+class Tile:
+    """Rows [r0, r1) x columns [c0, c1) of the LR are computed; of their output, the part
+    from LR rows [r, r + h) x columns [c, c + w) is kept."""
+
+    r0: int
+    r1: int
+    c0: int
+    c1: int
+    r: int
+    h: int
+    c: int
+    w: int
 
 
-def _round_to(x: int, unit: int) -> int:
-    return max(unit, x // unit * unit)
+@dataclass(frozen=True)
+class TileGrid:
+    """The tiles of one LR size at one scale, and where each latent part of a tile lies in
+    the whole image's latent (`factors`: latent positions per LR pixel, one per part;
+    `shapes`: the whole latent's shapes at batch 1)."""
+
+    lr_hw: tuple[int, int]
+    scale: Fraction
+    tile: int
+    margin: int
+    factors: tuple[Fraction, ...]
+    shapes: tuple[tuple[int, ...], ...]
+
+    def __iter__(self) -> Iterator[Tile]:
+        (h, w), t, m = self.lr_hw, self.tile, self.margin
+        for r in range(0, h, t):
+            for c in range(0, w, t):
+                th, tw = min(t, h - r), min(t, w - c)
+                yield Tile(max(0, r - m), min(h, r + th + m), max(0, c - m), min(w, c + tw + m), r, th, c, tw)
+
+    def __len__(self) -> int:
+        return -(-self.lr_hw[0] // self.tile) * -(-self.lr_hw[1] // self.tile)
+
+    def hr(self, t: Tile) -> tuple[tuple[int, int], tuple[slice, slice], tuple[slice, slice]]:
+        """(HR size of the computed region, the kept part in it, where that part goes in the whole HR)."""
+        s = self.scale
+        top, left = int((t.r - t.r0) * s), int((t.c - t.c0) * s)
+        hh, ww = int(t.h * s), int(t.w * s)
+        r, c = int(t.r * s), int(t.c * s)
+        return ((int((t.r1 - t.r0) * s), int((t.c1 - t.c0) * s)),
+                (slice(top, top + hh), slice(left, left + ww)), (slice(r, r + hh), slice(c, c + ww)))
+
+    def region(self, t: Tile, part: int) -> tuple[slice, slice]:
+        """The latent window of part `part` that the computed region of `t` decodes."""
+        f, (H, W) = self.factors[part], self.shapes[part][-2:]
+        return slice(int(t.r0 * f), _end(t.r1, self.lr_hw[0], f, H)), slice(int(t.c0 * f), _end(t.c1, self.lr_hw[1], f, W))
+
+    def kept(self, t: Tile, part: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+        """(the kept window of part `part` inside the region's latent, the same window in the whole latent)."""
+        f, (H, W) = self.factors[part], self.shapes[part][-2:]
+        r0, c0 = int(t.r * f), int(t.c * f)
+        r1, c1 = _end(t.r + t.h, self.lr_hw[0], f, H), _end(t.c + t.w, self.lr_hw[1], f, W)
+        top, left = r0 - int(t.r0 * f), c0 - int(t.c0 * f)
+        return ((slice(top, top + r1 - r0), slice(left, left + c1 - c0)), (slice(r0, r1), slice(c0, c1)))
 
 
-@torch.no_grad()
-def upscale_tiled(resolver: SuperResolver, lr: torch.Tensor, scale: float | None = None, *, tile: int = 256,
-                  margin: int = 32, strategy=None, progress: bool | None = None) -> torch.Tensor:
-    """LR (B x 3 x h x w in [0, 1]) -> raw SR (B x 3 x h*s x w*s, on the CPU), computed in
-    LR tiles of `tile` pixels with `margin` pixels of context. The tiles are gathered on the
-    model's device and copied to the CPU once (one wait for the GPU, not one per tile).
-    `progress`: a tqdm bar over the tiles (None: only on a terminal)."""
-    flow = resolver.flow
-    fixed = getattr(flow, "fixed_scale", None)
-    scale = scale if scale is not None else fixed
-    if scale is None:
-        raise UsageError("give a scale")
-    if fixed is not None and scale != fixed:
-        raise UsageError(f"this flow upscales x{fixed} only, got scale {scale:g}")
-    unit = flow_tile_unit(flow, scale)
-    tile, margin = _round_to(tile, unit), -(-margin // unit) * unit
-    b, _, h, w = lr.shape
-    s = Fraction(scale).limit_denominator(1000)
-    H, W = int(h * s), int(w * s)
-    if (H, W) != (h * scale, w * scale):
-        raise UsageError(f"a {h}x{w} LR at scale {scale:g} has no whole-pixel output; crop the LR to a multiple of {unit}")
-    strategy = strategy or resolver.strategy
-    if isinstance(strategy, TemperatureSampling) and strategy.generator is None:
-        # one stream for all tiles: the same seed on every tile would repeat the noise
-        gen = torch.Generator().manual_seed(strategy.seed) if strategy.seed is not None else None
-        strategy = TemperatureSampling(strategy.tau, generator=gen)
-    rows, cols = range(0, h, tile), range(0, w, tile)
-    out = torch.empty(b, 3, H, W, device=resolver.device)
-    bar = tqdm(total=len(rows) * len(cols), desc="tiles", unit="tile", disable=None if progress is None else not progress)
-    for r in rows:
-        for c in cols:
-            th, tw = min(tile, h - r), min(tile, w - c)
-            r0, c0 = max(0, r - margin), max(0, c - margin)
-            r1, c1 = min(h, r + th + margin), min(w, c + tw + margin)
-            sr = resolver.generate(resolver.prepare(lr[..., r0:r1, c0:c1], scale=scale), strategy).images
-            top, left = int((r - r0) * s), int((c - c0) * s)
-            hh, ww = int(th * s), int(tw * s)
-            out[..., int(r * s) : int(r * s) + hh, int(c * s) : int(c * s) + ww] = \
-                sr[..., top : top + hh, left : left + ww]
-            bar.update()
-    bar.close()
-    return out.cpu()
+def _end(stop: int, n: int, f: Fraction, whole: int) -> int:
+    """A latent window's end: stop * f inside the image, the whole latent's end at its edge
+    (where the last latent rows may cover padding)."""
+    return whole if stop == n else int(stop * f)
+
+
+def tile_grid(shapes_of: Callable[[tuple[int, int]], list[tuple[int, ...]]], unit: int, lr_hw: tuple[int, int],
+              scale: Fraction, tile: int, margin: int) -> TileGrid:
+    """The tiles of an `lr_hw` image: `tile` rounded down and `margin` up to whole `unit`s.
+    `shapes_of(hw)` gives a flow's latent shapes for an LR of size hw (at batch 1); a unit
+    square and the image's last partial unit are enough to place every latent part."""
+    tile, margin = max(unit, tile // unit * unit), -(-margin // unit) * unit
+    per_unit = shapes_of((unit, unit))
+    factors = tuple(Fraction(s[-2], unit) for s in per_unit)
+    if any(Fraction(s[-1], unit) != f for s, f in zip(per_unit, factors)) or any(f * unit % 1 for f in factors):
+        raise UsageError(f"this flow's latent does not tile: a {unit}x{unit} LR gives latent maps {per_unit}")
+    rest = tuple((n - 1) % unit + 1 for n in lr_hw)  # the last unit, whole or partial
+    full = tuple(n - r for n, r in zip(lr_hw, rest))
+    shapes = tuple((*s[:-2], int(full[0] * f) + s[-2], int(full[1] * f) + s[-1])
+                   for s, f in zip(shapes_of(rest), factors))
+    return TileGrid(tuple(lr_hw), scale, tile, margin, factors, shapes)

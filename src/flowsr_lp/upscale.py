@@ -14,7 +14,7 @@ from .errors import ExplodingInverse, ImageError, UsageError, first_line
 from .images import IMAGE_SUFFIXES, image_size, read_image, write_png
 from .pipeline import SRResult, SuperResolver, TemperatureSampling, batched, output_size
 from .shards import JobProgress, shares
-from .tiles import batch_limit, release_cached_memory, tile_scale, tiled_result
+from .tiles import batch_limit, release_cached_memory
 from .hub.resolve import default_models, flow_for_prior
 
 log = logging.getLogger(__name__)
@@ -65,10 +65,9 @@ def upscale_with_retries(resolver: SuperResolver, lr: torch.Tensor, size, tau=No
     has no learned prior); on an exploding inverse, redraw with seed + 1, ... up to `retries`
     times; raises `ExplodingInverse` when every draw exploded. `first`: the first draw's
     result when it was already computed (the image's share of a batch). An image that runs
-    out of memory whole is retried in tiles (when its size can be tiled). Retry k uses seed +
+    out of memory whole is retried in tiles (`SuperResolver.retry_tile`). Retry k uses seed +
     k * seed_step (several draws of an image step by their count, so seeds never repeat)."""
-    scale = tile_scale(resolver, lr, size)  # a large image: in tiles, with a progress bar
-    prepared = None
+    prepared, tile = None, None  # tile: this image's tile side once it ran out of memory whole
     sampling = resolver.prior is None or variation > 0
     for attempt in range(retries + 1):
         strategy = draw_strategy(resolver, tau, seed + attempt * seed_step, variation)
@@ -76,18 +75,19 @@ def upscale_with_retries(resolver: SuperResolver, lr: torch.Tensor, size, tau=No
             result = first
         else:
             result = None
-            if scale is None:
-                try:
-                    prepared = prepared or resolver.prepare(lr, size=size)
-                    result = resolver.generate(prepared, strategy)
-                except torch.OutOfMemoryError:
-                    prepared, scale = None, tile_scale(resolver, lr, size, above=0)
-                    if scale is None:
-                        raise
-                    log.warning("%s: out of memory upscaled whole; retrying in tiles", name)
+            try:
+                prepared = prepared or resolver.prepare(lr, size=size, tile=tile)
+                result = resolver.generate(prepared, strategy)
+            except torch.OutOfMemoryError:
+                whole = prepared is None or prepared.tiles is None
+                prepared, tile = None, resolver.retry_tile(tuple(lr.shape[-2:]), size) if whole else None
+                if tile is None:
+                    raise
+                log.warning("%s: out of memory upscaled whole; retrying in tiles", name)
             if result is None:
                 release_cached_memory()
-                result = tiled_result(resolver, lr[None] if lr.dim() == 3 else lr, scale, strategy)
+                prepared = resolver.prepare(lr, size=size, tile=tile)
+                result = resolver.generate(prepared, strategy)
         if result.all_finite:
             return result.images[0]
         if strategy.deterministic:

@@ -10,7 +10,7 @@ from ..distributed import finish, quiet_other_ranks, setup_distributed
 from ..errors import UsageError
 from ..images import list_images
 from ..cli_options import (add_device, add_precision, add_taps, count, inference_device, parse_scale, parse_size,
-                           positive_float, positive_int, seed, temperature)
+                           positive_float, positive_int, seed, temperature, tile_option)
 from ..pipeline import SuperResolver
 from ..upscale import load_models, output_paths, upscale_files
 
@@ -53,6 +53,9 @@ def add_parser(sub, parents=()) -> None:
     p.add_argument("--batch-size", type=positive_int, default=8,
                    help="same-size inputs run together, up to N at a time and at most 512x512 LR pixels in all "
                         "(default 8); each image keeps its own seed, as when alone")
+    p.add_argument("--tile", type=tile_option, default="auto", metavar="auto|off|N",
+                   help="upscale in tiles of N LR pixels (each with 32 of context), giving the whole image's "
+                        "pixels in less memory; auto (default): tiles of 256 above 512x512 LR pixels; off: whole")
     p.add_argument("--prior-max-pixels", type=positive_int, default=1 << 20,
                    help="latent maps with more positions than this run the prior in blended tiles (default 2^20)")
     p.set_defaults(run=run)
@@ -79,7 +82,7 @@ def run(args) -> int:
     if prior is not None and args.tau is not None:
         log.warning("--tau is ignored with a learned prior (the latent is predicted, not sampled)")
     resolver = SuperResolver(flow, prior, prior_max_pixels=args.prior_max_pixels, precision=args.precision,
-                             max_output_pixels=args.max_megapixels * 1e6)  # the CLI's limit, not the API default
+                             max_output_pixels=args.max_megapixels * 1e6, tile=args.tile)  # the CLI's limit, not the API default
     failures = upscale_files(resolver, inputs, outs, scale=scale, size=args.size, tau=args.tau, seed=args.seed,
                              retries=args.retries, max_megapixels=args.max_megapixels, progress=not args.quiet,
                              batch_size=args.batch_size, variation=args.variation, draws=args.draws,

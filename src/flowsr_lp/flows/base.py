@@ -80,22 +80,8 @@ class Flow(nn.Module, abc.ABC):
         return lr, self.condition(lr, out_size), tuple(out_size)
 
     def sample_latent(self, ctx, tau: float, generator=None) -> Latent:
-        """z ~ N(0, tau^2) for every part of the latent. `generator`: a torch.Generator (or
-        None: torch's global one), or a list of them, one per batch item: item i then gets the
-        noise a batch of one would draw from generator i (batching leaves a seeded image as it is)."""
-        device, dtype = self.device_dtype()
-        out = []
-        for shape in self.latent_shapes(ctx):
-            if isinstance(generator, (list, tuple)):
-                if len(generator) != shape[0]:
-                    raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
-                z = torch.cat([torch.randn((1, *shape[1:]), generator=g, device=g.device, dtype=dtype).to(device)
-                               for g in generator])
-            else:
-                gen_device = generator.device if generator is not None else device
-                z = torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
-            out.append(z * tau)
-        return tuple(out)
+        """z ~ N(0, tau^2) for every part of the latent (`sample_noise` of `latent_shapes(ctx)`)."""
+        return sample_noise(self.latent_shapes(ctx), tau, generator, *self.device_dtype())
 
     # ---- argument checks: one clear error instead of a failure deep inside a convolution ----
     def checked_images(self, x, what: str, size: tuple[int, int] | list[tuple[int, int]] | None = None,
@@ -141,3 +127,21 @@ class Flow(nn.Module, abc.ABC):
     def device_dtype(self) -> tuple[torch.device, torch.dtype]:
         p = next(self.parameters())
         return p.device, p.dtype
+
+
+def sample_noise(shapes, tau: float, generator, device, dtype) -> Latent:
+    """z ~ N(0, tau^2) of each shape. `generator`: a torch.Generator (or None: torch's global
+    one), or a list of them, one per batch item: item i then gets the noise a batch of one
+    would draw from generator i (batching leaves a seeded image as it is)."""
+    out = []
+    for shape in shapes:
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != shape[0]:
+                raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+            z = torch.cat([torch.randn((1, *shape[1:]), generator=g, device=g.device, dtype=dtype).to(device)
+                           for g in generator])
+        else:
+            gen_device = generator.device if generator is not None else device
+            z = torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
+        out.append(z * tau)
+    return tuple(out)
