@@ -500,13 +500,13 @@ class SuperResolver:
                 raise UsageError(f"a {lr_hw[0]}x{lr_hw[1]} LR upscaled to {size[0]}x{size[1]} cannot be tiled: "
                                  "tiles need the same whole-pixel scale on both axes (tile='off' runs it whole)")
             unit = flow_tile_unit(self.flow, float(scale))
+            if max(lr_hw) <= side:
+                return None
+            return tile_grid(lambda hw: self._latent_shapes(hw, scale), unit, lr_hw, scale, side, self.tile_margin)
         except UsageError:
             if tile == "auto":
                 return None
             raise
-        if max(lr_hw) <= side:
-            return None
-        return tile_grid(lambda hw: self._latent_shapes(hw, scale), unit, lr_hw, scale, side, self.tile_margin)
 
     def retry_tile(self, lr_hw: tuple[int, int], size: tuple[int, int]) -> int | None:
         """The tile side to retry an upscale in after it ran out of memory whole: `AUTO_TILE`
