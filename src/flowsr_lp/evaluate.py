@@ -164,7 +164,7 @@ def density_strategy(strategies: list[LatentStrategy]) -> LatentStrategy | None:
 
 
 def pair_sizes(path: Path, scale: float) -> tuple[tuple[int, int], tuple[int, int]]:
-    """(LR size, HR size) of `make_pair(path, ...)`, from the image's header."""
+    """(LR size, HR size) of `make_pair(path, ...)`, from the image's header (nothing decoded)."""
     h, w = image_size(path)
     if scale == int(scale):
         s = int(scale)
@@ -182,18 +182,11 @@ class Job:
     batches: list[list[tuple]]
     methods: list[tuple]
     notes: list[str]
+    pixels: list[int]  # HR pixels of each batch, what a unit of it costs
 
     def units(self) -> list[tuple[int, int, int]]:
         return [(b, m, r) for b in range(len(self.batches)) for m, (_, _, runs) in enumerate(self.methods)
                 for r in range(len(runs))]
-
-    def cost(self, unit) -> float:  # HR pixels to generate
-        return sum(_pixels(item[2], item[3]) for item in self.batches[unit[0]])
-
-
-def _pixels(path: Path, scale: float) -> int:
-    h, w = pair_sizes(path, scale)[1]
-    return h * w
 
 
 def _uid(unit) -> str:
@@ -227,12 +220,16 @@ def plan_job(opts: EvalOptions, resolver: SuperResolver) -> Job:
                     _left_out(notes, ds, scale, path, e)
                     continue
                 groups.setdefault(key, []).append(((d, i, k), ds, path, scale))
-    batches = [items[k : k + n] for key, items in groups.items() for n in [batch_limit(key[0], opts.batch_size)]
-               for k in range(0, len(items), n)]
+    batches, pixels = [], []
+    for (lr_hw, (h, w)), items in groups.items():
+        n = batch_limit(lr_hw, opts.batch_size)
+        for k in range(0, len(items), n):
+            batches.append(items[k : k + n])
+            pixels.append(h * w * len(batches[-1]))
     plan = methods(opts, resolver)
     if opts.bicubic:
         plan.insert(0, (f"{opts.label} bicubic".strip(), None, [None]))
-    return Job(batches, plan, notes)
+    return Job(batches, plan, notes, pixels)
 
 
 def evaluate(flow, prior, opts: EvalOptions, out_dir: Path, rank: int = 0, world: int = 1, progress: bool = True,
@@ -253,7 +250,7 @@ def evaluate(flow, prior, opts: EvalOptions, out_dir: Path, rank: int = 0, world
     units = job.units()
     done = {r["unit"] for r in earlier if "unit" in r}
     todo = [u for u in units if _uid(u) not in done]
-    mine = [todo[k] for k in shares([job.cost(u) for u in todo], world)[rank]]
+    mine = [todo[k] for k in shares([job.pixels[u[0]] for u in todo], world)[rank]]
     bar = JobProgress(len(units), len(units) - len(todo), rank=rank, world=world, desc="evaluate",
                       enabled=progress)
     runner = _Runner(resolver, job, opts, journal, done, mine)
@@ -388,7 +385,7 @@ class _Runner:
         """{item id: diversity, SR-space score (two finite runs or more) and the report crop of the
         first finite run} of batch b's items under method m; `samples`: by item index among the
         batch's readable items, the finite runs' clamped images in run order."""
-        name, _, strategies = self.job.methods[m]
+        strategies = self.job.methods[m][2]
         out = {}
         for k, it in enumerate(x for x in self.load(b) if x is not None):
             xs = [x.cpu() for x in samples.get(k, [])]
@@ -403,20 +400,22 @@ class _Runner:
             out[it[7]] = st
         return out
 
-    def complete(self, b: int, m: int, found: dict | None = None) -> None:
-        """Record the statistics of group (b, m) from its saved samples (or `found`), then drop them."""
-        runs = len(self.job.methods[m][2])
-        names = [_sample(b, m, r, k) for r in range(runs) for k in range(len(self.job.batches[b]))]
-        got = {n: (found or {}).get(n) if (found or {}).get(n) is not None else self.journal.get_sample(n)
-               for n in names}
+    def complete(self, b: int, m: int, found: dict | None = None) -> dict:
+        """Record (and return) the statistics of group (b, m) from its samples, saved here or
+        in `found`; then drop them."""
+        runs, found = len(self.job.methods[m][2]), found or {}
         samples: dict[int, list] = {}
         for r in range(runs):
             for k in range(len([x for x in self.load(b) if x is not None])):
-                if got[_sample(b, m, r, k)] is not None:
-                    samples.setdefault(k, []).append(got[_sample(b, m, r, k)])
-        self.journal.record({"group": _uid((b, m)), "stats": self.stats(b, m, samples)})
-        self.journal.drop_samples(names)
+                x = found.get(_sample(b, m, r, k))
+                x = self.journal.get_sample(_sample(b, m, r, k)) if x is None else x
+                if x is not None:
+                    samples.setdefault(k, []).append(x)
+        stats = self.stats(b, m, samples)
+        self.journal.record({"group": _uid((b, m)), "stats": stats})
+        self.journal.drop_samples(_sample(b, m, r, k) for r in range(runs) for k in range(len(self.job.batches[b])))
         self.touched.discard((b, m))
+        return stats
 
     def open_samples(self) -> dict:
         """The samples of groups this process could not complete (their runs were split)."""
@@ -435,16 +434,16 @@ class _Runner:
         units = {rec["unit"]: rec for rec in records if "unit" in rec}
         groups = {rec["group"]: rec["stats"] for rec in records if "group" in rec}
         notes = list(dict.fromkeys(self.job.notes + [n for rec in units.values() for n in rec["notes"]]))
-        keyed = []
+        keyed, evaluated = [], set()
         for b, batch in enumerate(self.job.batches):
             for m, (name, _, strategies) in enumerate(self.job.methods):
-                if _uid((b, m)) not in groups and any(_uid((b, m, r)) in units for r in range(len(strategies))):
-                    self.complete(b, m, samples)
-                    groups[_uid((b, m))] = self.journal.records[-1]["stats"]
+                if _uid((b, m)) not in groups:  # its runs were split over processes
+                    groups[_uid((b, m))] = self.complete(b, m, samples)
                 for planned in batch:
                     iid = "/".join(map(str, planned[0]))
                     runs = [units[_uid((b, m, r))]["rows"].get(iid) for r in range(len(strategies))]
                     runs = [x for x in runs if x is not None]
+                    evaluated.update([iid] if runs else [])
                     st = groups.get(_uid((b, m)), {}).get(iid, {})
                     for x in runs:
                         row = {k: v for k, v in x.items() if k not in ROW_HEAD + ("bpd",)}
@@ -456,16 +455,16 @@ class _Runner:
                             row["bpd"] = runs[0]["bpd"]
                         keyed.append(((planned[0], m, x["run"]), row))
         rows = [row for _, row in sorted(keyed, key=lambda kr: kr[0])]
-        return rows, notes, self.crops(groups, rows, out_dir)
+        return rows, notes, self.crops(groups, evaluated, out_dir)
 
-    def crops(self, groups: dict, rows: list[dict], out_dir: Path) -> list[dict]:
+    def crops(self, groups: dict, evaluated: set, out_dir: Path) -> list[dict]:
         """Report crops (HR, bicubic, each method's first finite run) of the first
-        `report_images` images of each data set and scale, written to out_dir/crops."""
+        `report_images` images of each data set and scale that have rows (`evaluated` item
+        ids), written to out_dir/crops."""
         entries = {}
         for b, batch in enumerate(self.job.batches):
             for (d, i, k), ds, path, scale in batch:
-                if i >= self.opts.report_images or not any(r["image"] == path.stem and r["dataset"] == ds.name
-                                                           and r["scale"] == scale for r in rows):
+                if i >= self.opts.report_images or f"{d}/{i}/{k}" not in evaluated:
                     continue
                 hr, lr, _ = make_pair(path, ds, scale, self.opts.lr_source)
                 label = self.opts.label
