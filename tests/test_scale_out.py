@@ -180,6 +180,11 @@ def test_two_process_evaluate_of_set5_gives_one_process_values(tmp_path, set5_on
     ranks = {p.parent.name: p.read_text() for p in (tmp_path / "logs").rglob("stderr.log")}
     assert "evaluate: 100%" in ranks["0"] and "15/15" in ranks["0"]  # one bar: 5 images x 3 units
     assert ranks["1"] == ""  # the other rank stays quiet
+    done = {p.name: [json.loads(line) for line in p.read_text().splitlines()]
+            for p in (tmp_path / "two" / "units").glob("rank-*.jsonl")}
+    split = [r["group"] for r in done["rank-0.jsonl"] if "group" in r and "unit" not in r
+             and any(u.get("unit", "").startswith(r["group"] + "/") for u in done["rank-1.jsonl"])]
+    assert split  # a group of runs done by both ranks: its diversity computed on rank 0 at the end
 
 
 def _rank_pid(torchrun: subprocess.Popen, rank: int) -> int | None:
