@@ -1,5 +1,5 @@
-"""`flowsr-lp evaluate`: under torchrun the images are sharded over the processes and rank 0
-merges the rows and writes the report."""
+"""`flowsr-lp evaluate`: under torchrun the units are shared out over the processes, rank 0
+merges the rows and writes the report; OUT/units records finished units for --resume."""
 from __future__ import annotations
 
 import platform
@@ -27,7 +27,8 @@ def add_parser(sub, parents=()) -> None:
                        help="measure a flow (and prior) on data sets: PSNR, SSIM, LPIPS, LR-PSNR, %%Inf, grid",
                        description="Evaluate sampling at each --tau (with --runs seeds) and the learned prior on data "
                                    "sets, at several scales. Writes results.csv, summary.json, table.md and report.html. "
-                                   "Under torchrun the images are split over the processes.")
+                                   "Under torchrun the (image, method, run) units are shared out over the processes; "
+                                   "--resume continues an interrupted evaluation.")
     p.add_argument("--flow", help="flow: a file, a model name (`flowsr-lp models`), a URL or hf://owner/repo/file; "
                                   "may be left out when --prior is a model name (its flow is used)")
     p.add_argument("--prior", help="latent module: a file, a model name, a URL or hf://owner/repo/file")
