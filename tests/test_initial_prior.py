@@ -74,5 +74,7 @@ def test_the_bundled_linf_prior_uses_the_every_scale_initial_prior():
     path = bundled_path("linf-small-lp")
     assert load_prior(path).config.initial_prior == "antialiased"
     stages = read_checkpoint(path)[1]["training"]["stages"]
-    assert [s["recipe"] for s in stages] == ["configs/cpu/linf-small-lp.yaml", "configs/cpu/linf-small-lp-ft.yaml"]
-    assert all(s["steps"] > 0 and s["seconds"] > 0 and s["final"].get("l1") for s in stages)
+    assert [s["recipe"] for s in stages] == ["configs/cpu/linf-small-lp.yaml", "configs/cpu/linf-small-lp-ft.yaml",
+                                             "configs/cpu/linf-small-lp-scale.yaml"]
+    assert all(s["steps"] > 0 and s["seconds"] > 0 for s in stages)
+    assert all(s["final"].get("l1") for s in stages[:2]) and stages[2]["final"].get("scale_nll")  # v3: the head

@@ -200,7 +200,7 @@ def test_batches_are_reproducible_and_ranks_split_the_global_batch(images, crops
 def test_shipped_recipes_are_valid(recipe):
     cfg = load_config(recipe)
     # a later-stage recipe (NAME-ft.yaml, NAME-ft2.yaml) continues the model its first stage names
-    assert cfg["task"] in ("flow", "prior") and cfg["name"] == re.sub(r"-(ft\d*|scale)$", "", recipe.stem)
+    assert cfg["task"] in ("flow", "prior") and cfg["name"] == re.sub(r"-(ft\d*|scale|nll)$", "", recipe.stem)
 
 
 def test_unreachable_download_names_the_way_out(monkeypatch):

@@ -77,6 +77,13 @@ def describe(rec: dict) -> tuple[str, str]:
     return loss or "–", vals
 
 
+def mean_loss(stages: list[dict]) -> str:
+    """The loss the model's output (mu) was trained with: that of the last stage that trained it
+    (a scale-head stage trains sigma only, by likelihood)."""
+    return next((st["perceptual"] for st in reversed(stages) if not st["perceptual"].endswith("(likelihood only)")),
+                stages[-1]["perceptual"])
+
+
 def table_rows(name: str, model, stages: list[dict], task: str) -> list[str]:
     """TRAINING.md's rows of one model, a stage each."""
     n = sum(p.numel() for p in model.parameters())
@@ -133,7 +140,7 @@ def main() -> None:
         model = (load_flow if cfg["task"] == "flow" else load_prior)(run / "model.safetensors")
         last = stages[-1]
         training = {"recipe": stages[0]["recipe"], "stages": stages, "steps": sum(s["steps"] for s in stages),
-                    "seconds": round(sum(s["seconds"] for s in stages), 1), "perceptual": last["perceptual"],
+                    "seconds": round(sum(s["seconds"] for s in stages), 1), "perceptual": mean_loss(stages),
                     "skipped_steps": sum(s.get("skipped_steps", 0) for s in stages), "data": last["data"],
                     "final": last["final"], "validation": last["validation"], "hardware": HARDWARE,
                     "machine": f"{platform.machine()} CPU, torch {torch.__version__}"}
