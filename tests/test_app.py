@@ -362,6 +362,11 @@ def test_page_handlers_without_a_browser(tmp_path):
         assert {"bicubic", "tau", "learned prior"} == set(shown) and heat.ndim == 3
         assert sorted(Path(f).name for f in files) == ["in_prior.png", "in_tau0.5_seed1.png", "in_tau0.5_seed2.png"]
         assert "| learned prior |" in table
+        out = app.on_run(str(image), "linf-small", "", "", False, 3, "", 0.5, 1, 2, 0.5, progress=progress)
+        status, prior_gallery, files = out[0], out[9], out[7]
+        assert [c for _, c in prior_gallery] == ["variation 0.5, seed 1", "variation 0.5, seed 2"]
+        assert {"in_prior_var0.5_seed1.png", "in_prior_var0.5_seed2.png"} <= {Path(f).name for f in files}
+        assert "around the prior:" in status and "| prior, variation 0.5 |" in out[3]
         fig, text = app.on_temperature_map(str(photo(tmp_path / "hr.png", 72)), "linf-small", "", "", 3, 0,
                                            progress=progress)
         assert fig.ndim == 3 and "downscaled x3" in text and "Best single tau" in text

@@ -152,14 +152,21 @@ class App:
         shown = {"bicubic": to_uint8(res.bicubic)}
         if inputs.hr is not None:
             shown["HR"] = to_uint8(inputs.hr[0])
-        gallery, files, notes = [], [], list(inputs.notes)
+        files, notes = [], list(inputs.notes)
         out = self.request_dir()
-        for d in res.draws:
-            gallery.append((views.display(d.sr, d.finite), f"tau {res.tau:g}, seed {d.seed}"))
-            if d.finite:
-                files.append(write_png(d.sr, out / f"{stem}_tau{res.tau:g}_seed{d.seed}.png"))
-            else:
-                notes.append(service.exploding_message(d))
+
+        def draws_gallery(draws, caption: str, name: str) -> list:
+            """(picture, caption) per draw; finite draws saved as PNGs, exploded ones noted."""
+            pictures = []
+            for d in draws:
+                pictures.append((views.display(d.sr, d.finite), f"{caption}, seed {d.seed}"))
+                if d.finite:
+                    files.append(write_png(d.sr, out / f"{stem}_{name}_seed{d.seed}.png"))
+                else:
+                    notes.append(service.exploding_message(d))
+            return pictures
+
+        gallery = draws_gallery(res.draws, f"tau {res.tau:g}", f"tau{res.tau:g}")
         if gallery:
             shown["tau"] = gallery[0][0]  # the first draw's picture, already made for the gallery
         prior_img = None
@@ -171,13 +178,7 @@ class App:
                 notes.append(service.exploding_message(res.prior))
         else:
             notes.append(f"{res.model} has no learned prior")
-        prior_gallery = []
-        for d in res.prior_draws:
-            prior_gallery.append((views.display(d.sr, d.finite), f"variation {res.variation:g}, seed {d.seed}"))
-            if d.finite:
-                files.append(write_png(d.sr, out / f"{stem}_prior_var{res.variation:g}_seed{d.seed}.png"))
-            else:
-                notes.append(service.exploding_message(d))
+        prior_gallery = draws_gallery(res.prior_draws, f"variation {res.variation:g}", f"prior_var{res.variation:g}")
         sy, sx = inputs.scale
         each = "; ".join([f"draws {sum(d.seconds for d in res.draws) / max(1, len(res.draws)):.2f} s each"] +
                          ([f"prior {res.prior.seconds:.2f} s"] if res.prior else []))
