@@ -131,13 +131,14 @@ def _checked_range(t: torch.Tensor) -> torch.Tensor:
 MAX_TAU = 10.0
 
 
-def checked_tau(tau: float | None) -> float | None:
-    """`tau` as a float, or None (the flow's recommended temperature); anything but a finite
-    number in [0, MAX_TAU] is a `UsageError` (a ValueError) naming tau."""
+def checked_tau(tau: float | None, name: str = "tau") -> float | None:
+    """`tau` (or another temperature, `name`) as a float, or None (the flow's recommended
+    temperature); anything but a finite number in [0, MAX_TAU] is a `UsageError` (a
+    ValueError) naming it."""
     if tau is None:
         return None
     if isinstance(tau, bool) or not isinstance(tau, numbers.Real) or not 0 <= tau <= MAX_TAU:
-        raise UsageError(f"tau must be a finite number in [0, {MAX_TAU:g}], got {tau!r}")
+        raise UsageError(f"{name} must be a finite number in [0, {MAX_TAU:g}], got {tau!r}")
     return float(tau)
 
 
@@ -261,12 +262,14 @@ class TemperatureSampling(LatentStrategy):
     def deterministic(self) -> bool:
         return self.tau == 0
 
+    def resolved_tau(self, flow: Flow, scale: float) -> float:
+        return flow.default_tau(scale) if self.tau is None else self.tau
+
     def choose(self, inputs: LatentInputs, scale: float) -> Latent:
-        tau = inputs.flow.default_tau(scale) if self.tau is None else self.tau
-        return inputs.noise(tau, _generators(self.generator, self.seed))
+        return inputs.noise(self.resolved_tau(inputs.flow, scale), _generators(self.generator, self.seed))
 
     def log_density(self, flow: Flow, lr: torch.Tensor, ctx, scale: float, latent: Latent) -> torch.Tensor:
-        tau = flow.default_tau(scale) if self.tau is None else self.tau
+        tau = self.resolved_tau(flow, scale)
         if not tau > 0:
             raise ValueError(f"tau={tau} is a point mass: it has no density (bits/dim needs tau > 0)")
         return gaussian_log_density(latent, factor=tau)
@@ -313,19 +316,13 @@ class LearnedPrior(LatentStrategy):
     def __init__(self, prior, max_pixels: int | None = 1 << 20, tile: int = 256, overlap: int = 32,
                  margin: int = 32, *, variation: float = 0.0, seed: int | list[int] | None = None,
                  generator: torch.Generator | None = None):
-        if not (isinstance(variation, numbers.Real) and math.isfinite(variation) and 0 <= variation <= 10):
-            raise ValueError(f"variation must be a finite number in [0, 10], got {variation!r}")
         self.prior = prior.eval()
         self.max_pixels, self.tile, self.overlap, self.margin = max_pixels, tile, overlap, margin
-        self.variation, self.seed, self.generator = float(variation), seed, generator
+        self.variation, self.seed, self.generator = checked_tau(variation, "variation"), seed, generator
 
     @property
     def deterministic(self) -> bool:
         return self.variation == 0
-
-    @property
-    def has_scale(self) -> bool:
-        return bool(getattr(self.prior.config, "scale_head", False))
 
     def with_noise(self, *, variation: float | None = None, seed=None, generator=None) -> "LearnedPrior":
         """The same prior and tiling with another variation / noise source."""
@@ -357,11 +354,9 @@ class LearnedPrior(LatentStrategy):
             return mu
         if log_sigma is None:
             _note_fixed_variation()
-        eps = inputs.noise(1.0, _generators(self.generator, self.seed))
-        t = self.variation
-        if log_sigma is None:
-            return tuple(m + t * e.to(m.dtype) for m, e in zip(mu, eps))
-        return tuple(m + t * torch.exp(ls) * e.to(m.dtype) for m, ls, e in zip(mu, log_sigma, eps))
+        eps = inputs.noise(self.variation, _generators(self.generator, self.seed))  # t * unit noise
+        scales = (torch.exp(ls) for ls in log_sigma) if log_sigma is not None else (1.0 for _ in mu)
+        return tuple(m + s * e.to(m.dtype) for m, s, e in zip(mu, scales, eps))
 
     def log_density(self, flow: Flow, lr: torch.Tensor, ctx, scale: float, latent: Latent) -> torch.Tensor:
         mu, log_sigma = self.distribution(flow, lr, ctx)
