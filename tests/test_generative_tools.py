@@ -113,6 +113,27 @@ def test_upscale_draws_around_the_prior(tmp_path, models):
     assert zero.read_bytes() == plain.read_bytes()
 
 
+@pytest.mark.parametrize("batch", [1, 2])
+def test_upscale_draws_condition_each_input_once(tmp_path, models, monkeypatch, batch):
+    """--draws N reads and conditions each batch once (its N draws follow each other), and
+    every draw is still the image a single run with its seed gives."""
+    from flowsr_lp.flows.linf import LINF
+
+    flow, prior = models
+    src = natural_images(tmp_path / "in", n=2, size=20)
+    calls = []
+    condition = LINF.condition
+    monkeypatch.setattr(LINF, "condition", lambda self, lr, *a, **k: calls.append(lr.shape[0]) or condition(self, lr, *a, **k))
+    args = ["upscale", str(src), "--flow", flow, "--prior", prior, "--scale", "2", "--variation", "0.6", "--seed", "3",
+            "--threads", "1", "--batch-size", str(batch)]
+    assert main(args + ["--draws", "3", "-o", str(tmp_path / "out")]) == 0
+    assert calls == ([1, 1] if batch == 1 else [2])  # once per batch, not once per draw
+    assert len(list((tmp_path / "out").iterdir())) == 6
+    assert main(args[:-2] + ["--batch-size", "1", "--seed", "5", "-o", str(tmp_path / "one")]) == 0
+    for name in ("img0", "img1"):  # draw 2 = seed 3 + 2
+        assert (tmp_path / "out" / f"{name}_2.png").read_bytes() == (tmp_path / "one" / f"{name}.png").read_bytes()
+
+
 def test_temperature_map_draws_the_learned_scale(tmp_path, models):
     flow, prior = models
     img = natural_images(tmp_path / "img", n=1, size=72) / "img0.png"

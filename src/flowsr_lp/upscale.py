@@ -12,7 +12,7 @@ from .checkpoints import load_flow, load_prior
 from .distributed import gather_objects
 from .errors import ExplodingInverse, ImageError, UsageError, first_line
 from .images import IMAGE_SUFFIXES, image_size, read_image, write_png
-from .pipeline import SRResult, SuperResolver, TemperatureSampling, batched, output_size
+from .pipeline import Prepared, SRResult, SuperResolver, TemperatureSampling, batched, output_size
 from .shards import JobProgress, shares
 from .tiles import batch_limit, release_cached_memory
 from .hub.resolve import default_models, flow_for_prior
@@ -60,14 +60,16 @@ def draw_strategy(resolver: SuperResolver, tau=None, seed: int = 0, variation: f
 
 def upscale_with_retries(resolver: SuperResolver, lr: torch.Tensor, size, tau=None, seed: int = 0,
                          retries: int = 0, name="", first: SRResult | None = None, variation: float = 0.0,
-                         seed_step: int = 1) -> torch.Tensor:
+                         seed_step: int = 1, prepared: Prepared | None = None) -> tuple[torch.Tensor, Prepared | None]:
     """One SR image (3 x H x W, raw) with the resolver's strategy (sampling at `tau` when it
     has no learned prior); on an exploding inverse, redraw with seed + 1, ... up to `retries`
     times; raises `ExplodingInverse` when every draw exploded. `first`: the first draw's
     result when it was already computed (the image's share of a batch). An image that runs
     out of memory whole is retried in tiles (`SuperResolver.retry_tile`). Retry k uses seed +
-    k * seed_step (several draws of an image step by their count, so seeds never repeat)."""
-    prepared, tile = None, None  # tile: this image's tile side once it ran out of memory whole
+    k * seed_step (several draws of an image step by their count, so seeds never repeat).
+    `prepared`: the image's conditioning from an earlier draw. Returns the image and the
+    conditioning it used (None when it had none to compute), for the next draw."""
+    tile = None  # this image's tile side once it ran out of memory whole
     sampling = resolver.prior is None or variation > 0
     for attempt in range(retries + 1):
         strategy = draw_strategy(resolver, tau, seed + attempt * seed_step, variation)
@@ -89,7 +91,7 @@ def upscale_with_retries(resolver: SuperResolver, lr: torch.Tensor, size, tau=No
                 prepared = resolver.prepare(lr, size=size, tile=tile)
                 result = resolver.generate(prepared, strategy)
         if result.all_finite:
-            return result.images[0]
+            return result.images[0], prepared
         if strategy.deterministic:
             break  # the same latent every time: a retry cannot help
         if attempt < retries:
@@ -146,11 +148,11 @@ def upscale_files(resolver: SuperResolver, inputs: list[Path], outs: list[Path],
     failed: set = set()
     failures = _Failures(failed)
     checks = _Failures(failed, quiet=rank != 0)  # every process checks the headers; rank 0 says what failed
-    units = []
-    for k in range(draws):
-        dsts = outs if draws == 1 else [d.with_name(f"{d.stem}_{k}.png") for d in outs]
-        for hw, items in _plan(inputs, dsts, scale, size, max_megapixels, batch_size, checks):
-            units.append((k, hw, items))
+    # the draws of a batch follow each other (and so stay on one process): its inputs are read
+    # and conditioned once (`_LastBatch`)
+    units = [(k, hw, items if draws == 1 else [(src, dst.with_name(f"{dst.stem}_{k}.png")) for src, dst in items])
+             for hw, items in _plan(inputs, outs, scale, size, max_megapixels, batch_size, checks)
+             for k in range(draws)]
     if skip_existing:
         found = gather_objects({(k, dst) for n, (k, hw, items) in enumerate(units) if n % world == rank
                                 for _, dst in items if complete_png(dst, hw)}, world)
@@ -163,9 +165,10 @@ def upscale_files(resolver: SuperResolver, inputs: list[Path], outs: list[Path],
     bar = JobProgress(draws * len(inputs), draws * len(inputs) - todo, rank=rank, world=world, desc="upscale",
                       unit="img", enabled=progress)
     costs = [len(items) * hw[0] * hw[1] for _, hw, items in units]
+    last = _LastBatch()
     for n in shares(costs, world)[rank]:
         k, hw, items = units[n]
-        _upscale_batch(resolver, items, hw, tau, seed + k, retries, failures, bar, variation, draws)
+        _upscale_batch(resolver, items, hw, tau, seed + k, retries, failures, bar, variation, draws, last)
     failed = set().union(*gather_objects(failed, world))
     bar.close()
     return len(failed)
@@ -205,36 +208,67 @@ def complete_png(path: Path, hw) -> bool:
         return False
 
 
+class _LastBatch:
+    """The last batch's inputs (`key`: output size and input paths), read once: their LR
+    tensors, the inputs that could not be read, the conditioning (`prepared`, of the whole
+    batch, or of its one image) and whether the batch failed as a whole (`split`: its later
+    draws run image by image at once)."""
+
+    def __init__(self):
+        self.start(None)
+
+    def start(self, key) -> None:
+        if key is None or key != self.key:
+            self.key, self.lrs, self.unreadable, self.prepared, self.split = key, {}, set(), None, False
+
+
 def _upscale_batch(resolver, items, hw, tau, seed, retries, failures: _Failures, bar, variation=0.0,
-                   seed_step=1) -> None:
+                   seed_step=1, last: _LastBatch | None = None) -> None:
     """Same-size inputs: read, upscaled as one batch (each with its own seed), written; an
     image that exploded is redrawn alone (`--retries`), and if the batch as a whole fails
-    each image runs alone, so that its own error is reported."""
+    each image runs alone, so that its own error is reported. `last`: the previous call's
+    batch, whose inputs and conditioning this one reuses when it is the same batch (a later
+    draw)."""
+    last = last or _LastBatch()
+    last.start((tuple(hw), tuple(src for src, _ in items)))
     ready = []
     for src, dst in items:
-        with failures.each(src, hw):
-            lr, notes = read_image(src)
-            for note in notes:
-                log.warning("%s: %s", src, note)
-            ready.append((src, dst, lr))
+        if src in last.lrs:
+            ready.append((src, dst, last.lrs[src]))
             continue
+        if src not in last.unreadable:
+            with failures.each(src, hw):
+                lr, notes = read_image(src)
+                for note in notes:
+                    log.warning("%s: %s", src, note)
+                ready.append((src, dst, lr))
+                last.lrs[src] = lr
+                continue
+            last.unreadable.add(src)
         bar.update()  # reached when the input failed
-    batch = None
-    if len(ready) > 1:
+    batch, split_now = None, False
+    if len(ready) > 1 and not last.split:
         strategy = batched(draw_strategy(resolver, tau, seed, variation), len(ready))
         try:
-            batch = resolver.generate(resolver.prepare(torch.stack([lr for _, _, lr in ready]), size=hw), strategy)
+            last.prepared = last.prepared or resolver.prepare(torch.stack([lr for _, _, lr in ready]), size=hw)
+            batch = resolver.generate(last.prepared, strategy)
         except (RuntimeError, ValueError, UsageError) as e:  # out of memory, a device error ...: each image
             # alone says what it is
             log.warning("a batch of %d images failed (%s); running them one by one", len(ready),
                         first_line(e))
-    if batch is None and len(ready) > 1:
+            last.prepared, last.split = None, True
+            split_now = True
+    if split_now:
         release_cached_memory()  # after the handler: its traceback held the batch's tensors
     for i, (src, dst, lr) in enumerate(ready):
         with failures.each(src, hw):
             first = None if batch is None else SRResult(batch.images[i : i + 1], batch.finite[i : i + 1],
                                                         batch.strategy)
-            sr = upscale_with_retries(resolver, lr, hw, tau, seed, retries, src, first, variation, seed_step)
+            alone = len(ready) == 1
+            sr, prepared = upscale_with_retries(resolver, lr, hw, tau, seed, retries, src, first, variation,
+                                                seed_step, last.prepared if alone else None)
+            if alone:
+                last.prepared = prepared
             try:
                 write_png(sr, dst)
             except OSError as e:  # read-only folder, disk full ...
