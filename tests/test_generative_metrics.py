@@ -65,6 +65,28 @@ def test_lpips_with_given_alexnet_weights(tmp_path):
     assert lpips(a, a, tmp_path / "alexnet.pth").abs().max() < 1e-6
 
 
+def test_lpips_maps_and_distances_run_together_from_threads(tmp_path):
+    """The spatial LPIPS is a model of its own: distances and maps computed at once from
+    several threads (the app's workers) are each what they are alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from torchvision.models import alexnet
+
+    from flowsr_lp.metrics.perceptual import lpips_map, lpips_model
+
+    torch.manual_seed(2)
+    torch.save(alexnet(weights=None).state_dict(), tmp_path / "alexnet.pth")
+    w = tmp_path / "alexnet.pth"
+    a, b = torch.rand(1, 3, 40, 40), torch.rand(1, 3, 40, 40)
+    d, m = lpips(a, b, w), lpips_map(a * 2 - 1, b * 2 - 1, w)
+    assert m.shape == (1, 1, 40, 40) and torch.allclose(m.mean().double(), d[0], rtol=0.05)  # upsampled layer maps: near the mean
+    assert lpips_model("cpu", w) is not lpips_model("cpu", w, spatial=True) and not lpips_model("cpu", w).spatial
+    with ThreadPoolExecutor(4) as pool:
+        dists = [pool.submit(lpips, a, b, w) for _ in range(8)]
+        maps = [pool.submit(lpips_map, a * 2 - 1, b * 2 - 1, w) for _ in range(8)]
+        assert all(torch.equal(f.result(), d) for f in dists) and all(torch.equal(f.result(), m) for f in maps)
+
+
 def test_lpips_reads_weights_with_or_without_the_prefix_and_refuses_missing_layers(tmp_path):
     from torchvision.models import alexnet
 
@@ -115,7 +137,7 @@ def test_the_lpips_check_ignores_what_earlier_tests_loaded(monkeypatch, request)
     must not change the outcome (issue 11, item 17)."""
     from flowsr_lp.metrics import perceptual
 
-    monkeypatch.setitem(perceptual._MODELS, ("cpu", ""), "an LPIPS model loaded from ~/.cache/torch")
+    monkeypatch.setitem(perceptual._MODELS, ("cpu", "", False), "an LPIPS model loaded from ~/.cache/torch")
     request.getfixturevalue("no_alexnet_weights")
     assert torch.hub.get_dir().startswith(str(request.getfixturevalue("tmp_path")))
     with pytest.raises(LPIPSUnavailable, match="--alexnet-weights PATH"):

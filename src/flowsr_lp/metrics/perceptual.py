@@ -57,16 +57,19 @@ def _load_backbone(net: torch.nn.Module, state: dict, source) -> None:
                                "(not torchvision's AlexNet weights?). " + ALEXNET_HELP)
 
 
-def lpips_model(device: torch.device | str = "cpu", alexnet_weights: str | Path | None = None):
-    """The LPIPS(alex, v0.1) network with ImageNet AlexNet features; cached per device/file."""
-    key = (str(device), str(alexnet_weights or os.environ.get("FLOWSR_LP_ALEXNET", "")))
+def lpips_model(device: torch.device | str = "cpu", alexnet_weights: str | Path | None = None,
+                spatial: bool = False):
+    """The LPIPS(alex, v0.1) network with ImageNet AlexNet features; cached per device, file
+    and kind (`spatial`: it returns distance maps; a model of its own, so that threads sharing
+    the cache never see another's setting)."""
+    key = (str(device), str(alexnet_weights or os.environ.get("FLOWSR_LP_ALEXNET", "")), spatial)
     if key not in _MODELS:
         try:
             import lpips as lpips_pkg
         except ImportError:
             raise LPIPSUnavailable("the `lpips` package is not installed (pip install lpips)") from None
         state = _alexnet_state(alexnet_weights)
-        model = lpips_pkg.LPIPS(net="alex", version="0.1", pnet_rand=True, verbose=False)  # no download here
+        model = lpips_pkg.LPIPS(net="alex", version="0.1", pnet_rand=True, spatial=spatial, verbose=False)  # no download
         _load_backbone(model.net, state, alexnet_weights or os.environ.get("FLOWSR_LP_ALEXNET") or "torchvision")
         _MODELS[key] = model.eval().requires_grad_(False).to(device)
     return _MODELS[key]
@@ -86,9 +89,4 @@ def lpips(sr: torch.Tensor, hr: torch.Tensor, alexnet_weights: str | Path | None
 def lpips_map(sr: torch.Tensor, hr: torch.Tensor, alexnet_weights: str | Path | None = None) -> torch.Tensor:
     """Spatial LPIPS: B x 3 x H x W images in [-1, 1] -> B x 1 x H x W distance maps (the
     per-layer maps upsampled to the image size and summed, as LPIPS(spatial=True))."""
-    model = lpips_model(sr.device, alexnet_weights)
-    model.spatial = True
-    try:
-        return model(sr.float(), hr.float())
-    finally:
-        model.spatial = False
+    return lpips_model(sr.device, alexnet_weights, spatial=True)(sr.float(), hr.float())
