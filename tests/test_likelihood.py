@@ -128,6 +128,21 @@ def test_learned_prior_density(head):
         assert got == pytest.approx(want, rel=1e-4)
 
 
+def test_bits_per_dim_each_is_one_encoding_for_every_strategy():
+    flow = tiny_linf(3)
+    torch.manual_seed(3)
+    prior = LINFLatentModule(LINFPriorConfig(generator="unet", dim=8, depth=1, scale_head=True)).eval()
+    hr, lr = _images((6, 6), (3, 3))
+    r = SuperResolver(flow, prior)
+    strategies = [TemperatureSampling(0.7), LearnedPrior(prior), LearnedPrior(prior, variation=0.5), None]
+    got = r.bits_per_dim_each(hr, lr, [s or TemperatureSampling(1.0) for s in strategies])
+    for g, s in zip(got, strategies):
+        torch.testing.assert_close(g, r.bits_per_dim(hr, lr, s), rtol=1e-12, atol=0)
+    assert len({round(g.item(), 9) for g in got}) == 4
+    with pytest.raises(ValueError, match="point mass"):
+        r.bits_per_dim_each(hr, lr, [TemperatureSampling(0.5), TemperatureSampling(0.0)])
+
+
 def _brute_force_with_scale(flow, lr, hr, mu, sigma):
     if isinstance(sigma, float):
         return brute_force_bpd(flow, lr, hr, sigma, mu)

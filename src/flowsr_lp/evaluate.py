@@ -293,6 +293,7 @@ class _Runner:
         self.mine = {_uid(u) for u in mine}
         self.touched: set[tuple[int, int]] = set()  # (batch, method) groups with a sample saved here
         self._batch, self._items, self._notes, self._prepared, self._alone = None, [], [], None, False
+        self._bpd: dict | None = None
 
     # ---- loading ----
     def load(self, b: int) -> list:
@@ -300,6 +301,7 @@ class _Runner:
         where an image could not be read. The item id, 'data/image/scale' indices, orders the rows."""
         if self._batch != b:
             self._batch, self._items, self._notes, self._prepared, self._alone = b, [], [], None, False
+            self._bpd = None
             dev = self.resolver.device
             for (d, i, k), ds, path, scale in self.job.batches[b]:
                 try:
@@ -349,7 +351,9 @@ class _Runner:
             results = [(bicubic(it[5], tuple(it[4].shape[-2:])), True) for it in live]
         else:
             results = self._generate(live, strategy) if live else []
-        bpd = _bits_per_dim(self.resolver, live, [self.job.methods[m]]) if self.opts.bpd and r == 0 and live else {}
+        if self.opts.bpd and r == 0 and live and self._bpd is None:  # every method's, from one encoding
+            self._bpd = _bits_per_dim(self.resolver, live, self.job.methods)
+        bpd = self._bpd if self.opts.bpd and r == 0 and live else {}
         samples = {}
         for k, (it, res) in enumerate(zip(live, results)):
             if res is None:
@@ -486,12 +490,11 @@ def _sample(b: int, m: int, r: int, k: int) -> str:
 def _bits_per_dim(resolver: SuperResolver, items: list, plan) -> dict[str, list[float]]:
     """{method: bits/dim of each item's HR under the method's latent distribution}."""
     hr, lr = torch.cat([it[4] for it in items]), torch.cat([it[5] for it in items])
-    out = {}
-    for method, _, strategies in plan:
-        s = density_strategy(strategies)
-        if s is not None:
-            out[method] = resolver.bits_per_dim(hr, lr, s).tolist()
-    return out
+    dens = [(method, s) for method, _, strategies in plan if (s := density_strategy(strategies)) is not None]
+    if not dens:
+        return {}
+    values = resolver.bits_per_dim_each(hr, lr, [s for _, s in dens])
+    return {method: v.tolist() for (method, _), v in zip(dens, values)}
 
 
 def summarise(rows: list[dict]) -> list[dict]:

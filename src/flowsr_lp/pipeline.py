@@ -22,7 +22,7 @@ import math
 import numbers
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Callable, Union
+from typing import Any, Callable, Sequence, Union
 
 import numpy as np
 import torch
@@ -582,19 +582,28 @@ class SuperResolver:
         B x 3 x h x w, both in [0, 1]. Where a flow models padding at the border (SRFlow's
         odd LR sides, LINF's overhanging 3x3 patches) the value is that of the largest
         top-left region it models exactly (`Flow.density_context`), and D counts that region."""
-        strategy = strategy or TemperatureSampling(1.0)
-        strategy.check(self.flow)
+        return self.bits_per_dim_each(hr, lr, [strategy or TemperatureSampling(1.0)])[0]
+
+    @torch.no_grad()
+    def bits_per_dim_each(self, hr: torch.Tensor, lr: torch.Tensor,
+                          strategies: Sequence[LatentStrategy]) -> list[torch.Tensor]:
+        """`bits_per_dim` under each strategy, from one conditioning and one encoding of `hr`."""
+        for strategy in strategies:
+            strategy.check(self.flow)
         lr = self.flow.checked_images(lr.to(self.device), "lr")
         hr = self.flow.checked_images(hr.to(self.device), "hr", batch=lr.shape[0])
         with reduced(self.dtype, self.device):
             lr, ctx, (h, w) = self.flow.density_context(lr, tuple(hr.shape[-2:]))
         hr = hr[..., :h, :w]
         latent, log_p = self.flow.encode(hr, ctx)
-        with reduced(self.dtype, self.device):
-            log_q = strategy.log_density(self.flow, lr, ctx, max(h / lr.shape[-2], w / lr.shape[-1]), latent)
-        dims = 3 * h * w
-        log_p = log_p.double() - gaussian_log_density(latent) + log_q + dims * self.flow.internal_log_scale
-        return (-log_p / dims + math.log(256)) / math.log(2)
+        dims, scale = 3 * h * w, max(h / lr.shape[-2], w / lr.shape[-1])
+        log_p = log_p.double() - gaussian_log_density(latent) + dims * self.flow.internal_log_scale
+        out = []
+        for strategy in strategies:
+            with reduced(self.dtype, self.device):
+                log_q = strategy.log_density(self.flow, lr, ctx, scale, latent)
+            out.append((-(log_p + log_q) / dims + math.log(256)) / math.log(2))
+        return out
 
     def __call__(self, image: ImageLike, *, scale=None, size=None, strategy: LatentStrategy | None = None,
                  tile: str | int | None = None) -> SRResult:

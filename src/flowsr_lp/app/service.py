@@ -212,15 +212,16 @@ def compute(model: LoadedModel, p: Plan, s: Settings, sampling: bool, prior: boo
         report((len(draws) + 2 + k) / steps, f"around the prior (variation {s.variation:g}): draw {k + 1} of {around}")
         prior_draws.append(generate(model, prepared, model.prior.with_noise(variation=s.variation, seed=s.seed + k),
                                     s.seed + k))
-    bpd = {}
+    densities = {}  # the HR's bits/dim under each shown method's latent distribution, from one encoding
     if inputs.hr is not None:
         if sampling and s.tau > 0:
-            bpd[f"tau {s.tau:g}"] = model.resolver.bits_per_dim(inputs.hr, inputs.lr, TemperatureSampling(s.tau)).item()
+            densities[f"tau {s.tau:g}"] = TemperatureSampling(s.tau)
         if prior:
-            bpd["learned prior"] = model.resolver.bits_per_dim(inputs.hr, inputs.lr, model.prior).item()
+            densities["learned prior"] = model.prior
         if around:
-            bpd[f"prior, variation {s.variation:g}"] = model.resolver.bits_per_dim(
-                inputs.hr, inputs.lr, model.prior.with_noise(variation=s.variation)).item()
+            densities[f"prior, variation {s.variation:g}"] = model.prior.with_noise(variation=s.variation)
+    values = model.resolver.bits_per_dim_each(inputs.hr, inputs.lr, list(densities.values())) if densities else []
+    bpd = {name: v.item() for name, v in zip(densities, values)}
     report(1.0, "done")
     return Result(inputs, draws, learned, model.choice.name, model.precision, str(model.device),
                   time.perf_counter() - t0, s.tau, prior_draws, s.variation, bpd)
