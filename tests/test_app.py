@@ -4,6 +4,7 @@ benchmarks/bench_memory.py)."""
 from __future__ import annotations
 
 import importlib.util
+import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,7 @@ from flowsr_lp.metrics import grid_score  # noqa: E402
 
 LINF = ModelChoice("linf-small", "linf-small", "linf-small-lp")
 SRFLOW = ModelChoice("srflow-small", "srflow-small", "srflow-small-lp")
+HCFLOW = ModelChoice("hcflow-small", "hcflow-small", "hcflow-small-lp")
 
 
 def wait_until(condition, timeout: float = 10.0) -> None:
@@ -55,6 +57,7 @@ def test_registry_choices_list_bundled_models_first_with_their_priors():
     assert choices[0].name in ("linf-small", "srflow-small")
     assert by_name["linf-small"].prior == "linf-small-lp"
     assert by_name["srflow-small"].prior == "srflow-small-lp"
+    assert by_name["hcflow-small"].prior == "hcflow-small-lp"
     assert "rrdb-linf" in by_name  # released names are offered too (downloaded when picked)
 
 
@@ -90,6 +93,19 @@ def test_known_hr_mode_downscales_and_scores_against_the_image(cache, tmp_path):
     assert "bits/dim" not in rows["tau 0"] and "bits/dim" not in rows["bicubic"]
     want = model.resolver.bits_per_dim(res.inputs.hr, res.inputs.lr, model.prior).item()
     assert rows["learned prior"]["bits/dim"] == want and 0 < want < 16
+
+
+def test_the_bundled_hcflow_in_the_app(cache, tmp_path):
+    """HCFlow in the page: draws, its learned prior and samples around it, scored against
+    the known HR (bits/dim included)."""
+    path = photo(tmp_path / "hr.png", 48)
+    model = cache.get(HCFLOW)
+    s = service.Settings(scale=4, tau=0.8, seed=1, draws=2, known_hr=True, variation=0.5)
+    res = service.run(model, service.plan(path, model, s, 1.0), s)
+    assert res.prior.sr.shape == (3, 48, 48) and all(d.finite for d in res.draws + res.prior_draws)
+    rows = {r["method"]: r for r in service.scores(res)}
+    assert {"tau 0.8", "learned prior", "prior, variation 0.5", "bicubic"} <= set(rows)
+    assert all(math.isfinite(rows[m]["bits/dim"]) for m in ("tau 0.8", "learned prior", "prior, variation 0.5"))
 
 
 def test_samples_around_the_prior(cache, tmp_path):

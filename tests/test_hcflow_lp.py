@@ -3,10 +3,12 @@ per split-off part at its own resolution, with the LR branch) on an HCFlow, thro
 pipeline, trained by `train-prior` through the frozen flow."""
 import math
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from flowsr_lp import load_prior, save_flow
+from flowsr_lp import load_flow, load_prior, save_flow
 from flowsr_lp.cli import main
 from flowsr_lp.pipeline import LearnedPrior, SuperResolver, TemperatureSampling
 from flowsr_lp.priors import SRFlowLatentModule, SRFlowPriorConfig
@@ -59,3 +61,27 @@ def test_train_prior_through_a_frozen_hcflow(tmp_path):
     prior = load_prior(tmp_path / "run" / "model.safetensors")
     assert prior.config.latent_channels == (21, 6) and prior.config.scale_head
     assert all(torch.equal(before[k], v) for k, v in flow.state_dict().items())
+
+
+def test_the_bundled_hcflow_upscales_with_its_prior(tmp_path):
+    """`upscale --flow hcflow-small --prior hcflow-small-lp`, and the same through
+    `SuperResolver`: the same 8-bit image; the prior's name alone brings its flow."""
+    # a photo-like LR (on uniform noise, far from any photo, this small flow's inverse explodes)
+    src = tmp_path / "lr.png"
+    Image.open(natural_images(tmp_path / "img", n=1, size=72) / "img0.png").crop((0, 0, 72, 56)).resize(
+        (18, 14), Image.BICUBIC).save(src)
+    assert main(["upscale", str(src), "--flow", "hcflow-small", "--prior", "hcflow-small-lp", "--threads", "1",
+                 "-o", str(tmp_path / "cli.png")]) == 0
+    assert main(["upscale", str(src), "--prior", "hcflow-small-lp", "--threads", "1", "-o", str(tmp_path / "named.png")]) == 0
+    cli = np.asarray(Image.open(tmp_path / "cli.png"))
+    assert cli.shape == (56, 72, 3) and (tmp_path / "named.png").read_bytes() == (tmp_path / "cli.png").read_bytes()
+    flow, prior = load_flow("hcflow-small"), load_prior("hcflow-small-lp")
+    assert flow.kind == "hcflow" and prior.config.latent_channels == flow.latent_channels and prior.config.scale_head
+    lr = torch.from_numpy(np.asarray(Image.open(src))).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        out = SuperResolver(flow, prior)(lr)
+    assert out.all_finite
+    api = (out.images[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    assert np.abs(api.astype(int) - cli.astype(int)).max() <= 1  # the CLI's PNG is the same image
+    tau0 = SuperResolver(flow)(lr, strategy=TemperatureSampling(0.0)).images
+    assert (out.images - tau0).abs().mean() > 1e-3  # the prior's latent is not the flow's mean

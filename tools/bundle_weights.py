@@ -26,7 +26,8 @@ from flowsr_lp.hub.registry import BUNDLED, WEIGHTS
 STAGES = {"linf-small": ["linf-small", "linf-small-ft"],
           "linf-small-lp": ["linf-small-lp", "linf-small-lp-ft", "linf-small-lp-scale"],
           "srflow-small": ["srflow-small", "srflow-small-ft", "srflow-small-ft2"],
-          "srflow-small-lp": ["srflow-small-lp-v1", "srflow-small-lp", "srflow-small-lp-scale"]}
+          "srflow-small-lp": ["srflow-small-lp-v1", "srflow-small-lp", "srflow-small-lp-scale"],
+          "hcflow-small": ["hcflow-small"], "hcflow-small-lp": ["hcflow-small-lp", "hcflow-small-lp-ft"]}
 HARDWARE = "2-core x86_64 CPU (AVX512-BF16/AMX), float32, shared with other work while training"
 
 
@@ -123,7 +124,7 @@ def main() -> None:
         return stages
 
     lines = ["# How the bundled models were trained", "",
-             "All four were trained on the CPU of a development machine (2 cores, shared with other work, so wall "
+             "All six were trained on the CPU of a development machine (2 cores, shared with other work, so wall "
              "times are upper bounds), from the recipes in `configs/cpu/`, on T91 (91 images) + BSDS200 (200 "
              "images) from `../shared/data`. The flows were trained in two stages: NLL (`linf-small.yaml`, "
              "`srflow-small.yaml`), then steps alternating between the NLL (x 5e-4) and pixel L1 of the "
@@ -137,7 +138,12 @@ def main() -> None:
              "variation 0 are bit-identical to v2. No VGG19 ImageNet weights were available, so the latent modules "
              "were trained with `--perceptual none` (pixel L1 + 0.1 latent L1) instead of the paper's VGG loss; to "
              "retrain with it add `--perceptual vgg --vgg-weights vgg19-dcbb9e9d.pth --set loss.latent_weight=0 "
-             "--set loss.pixel_weight=0` (LINF) or keep `latent_weight` 0.1 (SRFlow).", "",
+             "--set loss.pixel_weight=0` (LINF) or keep `latent_weight` 0.1 (SRFlow). `hcflow-small` (HCFlow's "
+             "architecture at CPU size) was trained by NLL alone, in one stage, so its likelihood is that of its "
+             "objective (its bits/dim includes HCFlow's Dirac LR term, which textures dominate, so it is not comparable "
+             "with SRFlow's); `hcflow-small-lp` (the multi-part UNet of SRFlow-LP, one branch per split-off part) was "
+             "trained through it with its scale head in the same runs (`hcflow-small-lp.yaml`, then "
+             "`hcflow-small-lp-ft.yaml` at half the learning rate).", "",
              "Validation: the earlier stages on Set5 (PSNR on RGB with shave = scale, tau 0 for flows; x4, x3 for "
              "`linf-small-lp`); the `-scale` stages by the `evaluate` protocol on 6 Set14 images x4 (PSNR on Y, "
              "8-bit MATLAB-bicubic LR) with the held-out bits/dim under N(mu, sigma^2). Bits/dim of every stage "
