@@ -33,7 +33,7 @@ def test_demo_on_one_small_image(tmp_path, capsys):
         assert (out / name).is_file(), name
     res = json.loads((out / "demo.json").read_text())
     methods = {e["method"] for e in res["summary"]}
-    assert {"LINF LP", "SRFlow LP", "LINF tau=0.8", "SRFlow tau=0.9"} <= methods
+    assert {"LINF LP", "SRFlow LP", "HCFlow LP", "LINF tau=0.8", "SRFlow tau=0.9", "HCFlow tau=0.9"} <= methods
     for e in res["summary"]:
         assert e["inf_rate"] is not None and 0 <= e["inf_rate"] <= 100
         for k in ("psnr", "ssim", "lr_psnr", "grid"):

@@ -1,5 +1,5 @@
 """`flowsr-lp demo`: what the learned prior does, in a few minutes on a laptop CPU. The bundled
-small LINF and SRFlow models upscale crops of scikit-image's sample photos by sampling at
+small LINF, SRFlow and HCFlow models upscale crops of scikit-image's sample photos by sampling at
 several temperatures (10 draws each) and with their latent modules; the report compares
 fidelity, LR consistency, exploding inverses, grid artifacts and (when AlexNet's weights
 are available) LPIPS, with crops and a temperature map."""
@@ -80,7 +80,8 @@ def run_demo(out: Path, images: int = 3, size: int = 288, runs: int = 10, device
     notes.append("The bundled models were trained on the CPU without the VGG19 perceptual loss (its ImageNet weights "
                  "were not available): latent modules with pixel L1 + 0.1 latent L1. The paper's loss: " + RETRAIN)
     setups = [("LINF", "linf-small", "linf-small-lp", [3.0, 4.0], [0.0, 0.4, 0.8]),
-              ("SRFlow", "srflow-small", "srflow-small-lp", [4.0], [0.0, 0.5, 0.9])]
+              ("SRFlow", "srflow-small", "srflow-small-lp", [4.0], [0.0, 0.5, 0.9]),
+              ("HCFlow", "hcflow-small", "hcflow-small-lp", [4.0], [0.0, 0.5, 0.9])]
     rows, crops, models = [], [], {}
     for label, flow_name, prior_name, scales, taus in setups:
         flow = load_flow(bundled_path(flow_name), device=device)
@@ -111,7 +112,7 @@ def run_demo(out: Path, images: int = 3, size: int = 288, runs: int = 10, device
                     if tsum.get("rank_correlation") is not None else "")
                  + "</p><img src='temperature/temperature_map.png' alt='temperature map'>")
     summary = summarise(rows)
-    meta = {"description": f"bundled small LINF and SRFlow, {len(photos)} scikit-image photos ({size}x{size} HR), "
+    meta = {"description": f"bundled small LINF, SRFlow and HCFlow, {len(photos)} scikit-image photos ({size}x{size} HR), "
                            f"{runs} draws per temperature", "models": models, "runs": runs,
             "seeds": {f"run {r}": r for r in range(runs)}, "torch": torch.__version__,
             "device": device, "precision": precision, "hardware": hardware_line(), "seconds": round(time.time() - t0, 1)}

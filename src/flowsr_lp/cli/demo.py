@@ -14,8 +14,8 @@ from ..cli_options import add_device, add_precision, inference_device, positive_
 def add_parser(sub, parents=()) -> None:
     p = sub.add_parser("demo", parents=list(parents),
                        help="the learned prior against fixed temperatures, on bundled models and photos",
-                       description="Upscale crops of scikit-image's sample photos with the bundled small LINF and "
-                                   "SRFlow: sampling at several temperatures (10 draws each) and the learned prior. "
+                       description="Upscale crops of scikit-image's sample photos with the bundled small LINF, "
+                                   "SRFlow and HCFlow: sampling at several temperatures (10 draws each) and the learned prior. "
                                    "Writes an HTML report with metrics, crops and a temperature map.")
     p.add_argument("-o", "--out", default="demo", help="output folder (default ./demo)")
     p.add_argument("--images", type=positive_int, default=3, help="number of photos (1-4, default 3)")
