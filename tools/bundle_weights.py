@@ -27,7 +27,7 @@ STAGES = {"linf-small": ["linf-small", "linf-small-ft"],
           "linf-small-lp": ["linf-small-lp", "linf-small-lp-ft", "linf-small-lp-scale"],
           "srflow-small": ["srflow-small", "srflow-small-ft", "srflow-small-ft2"],
           "srflow-small-lp": ["srflow-small-lp-v1", "srflow-small-lp", "srflow-small-lp-scale"],
-          "hcflow-small": ["hcflow-small"], "hcflow-small-lp": ["hcflow-small-lp", "hcflow-small-lp-ft"]}
+          "hcflow-small": ["hcflow-small"], "hcflow-small-lp": ["hcflow-small-lp"]}
 HARDWARE = "2-core x86_64 CPU (AVX512-BF16/AMX), float32, shared with other work while training"
 
 
@@ -142,8 +142,7 @@ def main() -> None:
              "architecture at CPU size) was trained by NLL alone, in one stage, so its likelihood is that of its "
              "objective (its bits/dim includes HCFlow's Dirac LR term, which textures dominate, so it is not comparable "
              "with SRFlow's); `hcflow-small-lp` (the multi-part UNet of SRFlow-LP, one branch per split-off part) was "
-             "trained through it with its scale head in the same runs (`hcflow-small-lp.yaml`, then "
-             "`hcflow-small-lp-ft.yaml` at half the learning rate).", "",
+             "trained through it with its scale head in the same run (`hcflow-small-lp.yaml`).", "",
              "Validation: the earlier stages on Set5 (PSNR on RGB with shave = scale, tau 0 for flows; x4, x3 for "
              "`linf-small-lp`); the `-scale` stages by the `evaluate` protocol on 6 Set14 images x4 (PSNR on Y, "
              "8-bit MATLAB-bicubic LR) with the held-out bits/dim under N(mu, sigma^2). Bits/dim of every stage "
