@@ -351,9 +351,11 @@ class _Runner:
             results = [(bicubic(it[5], tuple(it[4].shape[-2:])), True) for it in live]
         else:
             results = self._generate(live, strategy) if live else []
-        if self.opts.bpd and r == 0 and live and self._bpd is None:  # every method's, from one encoding
-            self._bpd = _bits_per_dim(self.resolver, live, self.job.methods)
-        bpd = self._bpd if self.opts.bpd and r == 0 and live else {}
+        bpd = {}
+        if self.opts.bpd and r == 0 and live:
+            if self._bpd is None:  # every method's, from one encoding of the batch
+                self._bpd = _bits_per_dim(self.resolver, live, self.job.methods)
+            bpd = self._bpd
         samples = {}
         for k, (it, res) in enumerate(zip(live, results)):
             if res is None:
