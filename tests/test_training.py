@@ -57,6 +57,14 @@ def test_prior_training_loss_falls_and_flow_is_untouched(tmp_path, images, flow_
     assert "perceptual_used: none (pixel L1" in (tmp_path / "run" / "config.yaml").read_text()
 
 
+def test_quiet_training_draws_no_progress_bar(tmp_path, images, flow_file, capfd):
+    recipe = prior_recipe(tmp_path, images, flow_file, iterations=4)
+    assert main(["train-prior", recipe, "-q"]) == 0
+    assert "train-prior [" not in capfd.readouterr().err
+    assert main(["train-prior", recipe, "--overwrite"]) == 0
+    assert "train-prior [" in capfd.readouterr().err  # the bar, without -q
+
+
 def flow_recipe(tmp_path, images, family, config, crop, iterations=40, lr=1e-3):
     return write_recipe(tmp_path / "flow.yaml", task="flow", flow={"family": family, "config": config},
                         data={"train": {"folders": [images], "repeat": 4}, "crop": crop},

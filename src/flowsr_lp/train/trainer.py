@@ -23,6 +23,7 @@ from ..data.batches import EpochBatches
 from ..data.crops import make_crops, min_image_side
 from ..data.folders import ImageFolder
 from ..images import atomic_write
+from ..runtime import progress_bars
 from .validate import Validator
 
 CHECKPOINT = "checkpoint.pt"
@@ -318,7 +319,7 @@ class Trainer:
         if self.rank == 0:
             self._open_logs()
         bar = tqdm(total=self.total, initial=self.step, desc=f"train-{self.cfg['task']} [{self.label}]",
-                   disable=self.rank != 0, file=sys.stderr, dynamic_ncols=True)
+                   disable=self.rank != 0 or not progress_bars(), file=sys.stderr, dynamic_ncols=True)
         self.objective.train()
         t_last, s_last = time.perf_counter(), self.step
         while self.step < self.total:
