@@ -119,6 +119,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--flows", default="LINF,SRFlow")
+    ap.add_argument("--model", action="append", default=[], metavar="NAME=FLOW:PRIOR",
+                    help="another flow and latent module for NAME (a file or a bundled name), e.g. "
+                         "SRFlow=runs/v1/srflow-small.safetensors:runs/srflow-small-lp/model.safetensors")
     ap.add_argument("--out", default="runs/variation")
     args = ap.parse_args()
     if args.threads:
@@ -131,6 +134,9 @@ def main() -> None:
         hr, lr, _ = make_pair(f, ds, 4.0, "make")
         pairs.append((hr[None], lr[None]))
     models = {"LINF": ("linf-small", "linf-small-lp"), "SRFlow": ("srflow-small", "srflow-small-lp")}
+    for m in args.model:
+        name, _, pair = m.partition("=")
+        models[name] = tuple(pair.split(":"))
     results = {}
     t0 = time.time()
     with torch.no_grad():
