@@ -143,6 +143,25 @@ def test_bits_per_dim_each_is_one_encoding_for_every_strategy():
         r.bits_per_dim_each(hr, lr, [TemperatureSampling(0.5), TemperatureSampling(0.0)])
 
 
+def test_bits_per_dim_each_runs_the_module_once_for_its_variations():
+    flow = tiny_linf(3)
+    torch.manual_seed(3)
+    prior = LINFLatentModule(LINFPriorConfig(generator="unet", dim=8, depth=1, scale_head=True)).eval()
+    other = LINFLatentModule(LINFPriorConfig(generator="unet", dim=8, depth=1, scale_head=True)).eval()
+    calls = []
+    for m in (prior, other):  # the generator runs once per prediction (per latent part, untiled)
+        m.generate = (lambda f, m=m: lambda *a, **k: calls.append(m) or f(*a, **k))(m.generate)
+    hr, lr = _images((6, 6), (3, 3))
+    r = SuperResolver(flow, prior)
+    strategies = [LearnedPrior(prior), LearnedPrior(prior, variation=0.5), LearnedPrior(prior, variation=1.0),
+                  LearnedPrior(other), LearnedPrior(prior, tile=128)]
+    got = r.bits_per_dim_each(hr, lr, strategies)
+    # one prediction per (module, tiling): prior, other, prior with another tiling
+    assert [id(m) for m in calls] == [id(prior), id(other), id(prior)]
+    for g, s in zip(got, strategies):
+        torch.testing.assert_close(g, r.bits_per_dim(hr, lr, s), rtol=1e-12, atol=0)
+
+
 def _brute_force_with_scale(flow, lr, hr, mu, sigma):
     if isinstance(sigma, float):
         return brute_force_bpd(flow, lr, hr, sigma, mu)

@@ -212,9 +212,11 @@ class LatentStrategy(abc.ABC):
         """`choose` for an LR batch the flow was conditioned on whole (`ctx`)."""
         return self.choose(LatentInputs.whole(flow, lr, ctx), scale)
 
-    def log_density(self, flow: Flow, lr: torch.Tensor, ctx, scale: float, latent: Latent) -> torch.Tensor:
+    def log_density(self, flow: Flow, lr: torch.Tensor, ctx, scale: float, latent: Latent,
+                    memo: dict | None = None) -> torch.Tensor:
         """log q(latent) in nats per batch item (float64) under the latent distribution this
-        strategy samples from (`SuperResolver.bits_per_dim`)."""
+        strategy samples from (`SuperResolver.bits_per_dim`). `memo`: a dict shared by the
+        strategies scored on the same (lr, ctx), where they keep what they can share."""
         raise UsageError(f"{self!r} defines no latent density")
 
 
@@ -268,7 +270,8 @@ class TemperatureSampling(LatentStrategy):
     def choose(self, inputs: LatentInputs, scale: float) -> Latent:
         return inputs.noise(self.resolved_tau(inputs.flow, scale), _generators(self.generator, self.seed))
 
-    def log_density(self, flow: Flow, lr: torch.Tensor, ctx, scale: float, latent: Latent) -> torch.Tensor:
+    def log_density(self, flow: Flow, lr: torch.Tensor, ctx, scale: float, latent: Latent,
+                    memo: dict | None = None) -> torch.Tensor:
         tau = self.resolved_tau(flow, scale)
         if not tau > 0:
             raise ValueError(f"tau={tau} is a point mass: it has no density (bits/dim needs tau > 0)")
@@ -358,8 +361,14 @@ class LearnedPrior(LatentStrategy):
         scales = (torch.exp(ls) for ls in log_sigma) if log_sigma is not None else (1.0 for _ in mu)
         return tuple(m + s * e.to(m.dtype) for m, s, e in zip(mu, scales, eps))
 
-    def log_density(self, flow: Flow, lr: torch.Tensor, ctx, scale: float, latent: Latent) -> torch.Tensor:
-        mu, log_sigma = self.distribution(flow, lr, ctx)
+    def log_density(self, flow: Flow, lr: torch.Tensor, ctx, scale: float, latent: Latent,
+                    memo: dict | None = None) -> torch.Tensor:
+        # the module's prediction is shared by every variation around the same prior and tiling
+        key = ("learned prior", id(self.prior), self.max_pixels, self.tile, self.overlap, self.margin)
+        memo = {} if memo is None else memo
+        if key not in memo:
+            memo[key] = self.distribution(flow, lr, ctx)
+        mu, log_sigma = memo[key]
         return gaussian_log_density(latent, mu, log_sigma, self.variation or 1.0)
 
     def __repr__(self) -> str:
@@ -598,10 +607,10 @@ class SuperResolver:
         latent, log_p = self.flow.encode(hr, ctx)
         dims, scale = 3 * h * w, max(h / lr.shape[-2], w / lr.shape[-1])
         log_p = log_p.double() - gaussian_log_density(latent) + dims * self.flow.internal_log_scale
-        out = []
+        out, memo = [], {}  # memo: the latent module runs once for all its variations
         for strategy in strategies:
             with reduced(self.dtype, self.device):
-                log_q = strategy.log_density(self.flow, lr, ctx, scale, latent)
+                log_q = strategy.log_density(self.flow, lr, ctx, scale, latent, memo)
             out.append((-(log_p + log_q) / dims + math.log(256)) / math.log(2))
         return out
 
