@@ -136,7 +136,10 @@ def main() -> None:
     models = {"LINF": ("linf-small", "linf-small-lp"), "SRFlow": ("srflow-small", "srflow-small-lp")}
     for m in args.model:
         name, _, pair = m.partition("=")
-        models[name] = tuple(pair.split(":"))
+        flow, _, prior = pair.rpartition(":")
+        if not (name and flow and prior):
+            ap.error(f"--model {m!r}: expected NAME=FLOW:PRIOR")
+        models[name] = (flow, prior)
     results = {}
     t0 = time.time()
     with torch.no_grad():
