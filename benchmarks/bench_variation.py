@@ -124,6 +124,13 @@ def main() -> None:
                          "SRFlow=runs/v1/srflow-small.safetensors:runs/srflow-small-lp/model.safetensors")
     ap.add_argument("--out", default="runs/variation")
     args = ap.parse_args()
+    models = {"LINF": ("linf-small", "linf-small-lp"), "SRFlow": ("srflow-small", "srflow-small-lp")}
+    for m in args.model:
+        name, _, pair = m.partition("=")
+        flow, _, prior = pair.rpartition(":")
+        if not (name and flow and prior):
+            ap.error(f"--model {m!r}: expected NAME=FLOW:PRIOR")
+        models[name] = (flow, prior)
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -133,13 +140,6 @@ def main() -> None:
     for f in find_images([args.data])[: args.max_images]:
         hr, lr, _ = make_pair(f, ds, 4.0, "make")
         pairs.append((hr[None], lr[None]))
-    models = {"LINF": ("linf-small", "linf-small-lp"), "SRFlow": ("srflow-small", "srflow-small-lp")}
-    for m in args.model:
-        name, _, pair = m.partition("=")
-        flow, _, prior = pair.rpartition(":")
-        if not (name and flow and prior):
-            ap.error(f"--model {m!r}: expected NAME=FLOW:PRIOR")
-        models[name] = (flow, prior)
     results = {}
     t0 = time.time()
     with torch.no_grad():
