@@ -187,6 +187,28 @@ def test_scale_only_training_keeps_mu_and_lowers_the_nll(tmp_path, images, flow_
     assert math.isfinite(float(val[-1]["val_bpd"])) and math.isfinite(float(val[-1]["val_psnr"]))
 
 
+def test_a_recipe_changes_a_started_modules_config_or_stops_clearly(tmp_path, images, flow_file, capsys):
+    torch.manual_seed(0)
+    path = save_prior(LINFLatentModule(LINFPriorConfig(generator="unet", dim=8, depth=2)).eval(),
+                      tmp_path / "start.safetensors")
+
+    def recipe(name, config):
+        return write_recipe(tmp_path / f"{name}.yaml", task="prior", flow={"checkpoint": flow_file},
+                            prior={"checkpoint": str(path), "config": config},
+                            data={"train": {"folders": [images], "repeat": 2},
+                                  "crop": {"kind": "linf-lp", "lr_size": 24, "window": None, "scale_min": 1,
+                                           "scale_max": 3}},
+                            optim={"batch_size": 4, "iterations": 4, "lr": 1e-3}, loss={"perceptual": "none"},
+                            run={"out": str(tmp_path / name), "log_every": 2, "ckpt_every": 4, "seed": 1})
+
+    assert main(["train-prior", recipe("up", {"lr_input": "upsampled", "scale_head": True})]) == 0
+    trained = load_prior(tmp_path / "up" / "model.safetensors")
+    assert trained.config.lr_input == "upsampled" and trained.config.scale_head and trained.config.dim == 8
+    assert main(["train-prior", recipe("wider", {"dim": 16})]) != 0
+    err = capsys.readouterr().err
+    assert "prior: cannot change ['dim']" in err and not (tmp_path / "wider" / "model.safetensors").exists()
+
+
 def test_validation_follows_the_evaluate_protocol_at_x2_5(images):
     v = Validator({"data": {"val": {"folders": [images], "scale": 2.5, "max_images": 2}}}, torch.device("cpu"))
     lr, hr, _ = v.pairs[0]

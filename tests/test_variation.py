@@ -6,7 +6,7 @@ import torch
 
 from flowsr_lp.pipeline import LearnedPrior, SuperResolver, TemperatureSampling, batched
 from flowsr_lp.priors import LINFLatentModule, LINFPriorConfig, SRFlowLatentModule, SRFlowPriorConfig
-from flowsr_lp.nets.scale_head import LOG_SIGMA_BOUND, gaussian_nll, with_scale_head
+from flowsr_lp.nets.scale_head import LOG_SIGMA_BOUND, gaussian_nll, with_config, with_scale_head
 from flowsr_lp.priors.tiling import predict_distribution
 
 from helpers import tiny_linf, tiny_srflow
@@ -135,6 +135,33 @@ def test_grown_head_keeps_every_other_weight():
     for k, v in prior.state_dict().items():
         assert torch.equal(grown.state_dict()[k], v), k
     assert any(k.startswith("scale_head") for k in grown.state_dict())
+
+
+def test_config_changes_keep_every_weight_or_are_refused():
+    _, prior = linf_pair(head=True)
+    up = with_config(prior, lr_input="upsampled").eval()
+    assert up.config.lr_input == "upsampled" and prior.config.lr_input == "lr"
+    assert prior.state_dict().keys() == up.state_dict().keys()
+    assert all(torch.equal(up.state_dict()[k], v) for k, v in prior.state_dict().items())
+    with pytest.raises(ValueError, match="reshape"):
+        with_config(prior, dim=16)
+    with pytest.raises(ValueError, match="drop"):
+        with_config(prior, inputs="prior")  # would lose the trained LR branch
+
+
+def test_upsampled_lr_input_gives_the_lr_branch_one_patch_per_latent_position():
+    _, prior = linf_pair(head=False)
+    up = with_config(prior, lr_input="upsampled").eval()
+    lr, size = lr_image(7, 5), (9, 7)  # a latent map of 9 x 7 positions (x ~3.9 at 3 x 3 patches)
+    own = up.lr_features(lr, size)
+    big = torch.nn.functional.interpolate(lr, (27, 21), mode="bicubic", align_corners=False)
+    assert own.shape == (1, prior.config.dim // 2, *size)
+    assert torch.equal(own, up.lr_proj((big - 0.5) / 0.5))  # no resize after the conv: it is at the map's size
+    # upstream's branch reads the LR itself: its features (3 x 2 here) are resized up afterwards
+    plain = prior.lr_features(lr, size)
+    assert plain.shape == own.shape and not torch.allclose(plain, own)
+    with pytest.raises(ValueError, match="lr_input"):
+        LINFLatentModule(LINFPriorConfig(dim=8, depth=1, lr_input="hr"))
 
 
 def test_gaussian_nll_trains_sigma_only():

@@ -62,15 +62,28 @@ def split_prediction(outputs, channels) -> tuple[tuple[torch.Tensor, ...], tuple
             tuple(part(o, slice(c, None)) for o, c in zip(outputs, channels)))
 
 
-def with_scale_head(prior: nn.Module) -> nn.Module:
-    """A copy of a trained latent module with a new scale head (sigma = 1 to start): every
-    other weight and buffer carried over exactly, so mu is unchanged."""
-    grown = type(prior)(dataclasses.replace(prior.config, scale_head=True))
+def with_config(prior: nn.Module, **changes) -> nn.Module:
+    """A copy of a trained latent module with its config changed (`scale_head=True` grows a
+    new head, sigma = 1 to start; `lr_input` changes what its LR branch reads): every weight
+    and buffer carried over exactly, so with only a new head mu is unchanged. Changes that
+    would drop or reshape a trained weight are refused."""
+    grown = type(prior)(dataclasses.replace(prior.config, **changes))
     grown.to(next(prior.parameters()).device)
-    missing, unexpected = grown.load_state_dict(prior.state_dict(), strict=False)
-    if unexpected or not all(k.startswith("scale_head") for k in missing):
-        raise ValueError(f"cannot grow a scale head on this module: missing {missing}, unexpected {unexpected}")
+    own = prior.state_dict()
+    shapes = {k: tuple(v.shape) for k, v in grown.state_dict().items()}
+    reshaped = [k for k, v in own.items() if k in shapes and shapes[k] != tuple(v.shape)]
+    missing = [k for k in shapes if k not in own]
+    unexpected = [k for k in own if k not in shapes]
+    if reshaped or unexpected or not all(k.startswith("scale_head") for k in missing):
+        raise ValueError(f"cannot change {sorted(changes)} of this module: it would reshape {reshaped}, "
+                         f"drop {unexpected} and add {[k for k in missing if not k.startswith('scale_head')]}")
+    grown.load_state_dict(own, strict=False)
     return grown.train(prior.training)
+
+
+def with_scale_head(prior: nn.Module) -> nn.Module:
+    """A copy of a trained latent module with a new scale head (see `with_config`)."""
+    return with_config(prior, scale_head=True)
 
 
 def check_parts(latent, channels, what: str = "latent module") -> None:

@@ -18,6 +18,11 @@ from ..nets.scale_head import LR_CHANNELS, ScaleHead, check_parts, lr_map, split
 
 GENERATORS = ("unet", "edsr-baseline-latent", "swin_latent")
 INPUTS = ("both", "prior", "lr")
+#: what the LR branch's stride-3 conv reads: "lr", the LR at its own size (upstream; at x4 its
+#: features are at a third of the LR's resolution, resized up to the latent map), or
+#: "upsampled" (ours), the LR resized bicubically to three times the latent map's size, so
+#: the conv reads each latent position's own 3x3 patch of the upsampled image
+LR_INPUTS = ("lr", "upsampled")
 
 
 @dataclass
@@ -37,6 +42,8 @@ class LINFPriorConfig(ModelConfig):
     #: the flow's initial prior (flows.linf.INITIAL_PRIORS): "paper", or "antialiased", our
     #: every-scale extension (the paper's residual is zero at odd integer scales)
     initial_prior: str = "paper"
+    #: the LR branch's input (LR_INPUTS); "lr" in every released module
+    lr_input: str = "lr"
     #: ours, off in every released module: also predict a scale sigma per latent element
     #: (nets/scale_head.py); UNet generator only
     scale_head: bool = False
@@ -54,9 +61,10 @@ class LINFLatentModule(nn.Module):
     def __init__(self, config: LINFPriorConfig | None = None):
         super().__init__()
         self.config = cfg = config or LINFPriorConfig()
-        if cfg.generator not in GENERATORS or cfg.inputs not in INPUTS or cfg.initial_prior not in INITIAL_PRIORS:
-            raise ValueError(f"generator must be one of {GENERATORS}, inputs one of {INPUTS} "
-                             f"and initial_prior one of {INITIAL_PRIORS}")
+        if cfg.generator not in GENERATORS or cfg.inputs not in INPUTS or cfg.initial_prior not in INITIAL_PRIORS \
+                or cfg.lr_input not in LR_INPUTS:
+            raise ValueError(f"generator must be one of {GENERATORS}, inputs one of {INPUTS}, "
+                             f"initial_prior one of {INITIAL_PRIORS} and lr_input one of {LR_INPUTS}")
         if cfg.scale_head and cfg.generator != "unet":
             raise ValueError(f"scale_head needs the unet generator, not {cfg.generator!r}")
         w, c = cfg.width, cfg.in_chans
@@ -94,6 +102,8 @@ class LINFLatentModule(nn.Module):
         own = [lr_map(lr, size)] if self.config.scale_head else []
         if not hasattr(self, "lr_proj"):
             return own[0] if own else None
+        if self.config.lr_input == "upsampled":
+            lr = F.interpolate(lr, (3 * size[0], 3 * size[1]), mode="bicubic", align_corners=False)
         f = self.lr_proj((lr - 0.5) / 0.5)
         if tuple(f.shape[-2:]) != tuple(size):
             f = F.interpolate(f, size, mode="bilinear", align_corners=False)

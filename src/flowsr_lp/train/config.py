@@ -12,7 +12,7 @@ DEFAULTS: dict = {
     "task": None,  # "flow" | "prior"
     "stage": "nll",  # flows: "nll" (LINF stage 1, SRFlow) | "finetune" (LINF stage 2)
     "flow": {},  # {checkpoint: PATH} or {family: linf|linf-patch|srflow, config: {...}}
-    "prior": {},  # {family: linf-lp|srflow-lp, config: {...}}, optional checkpoint: PATH to start from
+    "prior": {},  # {family: linf-lp|srflow-lp, config: {...}}, or checkpoint: PATH to start from (config: its changes)
     "data": {
         "train": {"folders": [], "repeat": 1, "cache": False},
         "crop": {"kind": "linf"},

@@ -11,7 +11,7 @@ from ..checkpoints import CheckpointError, build_model, load_flow, load_prior, s
 from ..flows.layers import ActNorm
 from ..nets.vgg import PerceptualLoss, VGGWeightsMissing, load_vgg_state
 from ..pipeline import SuperResolver, check_prior_fits
-from ..nets.scale_head import with_scale_head
+from ..nets.scale_head import with_config
 from .objectives import FlowNLL, LINFFinetune, PriorObjective
 from ..distributed import finish, setup_distributed
 from .trainer import Trainer, TrainingError, check_out_folder
@@ -92,8 +92,11 @@ def train(cfg: dict, resume: bool = False, overwrite: bool = False) -> None:
         try:
             prior = (load_prior(prior_spec["checkpoint"], device=device) if prior_spec.get("checkpoint")
                      else build_model("prior", prior_spec["family"], prior_spec.get("config", {})).to(device))
-            if prior_spec.get("checkpoint") and prior_spec.get("scale_head") and not prior.config.scale_head:
-                prior = with_scale_head(prior)
+            if prior_spec.get("checkpoint"):  # a started module's config changes (a new head, the LR input)
+                changes = {**prior_spec.get("config", {}), **({"scale_head": True} if prior_spec.get("scale_head") else {})}
+                changes = {k: v for k, v in changes.items() if getattr(prior.config, k, object()) != v}
+                if changes:
+                    prior = with_config(prior, **changes)
             check_prior_fits(flow, prior)
         except (CheckpointError, ValueError, TypeError) as e:
             raise TrainingError(f"prior: {e}") from None
