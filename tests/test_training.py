@@ -57,6 +57,32 @@ def test_prior_training_loss_falls_and_flow_is_untouched(tmp_path, images, flow_
     assert "perceptual_used: none (pixel L1" in (tmp_path / "run" / "config.yaml").read_text()
 
 
+def test_joint_fine_tune_trains_the_flow_on_alternate_steps_and_saves_both(tmp_path, images, flow_file):
+    before = load_file(flow_file)
+    recipe = prior_recipe(tmp_path, images, flow_file, iterations=8, flow={"train": True},
+                          run={"log_every": 1, "val_every": 8},
+                          data={"val": {"folders": [images], "scale": 2, "max_images": 1}})
+    assert main(["train-prior", recipe, "--set", "run.threads=1"]) == 0
+    assert all(torch.equal(before[k], v) for k, v in load_file(flow_file).items())  # the start file untouched
+    out = tmp_path / "run"
+    trained = load_file(out / "flow.safetensors")
+    assert trained.keys() == before.keys() and any(not torch.equal(before[k], trained[k]) for k in before)
+    rows = read_csv(out / "log.csv")  # even steps: the flow's NLL alone; odd steps: the module's losses
+    assert [bool(r["nll"]) for r in rows] == [s % 2 == 1 for s in range(1, 9)]
+    assert [bool(r["l1"]) for r in rows] == [s % 2 == 0 for s in range(1, 9)]
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert "flow trained too, NLL x0.0005" in ck["perceptual"]
+    assert any(k.startswith("flow.") for k in ck["model"]) and any(k.startswith("prior.") for k in ck["model"])
+    from flowsr_lp.pipeline import SuperResolver
+    r = SuperResolver(load_flow(out / "flow.safetensors"), load_prior(out / "model.safetensors"))
+    assert torch.isfinite(r(torch.rand(1, 3, 10, 12), scale=2).images).all()
+    # the validation ran on the pair being trained, and the recipe check names the option
+    assert (out / "val.csv").exists()
+    bad = prior_recipe(tmp_path, images, flow_file, out="bad", flow={"train": True}, loss={"scale_only": True})
+    with pytest.raises(ConfigError, match="flow.train"):
+        load_config(bad)
+
+
 def test_quiet_training_draws_no_progress_bar(tmp_path, images, flow_file, capfd):
     recipe = prior_recipe(tmp_path, images, flow_file, iterations=4)
     assert main(["train-prior", recipe, "-q"]) == 0

@@ -11,7 +11,8 @@ DEFAULTS: dict = {
     "name": "",  # a label for logs and exported models
     "task": None,  # "flow" | "prior"
     "stage": "nll",  # flows: "nll" (LINF stage 1, SRFlow) | "finetune" (LINF stage 2)
-    "flow": {},  # {checkpoint: PATH} or {family: linf|linf-patch|srflow, config: {...}}
+    "flow": {},  # {checkpoint: PATH} or {family: linf|linf-patch|srflow, config: {...}}; train: true in a
+    #              prior recipe fine-tunes the flow with the module (NLL x loss.nll_weight on alternate steps)
     "prior": {},  # {family: linf-lp|srflow-lp, config: {...}}, or checkpoint: PATH to start from (config: its changes)
     "data": {
         "train": {"folders": [], "repeat": 1, "cache": False},
@@ -116,6 +117,9 @@ def validate(cfg: dict) -> None:
         raise ConfigError("loss.perceptual must be 'vgg' or 'none'")
     if cfg["loss"]["scale_only"] and cfg["task"] != "prior":
         raise ConfigError("loss.scale_only trains a latent module's scale head: a prior recipe's option")
+    if cfg["flow"].get("train") and (cfg["task"] != "prior" or cfg["loss"]["scale_only"]):
+        raise ConfigError("flow.train (a joint fine-tune of the flow with its latent module) is an option of prior "
+                          "recipes that train the module's mu (not loss.scale_only)")
     if cfg["task"] == "prior":
         if not cfg["flow"].get("checkpoint"):
             raise ConfigError("a prior is trained through a frozen flow: set flow.checkpoint")

@@ -75,14 +75,23 @@ class PriorObjective(nn.Module):
     latent under N(mu, sigma^2); that term trains sigma only (mu is taken as given, and the head
     reads detached features). `scale_only`: only the head learns, by that NLL alone; the rest
     of the module stays in eval mode (BatchNorm statistics frozen, so mu is unchanged bit for
-    bit) and the flow's inverse is skipped."""
+    bit) and the flow's inverse is skipped.
+
+    `flow_nll_weight` (ours, beyond the paper; None keeps the flow frozen): a joint fine-tune.
+    Steps alternate, as in LINF's second stage: even steps train the flow alone by its NLL
+    (x `flow_nll_weight`), odd steps train module and flow together by the losses above, the
+    flow's gradient coming through its inverse of the module's prediction. The flow keeps a
+    likelihood while it learns to decode the module's latents; at tau 0 it is never trained."""
 
     def __init__(self, flow, prior: nn.Module, perceptual: nn.Module | None, latent_weight: float = 0.0,
                  pixel_weight: float = 0.0, autocast: str = "none", gradient_weight: float = 0.0,
-                 scale_weight: float = 1.0, scale_only: bool = False):
+                 scale_weight: float = 1.0, scale_only: bool = False, flow_nll_weight: float | None = None):
         super().__init__()
         self.prior = prior
-        self.flow = flow.eval().requires_grad_(False)
+        self.flow_nll_weight = flow_nll_weight
+        #: what a step computes depends on batch["step"] (even / odd) when the flow trains too
+        self.alternates = flow_nll_weight is not None
+        self.flow = flow.eval().requires_grad_(self.alternates)
         self.perceptual = perceptual
         self.latent_weight, self.pixel_weight, self.gradient_weight = latent_weight, pixel_weight, gradient_weight
         self.scale_weight = scale_weight if getattr(prior.config, "scale_head", False) else 0.0
@@ -90,6 +99,8 @@ class PriorObjective(nn.Module):
         self.head_only = scale_only
         if scale_only and not self.scale_weight > 0:
             raise ValueError("loss.scale_only needs a latent module with a scale head and scale_weight > 0")
+        if scale_only and self.alternates:
+            raise ValueError("loss.scale_only trains the scale head alone: it cannot train the flow too")
 
     def train(self, mode: bool = True):  # the flow stays in eval mode whatever happens
         super().train(mode)
@@ -109,8 +120,12 @@ class PriorObjective(nn.Module):
     def forward(self, batch: dict):
         lr, window = batch["lr"], _window_of(batch)
         hr = _crop(batch["hr"], window)
-        with torch.no_grad():
+        with torch.set_grad_enabled(self.alternates and torch.is_grad_enabled()):
             ctx = self.flow.condition(lr, tuple(batch["hr"].shape[-2:]), **({"window": window} if window else {}))
+        if self.alternates and batch["step"] % 2 == 0:  # the flow's likelihood step
+            nll = self.flow.nll(self.flow.encode(hr, ctx)[1], ctx).mean()
+            return self.flow_nll_weight * nll, {"nll": nll.detach()}
+        with torch.no_grad():
             z0 = self.flow.initial_prior(lr, ctx, self.prior.config.initial_prior)
             z_gt = self.flow.encode(hr, ctx)[0] if self.latent_weight > 0 or self.scale_weight > 0 else None
         with self._amp(lr.device):

@@ -32,6 +32,20 @@ def init_actnorms(flow, batch: dict) -> None:
             h.remove()
 
 
+class JointModules(torch.nn.Module):
+    """A latent module and its flow trained together (`flow.train` in a prior recipe)."""
+
+    def __init__(self, prior, flow):
+        super().__init__()
+        self.prior, self.flow = prior, flow
+
+
+def save_joint(model: JointModules, path: Path, **extra) -> Path:
+    """The module to `path` (model.safetensors), its flow beside it as flow.safetensors."""
+    save_flow(model.flow, Path(path).with_name("flow.safetensors"), **extra)
+    return save_prior(model.prior, path, **extra)
+
+
 def _perceptual(cfg: dict, needed: bool):
     """(module or None, label recorded in logs and checkpoints)."""
     loss = cfg["loss"]
@@ -103,9 +117,13 @@ def train(cfg: dict, resume: bool = False, overwrite: bool = False) -> None:
         if run["channels_last"] and device.type == "cuda":
             prior = prior.to(memory_format=torch.channels_last)
         prior.train()
+        joint = bool(flow_spec.get("train"))
         objective = PriorObjective(flow, prior, percep, loss["latent_weight"], loss["pixel_weight"], run["amp"],
-                                   loss["gradient_weight"], loss["scale_weight"], loss["scale_only"])
-        model, export = prior, save_prior
+                                   loss["gradient_weight"], loss["scale_weight"], loss["scale_only"],
+                                   loss["nll_weight"] if joint else None)
+        model, export = (JointModules(prior, flow), save_joint) if joint else (prior, save_prior)
+        if joint:
+            label += f"; flow trained too, NLL x{loss['nll_weight']:g} on alternate steps"
         resolver = lambda: SuperResolver(flow, prior)  # noqa: E731
     trainer = Trainer(cfg, model, objective, export, resolver, label=label, rank=rank, world=world,
                       device=device, resume=resume)
