@@ -68,8 +68,9 @@ def test_joint_fine_tune_trains_the_flow_on_alternate_steps_and_saves_both(tmp_p
     trained = load_file(out / "flow.safetensors")
     assert trained.keys() == before.keys() and any(not torch.equal(before[k], trained[k]) for k in before)
     rows = read_csv(out / "log.csv")  # even steps: the flow's NLL alone; odd steps: the module's losses
-    assert [bool(r["nll"]) for r in rows] == [s % 2 == 1 for s in range(1, 9)]
-    assert [bool(r["l1"]) for r in rows] == [s % 2 == 0 for s in range(1, 9)]
+    assert [bool(r["nll"]) for r in rows] == [True] * 8  # each row: the latest value of each
+    assert [bool(r["l1"]) for r in rows] == [s >= 2 for s in range(1, 9)]
+    assert [r["nll"] == rows[i - 1]["nll"] for i, r in enumerate(rows) if i] == [i % 2 == 1 for i in range(1, 8)]
     ck = torch.load(out / "checkpoint.pt", weights_only=True)
     assert "flow trained too, NLL x0.0005" in ck["perceptual"]
     assert any(k.startswith("flow.") for k in ck["model"]) and any(k.startswith("prior.") for k in ck["model"])
@@ -124,8 +125,11 @@ def test_linf_finetune_alternates_nll_and_pixel_steps(tmp_path, images, flow_fil
                         run={"out": str(tmp_path / "run"), "log_every": 1})
     assert main(["train-flow", path]) == 0
     rows = read_csv(tmp_path / "run" / "log.csv")
-    # batches 0, 2, 4 take the NLL step, 1, 3, 5 the L1 (+ perceptual) step; rows are logged after each
-    assert [bool(r["nll"]) for r in rows] == [True, False] * 3 and [bool(r["l1"]) for r in rows] == [False, True] * 3
+    # batches 0, 2, 4 take the NLL step, 1, 3, 5 the L1 (+ perceptual) step; rows are logged after
+    # each and hold the latest value of each quantity, so each one changes on its own steps only
+    assert [bool(r["nll"]) for r in rows] == [True] * 6 and [bool(r["l1"]) for r in rows] == [False] + [True] * 5
+    assert [rows[i]["nll"] == rows[i - 1]["nll"] for i in range(1, 6)] == [True, False, True, False, True]
+    assert [rows[i]["l1"] == rows[i - 1]["l1"] for i in range(2, 6)] == [True, False, True, False]
 
 
 def _weights(path):

@@ -322,6 +322,7 @@ class Trainer:
                    disable=self.rank != 0 or not progress_bars(), file=sys.stderr, dynamic_ncols=True)
         self.objective.train()
         t_last, s_last = time.perf_counter(), self.step
+        recent: dict = {}  # the latest value of each logged quantity (alternating steps log different ones)
         while self.step < self.total:
             epoch, first = divmod(self.step, self.per_epoch)
             self.batches.set_epoch(epoch)
@@ -332,6 +333,7 @@ class Trainer:
                 batch = _to(batch, self.device)
                 batch["step"] = self.step
                 loss, logs = self.objective(batch)
+                recent.update(logs)
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.scaler is not None:
                     self.scaler.scale(loss).backward()
@@ -355,7 +357,7 @@ class Trainer:
                 self.elapsed += time.perf_counter() - t0
                 bar.update(1)
                 if self.step % run["log_every"] == 0 or self.step == self.total:
-                    vals = self._gather({"loss": loss.detach(), **logs})
+                    vals = self._gather({"loss": loss.detach(), **recent})
                     now = time.perf_counter()
                     vals.update(lr=self.scheduler.get_last_lr()[0], it_s=(self.step - s_last) / (now - t_last),
                                 skipped=self.skipped)
