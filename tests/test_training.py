@@ -84,6 +84,38 @@ def test_joint_fine_tune_trains_the_flow_on_alternate_steps_and_saves_both(tmp_p
         load_config(bad)
 
 
+def test_interpolation_stage_moves_every_weight_part_of_the_way(tmp_path, images, flow_file):
+    from helpers import tiny_linf
+    from flowsr_lp.checkpoints import save_flow
+    other = str(save_flow(tiny_linf(3, seed=5), tmp_path / "other.safetensors"))
+    a, b = load_file(flow_file), load_file(other)
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+    def recipe(name, weight, toward=other):
+        return write_recipe(tmp_path / f"{name}.yaml", task="flow", stage="interpolate",
+                            flow={"checkpoint": flow_file, "toward": toward, "weight": weight},
+                            data={"train": {"folders": []}, "val": {"folders": [images], "scale": 2, "max_images": 1}},
+                            run={"out": str(tmp_path / name)})
+
+    assert main(["train-flow", recipe("w", 0.25)]) == 0
+    out = load_file(tmp_path / "w" / "model.safetensors")
+    for k, v in a.items():
+        want = (v.double() + 0.25 * (b[k].double() - v.double())).to(v.dtype) if v.is_floating_point() else v
+        assert torch.allclose(out[k], want, rtol=0, atol=1e-7), k
+    summary = __import__("json").loads((tmp_path / "w" / "summary.json").read_text())
+    assert summary["steps"] == 0 and summary["perceptual"].startswith("weight interpolation: 0.75 x")
+    assert float(read_csv(tmp_path / "w" / "val.csv")[0]["val_psnr"]) > 0
+    assert main(["train-flow", recipe("w0", 0)]) == 0  # the ends are the two flows themselves
+    assert all(torch.equal(v, a[k]) for k, v in load_file(tmp_path / "w0" / "model.safetensors").items())
+    assert main(["train-flow", recipe("w1", 1)]) == 0
+    assert all(torch.equal(v, b[k]) for k, v in load_file(tmp_path / "w1" / "model.safetensors").items())
+    with pytest.raises(ConfigError, match="flow.toward"):
+        load_config(write_recipe(tmp_path / "bad.yaml", task="flow", stage="interpolate", flow={"checkpoint": flow_file}))
+    wider = str(save_flow(tiny_linf(5), tmp_path / "wider.safetensors"))
+    assert main(["train-flow", recipe("mismatch", 0.5, wider)]) != 0
+    assert not (tmp_path / "mismatch" / "model.safetensors").exists()
+
+
 def test_quiet_training_draws_no_progress_bar(tmp_path, images, flow_file, capfd):
     recipe = prior_recipe(tmp_path, images, flow_file, iterations=4)
     assert main(["train-prior", recipe, "-q"]) == 0

@@ -10,7 +10,7 @@ import yaml
 DEFAULTS: dict = {
     "name": "",  # a label for logs and exported models
     "task": None,  # "flow" | "prior"
-    "stage": "nll",  # flows: "nll" (LINF stage 1, SRFlow) | "finetune" (LINF stage 2)
+    "stage": "nll",  # flows: "nll" (LINF stage 1, SRFlow) | "finetune" (LINF stage 2) | "interpolate" (no steps)
     "flow": {},  # {checkpoint: PATH} or {family: linf|linf-patch|srflow, config: {...}}; train: true in a
     #              prior recipe fine-tunes the flow with the module (NLL x loss.nll_weight on alternate steps)
     "prior": {},  # {family: linf-lp|srflow-lp, config: {...}}, or checkpoint: PATH to start from (config: its changes)
@@ -106,6 +106,13 @@ def validate(cfg: dict) -> None:
     cfg["optim"]["betas"] = [_scalar(b) for b in cfg["optim"]["betas"]]
     if cfg["task"] not in ("flow", "prior"):
         raise ConfigError("task must be 'flow' or 'prior'")
+    if cfg["stage"] == "interpolate":  # a flow stage without steps (train/interpolation.py)
+        f = cfg["flow"]
+        if cfg["task"] != "flow" or not (f.get("checkpoint") and f.get("toward")) or \
+                not isinstance(_scalar(f.get("weight")), (int, float)):
+            raise ConfigError("stage: interpolate is a flow recipe's: set flow.checkpoint, flow.toward and "
+                              "flow.weight (a number; 0 gives the checkpoint, 1 the other flow)")
+        return
     if not cfg["data"]["train"]["folders"]:
         raise ConfigError("data.train.folders is empty: name the folders of HR training images")
     o = cfg["optim"]
@@ -128,6 +135,6 @@ def validate(cfg: dict) -> None:
     elif not cfg["flow"].get("checkpoint") and not cfg["flow"].get("family"):
         raise ConfigError("set flow.family and flow.config for a new flow, or flow.checkpoint to continue one")
     if cfg["stage"] not in ("nll", "finetune"):
-        raise ConfigError("stage must be 'nll' or 'finetune'")
+        raise ConfigError("stage must be 'nll', 'finetune' or 'interpolate'")
     if cfg["run"]["amp"] not in ("none", "bf16", "fp16"):
         raise ConfigError("run.amp must be none, bf16 or fp16")

@@ -1,0 +1,57 @@
+"""A flow stage without steps: weight-space interpolation between a flow and its fine-tune
+(WiSE-FT, Wortsman et al., CVPR 2022), theta = theta_a + weight * (theta_b - theta_a). Between
+an NLL-trained flow (a density) and its L1 fine-tune (a good conditional mean at tau 0) it
+sets how much of the fine-tune's tau-0 fidelity the flow keeps, and so how much is left for a
+latent module to add. Recipe: `stage: interpolate`, `flow: {checkpoint: A, toward: B, weight: w}`."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from ..checkpoints import CheckpointError, load_flow, save_flow
+from ..errors import TrainingError
+from ..pipeline import SuperResolver
+from .validate import Validator
+
+
+def interpolated(a: torch.nn.Module, b: torch.nn.Module, weight: float) -> torch.nn.Module:
+    """`a` with every floating-point weight and buffer moved `weight` of the way to `b`'s
+    (computed in float64); integer buffers are `a`'s. The two must share config and keys."""
+    if type(a) is not type(b) or a.config != b.config:
+        raise ValueError(f"interpolation needs two flows of one architecture: {a.config} and {b.config}")
+    sa, sb = a.state_dict(), b.state_dict()
+    if sa.keys() != sb.keys() or any(sa[k].shape != sb[k].shape for k in sa):
+        raise ValueError("interpolation needs two flows with the same weights' names and shapes")
+    a.load_state_dict({k: torch.lerp(v.double(), sb[k].double(), weight).to(v.dtype) if v.is_floating_point() else v
+                       for k, v in sa.items()})
+    return a
+
+
+def run_interpolation(cfg: dict, device: torch.device) -> Path:
+    """The stage's run folder as a training run's: config.yaml, val.csv (one validation),
+    model.safetensors with its record, summary.json (0 steps)."""
+    spec, out = cfg["flow"], Path(cfg["run"]["out"])
+    t0 = time.perf_counter()
+    try:
+        flow = interpolated(load_flow(spec["checkpoint"], device=device), load_flow(spec["toward"], device=device),
+                            float(spec["weight"]))
+    except (CheckpointError, ValueError, TypeError) as e:
+        raise TrainingError(f"flow: {e}") from None
+    label = (f"weight interpolation: {1 - float(spec['weight']):g} x {spec['checkpoint']} + "
+             f"{float(spec['weight']):g} x {spec['toward']}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump({**cfg, "perceptual_used": label}, sort_keys=False))
+    if cfg["data"]["val"]["folders"]:
+        vals = Validator(cfg, device)(SuperResolver(flow.eval()))
+        (out / "val.csv").write_text("step,epoch,val_psnr,val_lr_psnr,val_bpd\n0,0.000," +
+                                     ",".join(f"{vals[k]:.6g}" for k in ("val_psnr", "val_lr_psnr", "val_bpd")) + "\n")
+    seconds = time.perf_counter() - t0
+    path = save_flow(flow, out / "model.safetensors", training={"perceptual": label, "steps": 0, "seconds": round(seconds, 1),
+                                                               "skipped_steps": 0, "recipe": cfg.get("name", "")})
+    (out / "summary.json").write_text(json.dumps({"steps": 0, "seconds": seconds, "perceptual": label, "model": str(path),
+                                                  "skipped_steps": 0}, indent=1))
+    return path
