@@ -269,13 +269,13 @@ def test_batches_are_reproducible_and_ranks_split_the_global_batch(images, crops
                          ids=lambda p: p.name)
 def test_shipped_recipes_are_valid(recipe):
     cfg = load_config(recipe)
-    # a later-stage recipe (NAME-ft.yaml, NAME-ft2.yaml) continues the model its first stage names;
+    # a stage recipe (NAME-ft.yaml, NAME-ft2.yaml, NAME-wise.yaml...) trains the model NAME;
     # an experiment (configs/cpu/experiments/NAME-WHAT.yaml) names the model it varies
     assert cfg["task"] in ("flow", "prior")
     if recipe.parent.name == "experiments":
         assert recipe.stem.startswith(cfg["name"] + "-")
     else:
-        assert cfg["name"] == re.sub(r"-(ft\d*|scale|nll)$", "", recipe.stem)
+        assert cfg["name"] == re.sub(r"-(ft\d*|scale|nll|wide|wise)$", "", recipe.stem)
 
 
 def test_unreachable_download_names_the_way_out(monkeypatch):

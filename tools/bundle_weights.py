@@ -20,13 +20,13 @@ import yaml
 from flowsr_lp.checkpoints import load_flow, load_prior, read_checkpoint, save_flow, save_prior
 from flowsr_lp.hub.registry import BUNDLED, WEIGHTS
 
-#: the recipes (configs/cpu/NAME.yaml) of each bundled model, in training order
-#: (srflow-small-lp version 2 continues version 1, from the same recipe's earlier version;
-#: the -scale stages grow and train the latent modules' scale heads, models v3)
+#: the recipes (configs/cpu/NAME.yaml) of each bundled model, in training order (the -scale
+#: stages grow and train LINF's latent module's scale head, models v3; SRFlow v4: its flow
+#: interpolated between the NLL stage and the L1 fine-tune, and a wider module with its head)
 STAGES = {"linf-small": ["linf-small", "linf-small-ft"],
           "linf-small-lp": ["linf-small-lp", "linf-small-lp-ft", "linf-small-lp-scale"],
-          "srflow-small": ["srflow-small", "srflow-small-ft", "srflow-small-ft2"],
-          "srflow-small-lp": ["srflow-small-lp-v1", "srflow-small-lp", "srflow-small-lp-scale"],
+          "srflow-small": ["srflow-small", "srflow-small-ft", "srflow-small-ft2", "srflow-small-wise"],
+          "srflow-small-lp": ["srflow-small-lp-wide", "srflow-small-lp-wise"],
           "hcflow-small": ["hcflow-small"], "hcflow-small-lp": ["hcflow-small-lp"]}
 HARDWARE = "2-core x86_64 CPU (AVX512-BF16/AMX), float32, shared with other work while training"
 
@@ -56,7 +56,10 @@ def stage_records(runs: Path, name: str, commands: dict) -> list[dict]:
         if (run / "summary.json").is_file():
             records.append(run_record(run, recipe, commands.get(recipe, "")))
             cfg = yaml.safe_load((run / "config.yaml").read_text())
-            start = cfg["flow" if cfg["task"] == "flow" else "prior"].get("checkpoint")
+            spec = cfg["flow" if cfg["task"] == "flow" else "prior"]
+            # an interpolation continues the lineage of the flow it moves toward (whose record
+            # holds the other end's stage too)
+            start = spec.get("toward") or spec.get("checkpoint")
         elif start:  # an earlier session's stage(s), recorded in the checkpoint this one started from
             old = read_checkpoint(start)[1].get("training", {})
             if "stages" in old:  # every stage before this one: done
@@ -129,11 +132,16 @@ def main() -> None:
              "images) from `../shared/data`. The flows were trained in two stages: NLL (`linf-small.yaml`, "
              "`srflow-small.yaml`), then steps alternating between the NLL (x 5e-4) and pixel L1 of the "
              "temperature-0 output (`*-ft.yaml`, LINF's second stage without VGG), which lifts tau = 0 above "
-             "bicubic; SRFlow's continued at a lower learning rate (`srflow-small-ft2.yaml`). `linf-small-lp` uses "
+             "bicubic; SRFlow's continued at a lower learning rate (`srflow-small-ft2.yaml`). That made SRFlow's "
+             "tau 0 so good a conditional mean that its learned prior had nothing left to add, so SRFlow v4 adds a "
+             "stage without steps (`srflow-small-wise.yaml`): its weights moved 0.3 of the way from the NLL stage "
+             "toward the fine-tune (weight-space interpolation), a flow with the NLL stage's likelihood and part "
+             "of the fine-tune's fidelity. `srflow-small-lp` v4 is a wider module with the LR branch and a scale "
+             "head (`srflow-small-lp-wide.yaml`, trained through the NLL-stage flow), continued through that flow "
+             "(`srflow-small-lp-wise.yaml`). `linf-small-lp` uses "
              "our every-scale initial prior (`initial_prior: antialiased`, see the README) and a second stage with "
-             "scales up to x6 and latent weight 0.02 (`linf-small-lp-ft.yaml`); `srflow-small-lp` continues the "
-             "earlier session's module (same recipe file, version 1) for the fine-tuned flow. Models v3 add a last "
-             "stage to each latent module (`*-lp-scale.yaml`): a scale head grown on the trained module and trained "
+             "scales up to x6 and latent weight 0.02 (`linf-small-lp-ft.yaml`); models v3 add a last stage to it "
+             "(`linf-small-lp-scale.yaml`): a scale head grown on the trained module and trained "
              "alone (`loss.scale_only`) by the Gaussian NLL of the HR's true latent; mu is frozen, so the outputs at "
              "variation 0 are bit-identical to v2. No VGG19 ImageNet weights were available, so the latent modules "
              "were trained with `--perceptual none` (pixel L1 + 0.1 latent L1) instead of the paper's VGG loss; to "
@@ -144,7 +152,7 @@ def main() -> None:
              "with SRFlow's); `hcflow-small-lp` (the multi-part UNet of SRFlow-LP, one branch per split-off part) was "
              "trained through it with its scale head in the same run (`hcflow-small-lp.yaml`).", "",
              "Validation: the earlier stages on Set5 (PSNR on RGB with shave = scale, tau 0 for flows; x4, x3 for "
-             "`linf-small-lp`); the `-scale` stages by the `evaluate` protocol on 6 Set14 images x4 (PSNR on Y, "
+             "`linf-small-lp`); the `-scale` stages and SRFlow v4's stages by the `evaluate` protocol on 6 Set14 images x4 (PSNR on Y, "
              "8-bit MATLAB-bicubic LR) with the held-out bits/dim under N(mu, sigma^2). Bits/dim of every stage "
              "on B100 x4: see the table after this one.", "",
              "| model | parameters | stage: command | steps | wall time | final training loss | last validation | "
@@ -173,7 +181,8 @@ def main() -> None:
             print(f"{name}: {dst} ({dst.stat().st_size / 1e6:.2f} MB)")
         lines += table_rows(name, model, stages, kind)
     lines += ["", "B100 x4 bits/dim: " + held_out["command"] + ". Flows under N(0, I); the NLL-only first stages "
-              "are the baselines issue 19 compares with (the L1 fine-tunes cost LINF 0.022 and SRFlow 0.054 bits/dim). "
+              "are the baselines issue 19 compares with (the L1 fine-tunes cost LINF 0.022 and SRFlow 0.054 bits/dim; "
+              "SRFlow v4's interpolated flow is 0.002 above its NLL stage). "
               "Stages marked 'not kept' left no file to measure (a later stage overwrote it)."]
     (WEIGHTS / "TRAINING.md").write_text("\n".join(lines) + "\n")
 

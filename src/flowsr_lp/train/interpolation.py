@@ -1,5 +1,5 @@
 """A flow stage without steps: weight-space interpolation between a flow and its fine-tune
-(WiSE-FT, Wortsman et al., CVPR 2022), theta = theta_a + weight * (theta_b - theta_a). Between
+(WiSE-FT, Wortsman et al., CVPR 2022), theta = (1 - weight) * theta_a + weight * theta_b. Between
 an NLL-trained flow (a density) and its L1 fine-tune (a good conditional mean at tau 0) it
 sets how much of the fine-tune's tau-0 fidelity the flow keeps, and so how much is left for a
 latent module to add. Recipe: `stage: interpolate`, `flow: {checkpoint: A, toward: B, weight: w}`."""
@@ -26,8 +26,8 @@ def interpolated(a: torch.nn.Module, b: torch.nn.Module, weight: float) -> torch
     sa, sb = a.state_dict(), b.state_dict()
     if sa.keys() != sb.keys() or any(sa[k].shape != sb[k].shape for k in sa):
         raise ValueError("interpolation needs two flows with the same weights' names and shapes")
-    a.load_state_dict({k: torch.lerp(v.double(), sb[k].double(), weight).to(v.dtype) if v.is_floating_point() else v
-                       for k, v in sa.items()})
+    a.load_state_dict({k: ((1 - weight) * v.double() + weight * sb[k].double()).to(v.dtype) if v.is_floating_point()
+                       else v for k, v in sa.items()})
     return a
 
 
