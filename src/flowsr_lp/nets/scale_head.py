@@ -5,7 +5,6 @@ reads the generator's last features detached: its training (the Gaussian NLL of 
 true latent) never changes mu."""
 from __future__ import annotations
 
-import dataclasses
 
 import torch
 import torch.nn.functional as F
@@ -67,7 +66,8 @@ def with_config(prior: nn.Module, **changes) -> nn.Module:
     new head, sigma = 1 to start; `lr_input` changes what its LR branch reads): every weight
     and buffer carried over exactly, so with only a new head mu is unchanged. Changes that
     would drop or reshape a trained weight are refused."""
-    grown = type(prior)(dataclasses.replace(prior.config, **changes))
+    config = prior.config
+    grown = type(prior)(type(config).from_dict({**config.to_dict(), **changes}))  # lists become tuples
     grown.to(next(prior.parameters()).device)
     own = prior.state_dict()
     shapes = {k: tuple(v.shape) for k, v in grown.state_dict().items()}

@@ -5,16 +5,15 @@ sets how much of the fine-tune's tau-0 fidelity the flow keeps, and so how much 
 latent module to add. Recipe: `stage: interpolate`, `flow: {checkpoint: A, toward: B, weight: w}`."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from ..checkpoints import CheckpointError, load_flow, save_flow
 from ..errors import TrainingError
 from ..pipeline import SuperResolver
+from .trainer import _write_csv, export_run, write_run_config
 from .validate import Validator
 
 
@@ -41,17 +40,11 @@ def run_interpolation(cfg: dict, device: torch.device) -> Path:
                             float(spec["weight"]))
     except (CheckpointError, ValueError, TypeError) as e:
         raise TrainingError(f"flow: {e}") from None
-    label = (f"weight interpolation: {1 - float(spec['weight']):g} x {spec['checkpoint']} + "
-             f"{float(spec['weight']):g} x {spec['toward']}")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump({**cfg, "perceptual_used": label}, sort_keys=False))
+    w = float(spec["weight"])
+    label = f"weight interpolation: {1 - w:g} x {spec['checkpoint']} + {w:g} x {spec['toward']}"
+    write_run_config(out, cfg, label)
     if cfg["data"]["val"]["folders"]:
         vals = Validator(cfg, device)(SuperResolver(flow.eval()))
-        (out / "val.csv").write_text("step,epoch,val_psnr,val_lr_psnr,val_bpd\n0,0.000," +
-                                     ",".join(f"{vals[k]:.6g}" for k in ("val_psnr", "val_lr_psnr", "val_bpd")) + "\n")
-    seconds = time.perf_counter() - t0
-    path = save_flow(flow, out / "model.safetensors", training={"perceptual": label, "steps": 0, "seconds": round(seconds, 1),
-                                                               "skipped_steps": 0, "recipe": cfg.get("name", "")})
-    (out / "summary.json").write_text(json.dumps({"steps": 0, "seconds": seconds, "perceptual": label, "model": str(path),
-                                                  "skipped_steps": 0}, indent=1))
-    return path
+        _write_csv(out / "val.csv", ["step", "epoch", *vals], [{"step": 0, "epoch": "0.000",
+                                                                 **{k: f"{v:.6g}" for k, v in vals.items()}}])
+    return export_run(out, save_flow, flow, cfg, label, 0, time.perf_counter() - t0, 0)

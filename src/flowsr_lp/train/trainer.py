@@ -133,6 +133,23 @@ def _write_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
         w.writerows(rows)
 
 
+def write_run_config(out: Path, cfg: dict, label: str) -> None:
+    """A run folder's config.yaml: the recipe as run, with the loss it used."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump({**cfg, "perceptual_used": label}, sort_keys=False))
+
+
+def export_run(out: Path, export, model, cfg: dict, label: str, steps: int, seconds: float, skipped: int) -> Path:
+    """The end of a run: `export(model, out/model.safetensors, training=record)` and summary.json."""
+    path = export(model, out / "model.safetensors",
+                  training={"perceptual": label, "steps": steps, "seconds": round(seconds, 1),
+                            "skipped_steps": skipped, "recipe": cfg.get("name", "")})
+    (out / "summary.json").write_text(json.dumps(
+        {"steps": steps, "seconds": seconds, "perceptual": label, "model": str(path), "skipped_steps": skipped},
+        indent=1))
+    return path
+
+
 def _to(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
@@ -263,8 +280,7 @@ class Trainer:
 
     # ---- logs -------------------------------------------------------------------------
     def _open_logs(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.yaml").write_text(yaml.safe_dump({**self.cfg, "perceptual_used": self.label}, sort_keys=False))
+        write_run_config(self.out, self.cfg, self.label)
         self._fields: dict[str, list[str]] = {}
         for name in LOGS:  # resuming: forget rows logged after the checkpoint
             path = self.out / name
@@ -378,13 +394,8 @@ class Trainer:
         if self.writer is not None:
             self.writer.close()
         if self.rank == 0:
-            path = self.export(self.model, self.out / "model.safetensors",
-                               training={"perceptual": self.label, "steps": self.step, "seconds": round(self.elapsed, 1),
-                                         "skipped_steps": self.skipped, "recipe": self.cfg.get("name", "")})
-            (self.out / "summary.json").write_text(json.dumps(
-                {"steps": self.step, "seconds": self.elapsed, "perceptual": self.label, "model": str(path),
-                 "skipped_steps": self.skipped}, indent=1))
-            return path
+            return export_run(self.out, self.export, self.model, self.cfg, self.label, self.step, self.elapsed,
+                              self.skipped)
         return None
 
     def _grads_finite(self) -> bool:
