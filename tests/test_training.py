@@ -300,3 +300,15 @@ def test_gradient_loss_term_is_logged_and_labelled(tmp_path, images, flow_file):
     assert all(float(r["grad"]) > 0 for r in rows)
     label = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["perceptual"]
     assert label == "none (pixel L1 x1 + latent L1 x0.1 + gradient L1 x1)"
+
+
+def test_pixel_l2_loss_is_logged_labelled_and_checked(tmp_path, images, flow_file):
+    recipe = prior_recipe(tmp_path, images, flow_file, iterations=4,
+                          loss={"perceptual": "none", "pixel_loss": "l2", "pixel_weight": 10.0})
+    assert main(["train-prior", recipe]) == 0
+    rows = read_csv(tmp_path / "run" / "log.csv")
+    assert all(float(r["l2"]) > 0 for r in rows) and not any(r.get("l1") for r in rows)
+    label = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["perceptual"]
+    assert label == "none (pixel L2 x10 + latent L1 x0)"
+    with pytest.raises(ConfigError, match="pixel_loss must be one of l1, l2"):
+        load_config(recipe, ["loss.pixel_loss=mse"], "prior")

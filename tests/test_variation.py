@@ -149,6 +149,23 @@ def test_config_changes_keep_every_weight_or_are_refused():
         with_config(prior, inputs="prior")  # would lose the trained LR branch
 
 
+def test_grown_refine_unet_starts_at_the_module_output_and_then_learns():
+    _, prior = linf_pair(head=True)
+    grown = with_config(prior, refine=True).eval()
+    assert any(k.startswith("refine_") for k in grown.state_dict()) and not prior.config.refine
+    z0, lr = torch.randn(1, 27, 8, 8, generator=torch.Generator().manual_seed(1)), lr_image(6, 6)
+    before = prior.distribution((z0,), lr)
+    after = grown.distribution((z0,), lr)
+    assert torch.equal(after[0][0], before[0][0]) and torch.equal(after[1][0], before[1][0])
+    # the zero output conv still passes gradients to itself, so the new UNet learns from step one
+    grown.train()
+    with torch.enable_grad():
+        grown.distribution((z0,), lr)[0][0].square().mean().backward()
+    assert grown.refine_outc.conv.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="unet"):
+        LINFLatentModule(LINFPriorConfig(generator="edsr-baseline-latent", dim=8, n_resblocks=1, refine=True))
+
+
 def test_upsampled_lr_input_gives_the_lr_branch_one_patch_per_latent_position():
     _, prior = linf_pair(head=False)
     up = with_config(prior, lr_input="upsampled").eval()

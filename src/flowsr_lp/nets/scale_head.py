@@ -61,11 +61,16 @@ def split_prediction(outputs, channels) -> tuple[tuple[torch.Tensor, ...], tuple
             tuple(part(o, slice(c, None)) for o, c in zip(outputs, channels)))
 
 
+#: parts a trained module can grow without changing its output at first (their names' prefixes)
+GROWN = ("scale_head", "refine")
+
+
 def with_config(prior: nn.Module, **changes) -> nn.Module:
     """A copy of a trained latent module with its config changed (`scale_head=True` grows a
-    new head, sigma = 1 to start; `lr_input` changes what its LR branch reads): every weight
-    and buffer carried over exactly, so with only a new head mu is unchanged. Changes that
-    would drop or reshape a trained weight are refused."""
+    new head, sigma = 1 to start; LINF-LP's `refine=True` grows a second UNet whose
+    contribution to mu starts at zero; `lr_input` changes what its LR branch reads): every
+    weight and buffer carried over exactly, so with only grown parts the output is unchanged.
+    Changes that would drop or reshape a trained weight are refused."""
     config = prior.config
     grown = type(prior)(type(config).from_dict({**config.to_dict(), **changes}))  # lists become tuples
     grown.to(next(prior.parameters()).device)
@@ -74,9 +79,9 @@ def with_config(prior: nn.Module, **changes) -> nn.Module:
     reshaped = [k for k, v in own.items() if k in shapes and shapes[k] != tuple(v.shape)]
     missing = [k for k in shapes if k not in own]
     unexpected = [k for k in own if k not in shapes]
-    if reshaped or unexpected or not all(k.startswith("scale_head") for k in missing):
+    if reshaped or unexpected or not all(k.startswith(GROWN) for k in missing):
         raise ValueError(f"cannot change {sorted(changes)} of this module: it would reshape {reshaped}, "
-                         f"drop {unexpected} and add {[k for k in missing if not k.startswith('scale_head')]}")
+                         f"drop {unexpected} and add {[k for k in missing if not k.startswith(GROWN)]}")
     grown.load_state_dict(own, strict=False)
     return grown.train(prior.training)
 

@@ -47,6 +47,11 @@ class LINFPriorConfig(ModelConfig):
     #: ours, off in every released module: also predict a scale sigma per latent element
     #: (nets/scale_head.py); UNet generator only
     scale_head: bool = False
+    #: ours, off in every released module: a second UNet of the same width and depth on the
+    #: first one's features, whose 1x1 output adds to mu; that conv starts at zero, so a
+    #: trained module grows it (train/run.py, `prior: {checkpoint, config: {refine: true}}`)
+    #: with its output unchanged. UNet generator only
+    refine: bool = False
 
     @property
     def width(self) -> int:
@@ -65,8 +70,8 @@ class LINFLatentModule(nn.Module):
                 or cfg.lr_input not in LR_INPUTS:
             raise ValueError(f"generator must be one of {GENERATORS}, inputs one of {INPUTS}, "
                              f"initial_prior one of {INITIAL_PRIORS} and lr_input one of {LR_INPUTS}")
-        if cfg.scale_head and cfg.generator != "unet":
-            raise ValueError(f"scale_head needs the unet generator, not {cfg.generator!r}")
+        if (cfg.scale_head or cfg.refine) and cfg.generator != "unet":
+            raise ValueError(f"scale_head and refine need the unet generator, not {cfg.generator!r}")
         w, c = cfg.width, cfg.in_chans
         branch = w // 2 if cfg.inputs == "both" else w
         if cfg.inputs in ("both", "prior"):
@@ -79,6 +84,11 @@ class LINFLatentModule(nn.Module):
             self.outc = OutConv(w, c)
             if cfg.scale_head:
                 self.scale_head = ScaleHead(w, c)
+            if cfg.refine:
+                self.refine_inc, self.refine_down_layers, self.refine_up_layers = unet_layers(w, cfg.depth)
+                self.refine_outc = OutConv(w, c)
+                nn.init.zeros_(self.refine_outc.conv.weight)
+                nn.init.zeros_(self.refine_outc.conv.bias)
         elif cfg.generator == "edsr-baseline-latent":
             self.body = nn.Sequential(*[ResBlock(w, cfg.res_scale, nn.LeakyReLU(0.2)) for _ in range(cfg.n_resblocks)])
             self.last_conv = nn.Conv2d(w, c, 1)
@@ -121,6 +131,9 @@ class LINFLatentModule(nn.Module):
         if g == "unet":
             f = unet_forward(x, self.inc, self.down_layers, self.up_layers)
             mu = self.outc(f)
+            if self.config.refine:
+                mu = mu + self.refine_outc(unet_forward(f, self.refine_inc, self.refine_down_layers,
+                                                        self.refine_up_layers))
             return torch.cat([mu, self.scale_head(f, head_lr)], 1) if self.config.scale_head else mu
         if g == "edsr-baseline-latent":
             return self.last_conv(self.body(x))

@@ -22,6 +22,7 @@ DEFAULTS: dict = {
     "optim": {"lr": 1e-4, "betas": [0.9, 0.999], "batch_size": 16, "epochs": None, "iterations": None,
               "milestones": [], "milestone_unit": "epoch", "gamma": 0.5, "grad_clip": None},
     "loss": {"perceptual": "vgg", "vgg_weights": None, "latent_weight": 0.0, "pixel_weight": 0.0,
+             "pixel_loss": "l1",  # the pixel term of prior recipes: l1, or l2 (mean squared error, PSNR's own)
              "gradient_weight": 0.0, "nll_weight": 5e-4, "scale_weight": 1.0,
              "scale_only": False},  # scale_only: train a latent module's scale head alone (mu frozen)
     "run": {"out": "runs/default", "seed": 0, "workers": 0, "device": "auto", "amp": "none",
@@ -33,6 +34,7 @@ DEFAULTS: dict = {
 from ..errors import ConfigError, first_line  # noqa: F401  (ConfigError re-exported)
 
 
+PIXEL_LOSSES = ("l1", "l2")
 FREE_FORM = ("flow", "prior", "data.crop")  # sections whose keys depend on the model / recipe kind
 
 
@@ -122,6 +124,8 @@ def validate(cfg: dict) -> None:
         raise ConfigError("optim.milestone_unit must be epoch, iteration or fraction")
     if cfg["loss"]["perceptual"] not in ("vgg", "none"):
         raise ConfigError("loss.perceptual must be 'vgg' or 'none'")
+    if cfg["loss"]["pixel_loss"] not in PIXEL_LOSSES:
+        raise ConfigError(f"loss.pixel_loss must be one of {', '.join(PIXEL_LOSSES)}")
     if cfg["loss"]["scale_only"] and cfg["task"] != "prior":
         raise ConfigError("loss.scale_only trains a latent module's scale head: a prior recipe's option")
     if cfg["flow"].get("train") and (cfg["task"] != "prior" or cfg["loss"]["scale_only"]):

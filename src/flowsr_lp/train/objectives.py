@@ -69,7 +69,7 @@ class LINFFinetune(nn.Module):
 
 
 class PriorObjective(nn.Module):
-    """FlowSR-LP: L = L_percep + lambda * L_latent (+ pixel / gradient L1 when asked), with the flow
+    """FlowSR-LP: L = L_percep + lambda * L_latent (+ pixel L1 or L2 / gradient L1 when asked), with the flow
     frozen; gradients reach the latent module through the flow's inverse only. A module with a
     scale head (nets/scale_head.py) also gets `scale_weight` x the Gaussian NLL of the HR's true
     latent under N(mu, sigma^2); that term trains sigma only (mu is taken as given, and the head
@@ -85,7 +85,8 @@ class PriorObjective(nn.Module):
 
     def __init__(self, flow, prior: nn.Module, perceptual: nn.Module | None, latent_weight: float = 0.0,
                  pixel_weight: float = 0.0, autocast: str = "none", gradient_weight: float = 0.0,
-                 scale_weight: float = 1.0, scale_only: bool = False, flow_nll_weight: float | None = None):
+                 scale_weight: float = 1.0, scale_only: bool = False, flow_nll_weight: float | None = None,
+                 pixel_loss: str = "l1"):
         super().__init__()
         self.prior = prior
         self.flow_nll_weight = flow_nll_weight
@@ -94,6 +95,9 @@ class PriorObjective(nn.Module):
         self.flow = flow.eval().requires_grad_(self.alternates)
         self.perceptual = perceptual
         self.latent_weight, self.pixel_weight, self.gradient_weight = latent_weight, pixel_weight, gradient_weight
+        if pixel_loss not in ("l1", "l2"):
+            raise ValueError(f"pixel_loss must be l1 or l2, not {pixel_loss!r}")
+        self.pixel_loss = pixel_loss
         self.scale_weight = scale_weight if getattr(prior.config, "scale_head", False) else 0.0
         self.autocast = autocast
         self.head_only = scale_only
@@ -142,9 +146,9 @@ class PriorObjective(nn.Module):
             with self._amp(lr.device):
                 p = self.perceptual(sr, hr).float()
             loss, logs["percep"] = loss + p, p.detach()
-        if self.pixel_weight > 0:
-            l1 = (sr - hr).abs().mean()
-            loss, logs["l1"] = loss + self.pixel_weight * l1, l1.detach()
+        if self.pixel_weight > 0:  # l2: the mean squared error, whose log is PSNR
+            d = (sr - hr).abs() if self.pixel_loss == "l1" else (sr - hr).square()
+            loss, logs[self.pixel_loss] = loss + self.pixel_weight * d.mean(), d.mean().detach()
         if self.gradient_weight > 0:  # L1 between image gradients: seams the HR lacks cost extra
             g = sum((sr.diff(dim=d) - hr.diff(dim=d)).abs().mean() for d in (-1, -2))
             loss, logs["grad"] = loss + self.gradient_weight * g, g.detach()

@@ -56,7 +56,7 @@ def _perceptual(cfg: dict, needed: bool):
         if cfg["task"] == "flow":
             return None, "none (pixel L1 only)"
         grad = f" + gradient L1 x{loss['gradient_weight']:g}" if loss["gradient_weight"] else ""
-        return None, f"none (pixel L1 x{loss['pixel_weight']:g} + latent L1 x{loss['latent_weight']:g}{grad})"
+        return None, f"none (pixel {loss['pixel_loss'].upper()} x{loss['pixel_weight']:g} + latent L1 x{loss['latent_weight']:g}{grad})"
     try:
         return PerceptualLoss(load_vgg_state(loss["vgg_weights"])), "vgg19-imagenet"
     except VGGWeightsMissing as e:
@@ -126,7 +126,7 @@ def train(cfg: dict, resume: bool = False, overwrite: bool = False) -> None:
         joint = bool(flow_spec.get("train"))
         objective = PriorObjective(flow, prior, percep, loss["latent_weight"], loss["pixel_weight"], run["amp"],
                                    loss["gradient_weight"], loss["scale_weight"], loss["scale_only"],
-                                   loss["nll_weight"] if joint else None)
+                                   loss["nll_weight"] if joint else None, loss["pixel_loss"])
         model, export = (JointModules(prior, flow), save_joint) if joint else (prior, save_prior)
         if joint:
             label += f"; flow trained too, NLL x{loss['nll_weight']:g} on alternate steps"

@@ -378,7 +378,7 @@ class Trainer:
                     vals.update(lr=self.scheduler.get_last_lr()[0], it_s=(self.step - s_last) / (now - t_last),
                                 skipped=self.skipped)
                     t_last, s_last = now, self.step
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in vals.items() if k in ("loss", "nll", "percep", "l1", "grad", "latent")})
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in vals.items() if k in ("loss", "nll", "percep", "l1", "l2", "grad", "latent")})
                     if self.rank == 0:
                         self.log(vals)
                 if self.validator is not None and (self.step % run["val_every"] == 0 or self.step == self.total):
