@@ -74,7 +74,7 @@ def stage_records(runs: Path, name: str, commands: dict) -> list[dict]:
 
 def describe(rec: dict) -> tuple[str, str]:
     fin, val = rec.get("final", {}), rec.get("validation", {})
-    loss = ", ".join(f"{k} {float(fin[k]):.4g}" for k in ("nll", "l1", "latent", "scale_nll") if fin.get(k))
+    loss = ", ".join(f"{k} {float(fin[k]):.4g}" for k in ("nll", "l1", "l2", "latent", "scale_nll") if fin.get(k))
     vals = f"PSNR {float(val['val_psnr']):.2f} dB, LR-PSNR {float(val['val_lr_psnr']):.2f} dB" if val else "–"
     if val.get("val_bpd"):
         vals += f", {float(val['val_bpd']):.3f} bits/dim"
