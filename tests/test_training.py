@@ -312,3 +312,20 @@ def test_pixel_l2_loss_is_logged_labelled_and_checked(tmp_path, images, flow_fil
     assert label == "none (pixel L2 x10 + latent L1 x0)"
     with pytest.raises(ConfigError, match="pixel_loss must be one of l1, l2"):
         load_config(recipe, ["loss.pixel_loss=mse"], "prior")
+
+
+def test_a_scale_head_trained_in_the_same_run_leaves_mu_bit_for_bit_as_without_it(tmp_path, images, flow_file):
+    # issue 20, item 3: the head reads detached features and Adam is per parameter, so mu's
+    # weights follow the same path with or without a head (LINF-LP builds the head last, so
+    # mu's initial weights are the same too; SRFlow-LP builds part i's head before part i + 1,
+    # so there the same holds from a common start, such as a grown head's)
+    unet = {"family": "linf-lp", "config": {"generator": "unet", "dim": 8, "depth": 2}}
+    headed = {"family": "linf-lp", "config": {**unet["config"], "scale_head": True}}
+    for out, prior in (("plain", unet), ("headed", headed)):
+        assert main(["train-prior", prior_recipe(tmp_path, images, flow_file, out=out, iterations=6,
+                                                 prior=prior)]) == 0
+    plain = load_file(tmp_path / "plain" / "model.safetensors")
+    with_head = load_file(tmp_path / "headed" / "model.safetensors")
+    assert any(k.startswith("scale_head") for k in with_head) and not any(k.startswith("scale_head") for k in plain)
+    assert all(torch.equal(with_head[k], v) for k, v in plain.items())
+    assert float(read_csv(tmp_path / "headed" / "log.csv")[-1]["scale_nll"]) > 0
