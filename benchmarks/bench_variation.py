@@ -8,8 +8,10 @@ For each flow:
 - curves over t in {0.25, 0.5, 1.0} (around the prior) and tau in {0.1, ..., 1.0} (sampling),
   `--draws` draws per image: pixel diversity (mean per-pixel std over draws, gray levels),
   PSNR per draw (Y, shave 4, LINF protocol), grid score, %Inf;
-- at equal pixel diversity (the tau curve interpolated at each t point): the PSNR gain of
-  the samples around the prior and the ratio of their grid scores.
+- the ablation the learned scale must beat: samples around the prior with one global scale,
+  N(mu, t^2) (the module without its head), for t in {0.25, 0.5, 0.75, 1.0, 1.25};
+- at equal pixel diversity (the tau curve, and the ablation's, interpolated at each t point):
+  the PSNR gain of the samples around the prior and the ratio of their grid scores.
 
 Writes JSON and a plot (PSNR and grid against diversity).
 
@@ -37,6 +39,7 @@ from flowsr_lp.precision import hardware_line
 
 TAUS = [round(0.1 * k, 1) for k in range(1, 11)]
 VARIATIONS = [0.25, 0.5, 1.0]
+FIXED = [0.25, 0.5, 0.75, 1.0, 1.25]  # the ablation: one global scale around the prior
 SCALES = [round(0.5 + 0.1 * k, 1) for k in range(16)]
 
 
@@ -51,6 +54,31 @@ def curve_point(resolver, prepared, hr, lr, strategies) -> dict:
             "diversity": div, "inf": 100.0 * finite.count(False) / len(finite)}
 
 
+def equal_diversity(summary: dict, point: str, references: list[tuple[str, list, str]]) -> dict:
+    """The curve point `point` against each reference curve (keys PREFIX + x for x in xs),
+    interpolated at the point's pixel diversity: PSNR gain, grid ratio, the reference's x there,
+    and whether that diversity lies inside the reference's range (outside, the curve's end is
+    used). Reference points without a diversity (fewer than two finite draws) are left out."""
+    d = summary[point]["diversity"]
+    out = {"diversity": d}
+    for prefix, xs, label in references:
+        xs = [x for x in xs if np.isfinite(summary[f"{prefix}{x}"]["diversity"])]
+        if not xs:
+            continue
+        divs = np.array([summary[f"{prefix}{x}"]["diversity"] for x in xs])
+        order = np.argsort(divs)
+
+        def at(values):
+            return float(np.interp(d, divs[order], np.array(values)[order]))
+
+        ref_grid = at([summary[f"{prefix}{x}"]["grid"] for x in xs])
+        out |= {f"psnr_gain_db{label}": summary[point]["psnr"] - at([summary[f"{prefix}{x}"]["psnr"] for x in xs]),
+                f"grid_ratio{label}": summary[point]["grid"] / ref_grid if ref_grid else float("nan"),
+                f"{prefix[:-1]}_at_equal_diversity": at(xs),
+                f"in_range{label}": bool(divs.min() <= d <= divs.max())}
+    return out
+
+
 def run_flow(name, flow_id, prior_id, pairs, draws, seed) -> dict:
     flow, prior = load_flow(flow_id), load_prior(prior_id)
     plain = type(prior)(type(prior.config).from_dict({**prior.config.to_dict(), "scale_head": False}))
@@ -58,7 +86,8 @@ def run_flow(name, flow_id, prior_id, pairs, draws, seed) -> dict:
     resolver = SuperResolver(flow, prior)
     head = bool(getattr(prior.config, "scale_head", False))
     bpd = {"sigma": [], **{f"s={s}": [] for s in SCALES}, "flow": []}
-    curves = {f"tau={t}": [] for t in TAUS} | {f"t={t}": [] for t in VARIATIONS}
+    curves = {f"tau={t}": [] for t in TAUS} | {f"t={t}": [] for t in VARIATIONS} | \
+        ({f"fixed={t}": [] for t in FIXED} if head else {})
     for k, (hr, lr) in enumerate(pairs):
         t0 = time.time()
         if head:
@@ -73,20 +102,17 @@ def run_flow(name, flow_id, prior_id, pairs, draws, seed) -> dict:
         for t in VARIATIONS:
             curves[f"t={t}"].append(curve_point(resolver, prepared, hr, lr,
                                                 [LearnedPrior(prior, variation=t, seed=seed + d) for d in range(draws)]))
+        for t in FIXED if head else []:
+            curves[f"fixed={t}"].append(curve_point(resolver, prepared, hr, lr,
+                                                    [LearnedPrior(plain, variation=t, seed=seed + d)
+                                                     for d in range(draws)]))
         print(f"{name}: image {k + 1}/{len(pairs)} in {time.time() - t0:.1f} s", flush=True)
     mean = {k: float(np.mean(v)) for k, v in bpd.items() if v}
     best_s = min(SCALES, key=lambda s: mean[f"s={s}"])
     summary = {k: {m: float(np.nanmean([p[m] for p in v])) for m in ("psnr", "grid", "diversity", "inf")}
                for k, v in curves.items()}
-    tau_div = np.array([summary[f"tau={t}"]["diversity"] for t in TAUS])
-    order = np.argsort(tau_div)
-    compare = {}
-    for t in VARIATIONS:
-        d = summary[f"t={t}"]["diversity"]
-        at = lambda m: float(np.interp(d, tau_div[order], np.array([summary[f"tau={x}"][m] for x in TAUS])[order]))  # noqa: E731
-        compare[f"t={t}"] = {"diversity": d, "psnr_gain_db": summary[f"t={t}"]["psnr"] - at("psnr"),
-                             "grid_ratio": summary[f"t={t}"]["grid"] / at("grid") if at("grid") else float("nan"),
-                             "tau_at_equal_diversity": float(np.interp(d, tau_div[order], np.array(TAUS)[order]))}
+    compare = {f"t={t}": equal_diversity(summary, f"t={t}", [("tau=", TAUS, ""), ("fixed=", FIXED if head else [], "_fixed")])
+               for t in VARIATIONS}
     return {"flow": flow_id, "prior": prior_id, "scale_head": head, "bpd": mean, "best_global_s": best_s,
             "bpd_gain_over_best_s": (mean[f"s={best_s}"] - mean["sigma"]) if head else None,
             "curves": summary, "equal_diversity": compare}
@@ -97,10 +123,13 @@ def plot(results: dict, path: Path) -> None:
     for row, (name, r) in enumerate(results.items()):
         for col, metric in enumerate(("psnr", "grid")):
             ax = fig.add_subplot(len(results), 2, 2 * row + col + 1)
-            for prefix, xs, style in (("tau=", TAUS, "o-"), ("t=", VARIATIONS, "s-")):
+            for prefix, xs, style, label in (("tau=", TAUS, "o-", "temperature sampling"),
+                                             ("t=", VARIATIONS, "s-", "around the prior (learned scale)"),
+                                             ("fixed=", FIXED, "^--", "around the prior (one global scale)")):
+                if f"{prefix}{xs[0]}" not in r["curves"]:
+                    continue
                 pts = [r["curves"][f"{prefix}{x}"] for x in xs]
-                ax.plot([p["diversity"] for p in pts], [p[metric] for p in pts], style,
-                        label="temperature sampling" if prefix == "tau=" else "around the prior (learned scale)")
+                ax.plot([p["diversity"] for p in pts], [p[metric] for p in pts], style, label=label)
                 for x, p in zip(xs, pts):
                     ax.annotate(f"{prefix}{x}", (p["diversity"], p[metric]), fontsize=7)
             ax.set_xlabel("pixel diversity (gray levels)")
