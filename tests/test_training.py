@@ -312,6 +312,9 @@ def test_pixel_l2_loss_is_logged_labelled_and_checked(tmp_path, images, flow_fil
     assert label == "none (pixel L2 x10 + latent L1 x0)"
     with pytest.raises(ConfigError, match="pixel_loss must be one of l1, l2"):
         load_config(recipe, ["loss.pixel_loss=mse"], "prior")
+    flow_recipe = __import__("pathlib").Path(__file__).parents[1] / "configs" / "cpu" / "linf-small-ft.yaml"
+    with pytest.raises(ConfigError, match="pixel_loss is a prior recipe's option"):
+        load_config(flow_recipe, ["loss.pixel_loss=l2"], "flow")
 
 
 def test_a_scale_head_trained_in_the_same_run_leaves_mu_bit_for_bit_as_without_it(tmp_path, images, flow_file):

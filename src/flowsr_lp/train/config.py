@@ -126,6 +126,8 @@ def validate(cfg: dict) -> None:
         raise ConfigError("loss.perceptual must be 'vgg' or 'none'")
     if cfg["loss"]["pixel_loss"] not in PIXEL_LOSSES:
         raise ConfigError(f"loss.pixel_loss must be one of {', '.join(PIXEL_LOSSES)}")
+    if cfg["loss"]["pixel_loss"] != "l1" and cfg["task"] != "prior":
+        raise ConfigError("loss.pixel_loss is a prior recipe's option (a flow's fine-tune trains on pixel L1)")
     if cfg["loss"]["scale_only"] and cfg["task"] != "prior":
         raise ConfigError("loss.scale_only trains a latent module's scale head: a prior recipe's option")
     if cfg["flow"].get("train") and (cfg["task"] != "prior" or cfg["loss"]["scale_only"]):
