@@ -8,6 +8,8 @@ For each flow:
 - curves over t in {0.25, 0.5, 1.0} (around the prior) and tau in {0.1, ..., 1.0} (sampling),
   `--draws` draws per image: pixel diversity (mean per-pixel std over draws, gray levels),
   PSNR per draw (Y, shave 4, LINF protocol), grid score, %Inf;
+- how far the learned sigma varies over the image: per latent part, the spatial std of the
+  channel-mean log sigma and sigma's 5th / 95th percentiles (means over images);
 - the ablation the learned scale must beat: samples around the prior with one global scale,
   N(mu, t^2) (the module without its head), for t in {0.25, 0.5, 0.75, 1.0, 1.25};
 - at equal pixel diversity (the tau curve, and the ablation's, interpolated at each t point):
@@ -54,6 +56,19 @@ def curve_point(resolver, prepared, hr, lr, strategies) -> dict:
             "diversity": div, "inf": 100.0 * finite.count(False) / len(finite)}
 
 
+def sigma_spread(flow, prior, lr, size) -> list[dict]:
+    """Per latent part: how much the predicted log sigma varies over positions (the std of
+    its channel mean) and sigma's 5th / 95th percentiles over all elements."""
+    ctx = flow.condition(lr, size)
+    _, log_sigma = LearnedPrior(prior).distribution(flow, lr, ctx)
+    out = []
+    for ls in log_sigma:
+        s = ls.double().exp().flatten()
+        out.append({"spatial_std_log_sigma": ls.double().mean(1).std().item(),
+                    "sigma_p5": s.quantile(0.05).item(), "sigma_p95": s.quantile(0.95).item()})
+    return out
+
+
 def equal_diversity(summary: dict, point: str, references: list[tuple[str, list, str]]) -> dict:
     """The curve point `point` against each reference curve (keys PREFIX + x for x in xs),
     interpolated at the point's pixel diversity: PSNR gain, grid ratio, the reference's x there,
@@ -88,10 +103,12 @@ def run_flow(name, flow_id, prior_id, pairs, draws, seed) -> dict:
     bpd = {"sigma": [], **{f"s={s}": [] for s in SCALES}, "flow": []}
     curves = {f"tau={t}": [] for t in TAUS} | {f"t={t}": [] for t in VARIATIONS} | \
         ({f"fixed={t}": [] for t in FIXED} if head else {})
+    spread = []
     for k, (hr, lr) in enumerate(pairs):
         t0 = time.time()
         if head:
             bpd["sigma"].append(resolver.bits_per_dim(hr, lr, LearnedPrior(prior)).item())
+            spread.append(sigma_spread(flow, prior, lr, tuple(hr.shape[-2:])))
         for s in SCALES:
             bpd[f"s={s}"].append(resolver.bits_per_dim(hr, lr, LearnedPrior(plain, variation=s)).item())
         bpd["flow"].append(resolver.bits_per_dim(hr, lr).item())
@@ -115,7 +132,9 @@ def run_flow(name, flow_id, prior_id, pairs, draws, seed) -> dict:
                for t in VARIATIONS}
     return {"flow": flow_id, "prior": prior_id, "scale_head": head, "bpd": mean, "best_global_s": best_s,
             "bpd_gain_over_best_s": (mean[f"s={best_s}"] - mean["sigma"]) if head else None,
-            "curves": summary, "equal_diversity": compare}
+            "curves": summary, "equal_diversity": compare,
+            "sigma_spread": [{k: float(np.mean([im[part][k] for im in spread])) for k in spread[0][part]}
+                             for part in range(len(spread[0]))] if spread else None}
 
 
 def plot(results: dict, path: Path) -> None:
@@ -179,7 +198,8 @@ def main() -> None:
     (out / "variation.json").write_text(json.dumps({"meta": meta, **results}, indent=1))
     plot(results, out / "variation.png")
     for name, r in results.items():
-        print(name, json.dumps({k: r[k] for k in ("bpd", "best_global_s", "bpd_gain_over_best_s", "equal_diversity")},
+        print(name, json.dumps({k: r[k] for k in ("bpd", "best_global_s", "bpd_gain_over_best_s", "sigma_spread",
+                                                  "equal_diversity")},
                                indent=1))
     print(f"written {out / 'variation.json'} and {out / 'variation.png'}")
 
