@@ -1,10 +1,12 @@
 """Training: losses fall, the flow stays frozen, resumption is exact, DDP matches one process."""
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -102,7 +104,7 @@ def test_interpolation_stage_moves_every_weight_part_of_the_way(tmp_path, images
     for k, v in a.items():
         want = (v.double() + 0.25 * (b[k].double() - v.double())).to(v.dtype) if v.is_floating_point() else v
         assert torch.allclose(out[k], want, rtol=0, atol=1e-7), k
-    summary = __import__("json").loads((tmp_path / "w" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "w" / "summary.json").read_text())
     assert summary["steps"] == 0 and summary["perceptual"].startswith("weight interpolation: 0.75 x")
     assert float(read_csv(tmp_path / "w" / "val.csv")[0]["val_psnr"]) > 0
     assert main(["train-flow", recipe("w0", 0)]) == 0  # the ends are the two flows themselves
@@ -265,7 +267,7 @@ def test_batches_are_reproducible_and_ranks_split_the_global_batch(images, crops
     assert not torch.equal(full[0]["hr"], again[0]["hr"])
 
 
-@pytest.mark.parametrize("recipe", sorted((__import__("pathlib").Path(__file__).parents[1] / "configs").rglob("*.yaml")),
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml")),
                          ids=lambda p: p.name)
 def test_shipped_recipes_are_valid(recipe):
     cfg = load_config(recipe)
@@ -312,7 +314,7 @@ def test_pixel_l2_loss_is_logged_labelled_and_checked(tmp_path, images, flow_fil
     assert label == "none (pixel L2 x10 + latent L1 x0)"
     with pytest.raises(ConfigError, match="pixel_loss must be one of l1, l2"):
         load_config(recipe, ["loss.pixel_loss=mse"], "prior")
-    flow_recipe = __import__("pathlib").Path(__file__).parents[1] / "configs" / "cpu" / "linf-small-ft.yaml"
+    flow_recipe = Path(__file__).parents[1] / "configs" / "cpu" / "linf-small-ft.yaml"
     with pytest.raises(ConfigError, match="pixel_loss is a prior recipe's option"):
         load_config(flow_recipe, ["loss.pixel_loss=l2"], "flow")
 
