@@ -34,13 +34,11 @@ def run_interpolation(cfg: dict, device: torch.device) -> Path:
     """The stage's run folder as a training run's: config.yaml, val.csv (one validation),
     model.safetensors with its record, summary.json (0 steps)."""
     spec, out = cfg["flow"], Path(cfg["run"]["out"])
-    t0 = time.perf_counter()
+    t0, w = time.perf_counter(), float(spec["weight"])
     try:
-        flow = interpolated(load_flow(spec["checkpoint"], device=device), load_flow(spec["toward"], device=device),
-                            float(spec["weight"]))
+        flow = interpolated(load_flow(spec["checkpoint"], device=device), load_flow(spec["toward"], device=device), w)
     except (CheckpointError, ValueError, TypeError) as e:
         raise TrainingError(f"flow: {e}") from None
-    w = float(spec["weight"])
     label = f"weight interpolation: {1 - w:g} x {spec['checkpoint']} + {w:g} x {spec['toward']}"
     write_run_config(out, cfg, label)
     if cfg["data"]["val"]["folders"]:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nets.scale_head import gaussian_nll
+from .config import PIXEL_LOSSES
 
 
 def _window_of(batch: dict) -> tuple | None:
@@ -95,8 +96,8 @@ class PriorObjective(nn.Module):
         self.flow = flow.eval().requires_grad_(self.alternates)
         self.perceptual = perceptual
         self.latent_weight, self.pixel_weight, self.gradient_weight = latent_weight, pixel_weight, gradient_weight
-        if pixel_loss not in ("l1", "l2"):
-            raise ValueError(f"pixel_loss must be l1 or l2, not {pixel_loss!r}")
+        if pixel_loss not in PIXEL_LOSSES:
+            raise ValueError(f"pixel_loss must be one of {PIXEL_LOSSES}, not {pixel_loss!r}")
         self.pixel_loss = pixel_loss
         self.scale_weight = scale_weight if getattr(prior.config, "scale_head", False) else 0.0
         self.autocast = autocast
@@ -147,8 +148,8 @@ class PriorObjective(nn.Module):
                 p = self.perceptual(sr, hr).float()
             loss, logs["percep"] = loss + p, p.detach()
         if self.pixel_weight > 0:  # l2: the mean squared error, whose log is PSNR
-            d = (sr - hr).abs() if self.pixel_loss == "l1" else (sr - hr).square()
-            loss, logs[self.pixel_loss] = loss + self.pixel_weight * d.mean(), d.mean().detach()
+            d = ((sr - hr).abs() if self.pixel_loss == "l1" else (sr - hr).square()).mean()
+            loss, logs[self.pixel_loss] = loss + self.pixel_weight * d, d.detach()
         if self.gradient_weight > 0:  # L1 between image gradients: seams the HR lacks cost extra
             g = sum((sr.diff(dim=d) - hr.diff(dim=d)).abs().mean() for d in (-1, -2))
             loss, logs["grad"] = loss + self.gradient_weight * g, g.detach()
