@@ -62,13 +62,14 @@ def split_prediction(outputs, channels) -> tuple[tuple[torch.Tensor, ...], tuple
 
 
 #: parts a trained module can grow without changing its output at first (their names' prefixes)
-GROWN = ("scale_head", "refine")
+GROWN = ("scale_head", "refine", "scale_stats")
 
 
 def with_config(prior: nn.Module, **changes) -> nn.Module:
     """A copy of a trained latent module with its config changed (`scale_head=True` grows a
     new head, sigma = 1 to start; LINF-LP's `refine=True` grows a second UNet whose
-    contribution to mu starts at zero; `lr_input` changes what its LR branch reads): every
+    contribution to mu starts at zero; LINF-LP's `scale_stats` adds BatchNorm statistics per
+    scale, unused until recorded; `lr_input` changes what its LR branch reads): every
     weight and buffer carried over exactly, so with only grown parts the output is unchanged.
     Changes that would drop or reshape a trained weight are refused."""
     config = prior.config

@@ -16,8 +16,14 @@ class DoubleConv(nn.Module):
             nn.Conv2d(cin, mid, 3, padding=1, bias=False), nn.BatchNorm2d(mid), nn.LeakyReLU(0.2, inplace=True),
             nn.Conv2d(mid, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True))
 
-    def forward(self, x):
-        return self.double_conv(x)
+    def forward(self, x, norm=None):
+        """`norm(batch_norm, x)`, where given, runs in place of each BatchNorm (see
+        nets/scale_stats.py)."""
+        if norm is None:
+            return self.double_conv(x)
+        for layer in self.double_conv:
+            x = norm(layer, x) if isinstance(layer, nn.modules.batchnorm._BatchNorm) else layer(x)
+        return x
 
 
 class Down(nn.Module):
@@ -25,8 +31,8 @@ class Down(nn.Module):
         super().__init__()
         self.maxpool_conv = nn.Sequential(nn.MaxPool2d(2), DoubleConv(cin, cout))
 
-    def forward(self, x):
-        return self.maxpool_conv(x)
+    def forward(self, x, norm=None):
+        return self.maxpool_conv[1](self.maxpool_conv[0](x), norm)
 
 
 class Up(nn.Module):
@@ -37,12 +43,12 @@ class Up(nn.Module):
         super().__init__()
         self.conv = DoubleConv(cin, cout, cin // 2)
 
-    def forward(self, x, skip):
+    def forward(self, x, skip, norm=None):
         x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
         dy, dx = skip.shape[-2] - x.shape[-2], skip.shape[-1] - x.shape[-1]
         if dy or dx:
             x = F.pad(x, [dx // 2, dx - dx // 2, dy // 2, dy - dy // 2])
-        return self.conv(torch.cat([skip, x], 1))
+        return self.conv(torch.cat([skip, x], 1), norm)
 
 
 class OutConv(nn.Module):
@@ -64,17 +70,18 @@ def unet_layers(dim: int, depth: int, bilinear: bool = True) -> tuple[DoubleConv
     return DoubleConv(dim, dim), nn.ModuleList(downs), nn.ModuleList(ups)
 
 
-def unet_forward(x: torch.Tensor, inc: nn.Module, downs: nn.ModuleList, ups: nn.ModuleList) -> torch.Tensor:
+def unet_forward(x: torch.Tensor, inc: nn.Module, downs: nn.ModuleList, ups: nn.ModuleList, norm=None) -> torch.Tensor:
     """Any map size. Maps smaller than 2^depth on a side (which upstream cannot pool) are
-    replicate-padded bottom/right to that size and cropped back; larger ones run as they are."""
+    replicate-padded bottom/right to that size and cropped back; larger ones run as they are.
+    `norm`: see `DoubleConv.forward`."""
     h, w = x.shape[-2:]
     m = 2 ** len(downs)
     if h < m or w < m:
         x = F.pad(x, (0, max(0, m - w), 0, max(0, m - h)), mode="replicate")
-    skips = [inc(x)]
+    skips = [inc(x, norm)]
     for down in downs:
-        skips.append(down(skips[-1]))
+        skips.append(down(skips[-1], norm))
     x = skips.pop()
     for up in ups:
-        x = up(x, skips.pop())
+        x = up(x, skips.pop(), norm)
     return x[..., :h, :w]

@@ -2,6 +2,7 @@
 generator (UNet by default; EDSR-baseline or Swin-T as in the paper's ablation)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +16,7 @@ from ..nets.edsr import ResBlock
 from ..nets.swin import SwinStage
 from ..nets.unet import OutConv, unet_forward, unet_layers
 from ..nets.scale_head import LR_CHANNELS, ScaleHead, check_parts, lr_map, split_prediction
+from ..nets.scale_stats import ScaleStats, batch_norms
 
 GENERATORS = ("unet", "edsr-baseline-latent", "swin_latent")
 INPUTS = ("both", "prior", "lr")
@@ -52,6 +54,10 @@ class LINFPriorConfig(ModelConfig):
     #: trained module grows it (train/run.py, `prior: {checkpoint, config: {refine: true}}`)
     #: with its output unchanged. UNet generator only
     refine: bool = False
+    #: ours, off in every released module: BatchNorm statistics kept at these scales and
+    #: interpolated at the image's (nets/scale_stats.py) instead of one set for every scale.
+    #: UNet generator only
+    scale_stats: tuple[float, ...] = ()
 
     @property
     def width(self) -> int:
@@ -70,8 +76,8 @@ class LINFLatentModule(nn.Module):
                 or cfg.lr_input not in LR_INPUTS:
             raise ValueError(f"generator must be one of {GENERATORS}, inputs one of {INPUTS}, "
                              f"initial_prior one of {INITIAL_PRIORS} and lr_input one of {LR_INPUTS}")
-        if (cfg.scale_head or cfg.refine) and cfg.generator != "unet":
-            raise ValueError(f"scale_head and refine need the unet generator, not {cfg.generator!r}")
+        if (cfg.scale_head or cfg.refine or cfg.scale_stats) and cfg.generator != "unet":
+            raise ValueError(f"scale_head, refine and scale_stats need the unet generator, not {cfg.generator!r}")
         w, c = cfg.width, cfg.in_chans
         branch = w // 2 if cfg.inputs == "both" else w
         if cfg.inputs in ("both", "prior"):
@@ -89,6 +95,8 @@ class LINFLatentModule(nn.Module):
                 self.refine_outc = OutConv(w, c)
                 nn.init.zeros_(self.refine_outc.conv.weight)
                 nn.init.zeros_(self.refine_outc.conv.bias)
+            if cfg.scale_stats:
+                self.scale_stats = ScaleStats(cfg.scale_stats, [m.num_features for m in self._batch_norms()])
         elif cfg.generator == "edsr-baseline-latent":
             self.body = nn.Sequential(*[ResBlock(w, cfg.res_scale, nn.LeakyReLU(0.2)) for _ in range(cfg.n_resblocks)])
             self.last_conv = nn.Conv2d(w, c, 1)
@@ -104,14 +112,25 @@ class LINFLatentModule(nn.Module):
     def latent_channels(self) -> tuple[int, ...]:
         return (self.config.in_chans,)
 
+    def _batch_norms(self) -> list[nn.Module]:
+        unets = [self.inc, self.down_layers, self.up_layers]
+        if self.config.refine:
+            unets += [self.refine_inc, self.refine_down_layers, self.refine_up_layers]
+        return batch_norms(*unets)
+
     # two stages, separately callable so large maps can be tiled (see tiling.py); `part` is
     # the index of the latent part (LINF latents have one)
     def lr_features(self, lr: torch.Tensor, size: tuple[int, int], part: int = 0) -> torch.Tensor | None:
         """LR branch on the whole LR image (in [0, 1]), resized to the latent map's size; with
-        the scale head, the resized LR (its input) follows as the last channels."""
+        the scale head, the resized LR (its input) follows as the last channels, and with
+        scale_stats the log of the scale (from the sizes: three HR pixels per latent position)
+        as one more."""
         own = [lr_map(lr, size)] if self.config.scale_head else []
+        if self.config.scale_stats:
+            s = 1.5 * (size[0] / lr.shape[-2] + size[1] / lr.shape[-1])
+            own.append(lr.new_full((lr.shape[0], 1, *size), math.log(s)))
         if not hasattr(self, "lr_proj"):
-            return own[0] if own else None
+            return torch.cat(own, 1) if own else None
         if self.config.lr_input == "upsampled":
             lr = F.interpolate(lr, (3 * size[0], 3 * size[1]), mode="bicubic", align_corners=False)
         f = self.lr_proj((lr - 0.5) / 0.5)
@@ -121,7 +140,11 @@ class LINFLatentModule(nn.Module):
 
     def generate(self, z0: torch.Tensor, lr_feat: torch.Tensor | None, part: int = 0) -> torch.Tensor:
         """mu (B x C x H x W), or with the scale head [mu, log sigma] (B x 2C x H x W)."""
-        head_lr = None
+        head_lr, norm = None, None
+        if self.config.scale_stats:
+            scale = math.exp(float(lr_feat[0, -1, 0, 0]))
+            lr_feat = lr_feat[:, :-1] if lr_feat.shape[1] > 1 else None
+            norm = self.scale_stats.norm(self._batch_norms(), scale, self.training)
         if self.config.scale_head:
             lr_feat, head_lr = lr_feat[:, :-LR_CHANNELS], lr_feat[:, -LR_CHANNELS:]
             lr_feat = lr_feat if lr_feat.shape[1] else None
@@ -129,11 +152,11 @@ class LINFLatentModule(nn.Module):
         x = torch.cat(feats + ([lr_feat] if lr_feat is not None else []), 1)
         g = self.config.generator
         if g == "unet":
-            f = unet_forward(x, self.inc, self.down_layers, self.up_layers)
+            f = unet_forward(x, self.inc, self.down_layers, self.up_layers, norm)
             mu = self.outc(f)
             if self.config.refine:
                 mu = mu + self.refine_outc(unet_forward(f, self.refine_inc, self.refine_down_layers,
-                                                        self.refine_up_layers))
+                                                        self.refine_up_layers, norm))
             return torch.cat([mu, self.scale_head(f, head_lr)], 1) if self.config.scale_head else mu
         if g == "edsr-baseline-latent":
             return self.last_conv(self.body(x))

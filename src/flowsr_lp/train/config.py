@@ -10,7 +10,8 @@ import yaml
 DEFAULTS: dict = {
     "name": "",  # a label for logs and exported models
     "task": None,  # "flow" | "prior"
-    "stage": "nll",  # flows: "nll" (LINF stage 1, SRFlow) | "finetune" (LINF stage 2) | "interpolate" (no steps)
+    "stage": "nll",  # flows: "nll" (LINF stage 1, SRFlow) | "finetune" (LINF stage 2) | "interpolate" (no steps);
+    #                  priors: "calibrate" (no steps: LINF-LP's BatchNorm statistics per scale)
     "flow": {},  # {checkpoint: PATH} or {family: linf|linf-patch|srflow, config: {...}}; train: true in a
     #              prior recipe fine-tunes the flow with the module (NLL x loss.nll_weight on alternate steps)
     "prior": {},  # {family: linf-lp|srflow-lp, config: {...}}, or checkpoint: PATH to start from (config: its changes)
@@ -117,6 +118,13 @@ def validate(cfg: dict) -> None:
         return
     if not cfg["data"]["train"]["folders"]:
         raise ConfigError("data.train.folders is empty: name the folders of HR training images")
+    if cfg["stage"] == "calibrate":  # a prior stage without steps (train/calibration.py)
+        p, n = cfg["prior"], _scalar(cfg["prior"].get("calibration_batches", 25))
+        if cfg["task"] != "prior" or not p.get("checkpoint") or not cfg["flow"].get("checkpoint") or \
+                not isinstance(n, int) or n < 1:
+            raise ConfigError("stage: calibrate is a prior recipe's: set flow.checkpoint, prior.checkpoint (a LINF-LP "
+                              "module), prior.config.scale_stats and prior.calibration_batches (a positive integer)")
+        return
     o = cfg["optim"]
     if (o["epochs"] is None) == (o["iterations"] is None):
         raise ConfigError("give exactly one of optim.epochs and optim.iterations")
@@ -141,6 +149,6 @@ def validate(cfg: dict) -> None:
     elif not cfg["flow"].get("checkpoint") and not cfg["flow"].get("family"):
         raise ConfigError("set flow.family and flow.config for a new flow, or flow.checkpoint to continue one")
     if cfg["stage"] not in ("nll", "finetune"):
-        raise ConfigError("stage must be 'nll', 'finetune' or 'interpolate'")
+        raise ConfigError("stage must be 'nll', 'finetune', 'interpolate' or (prior recipes) 'calibrate'")
     if cfg["run"]["amp"] not in ("none", "bf16", "fp16"):
         raise ConfigError("run.amp must be none, bf16 or fp16")

@@ -12,6 +12,7 @@ from ..flows.layers import ActNorm
 from ..nets.vgg import PerceptualLoss, VGGWeightsMissing, load_vgg_state
 from ..pipeline import SuperResolver, check_prior_fits
 from ..nets.scale_head import with_config
+from .calibration import run_calibration
 from .interpolation import run_interpolation
 from .objectives import FlowNLL, LINFFinetune, PriorObjective
 from ..distributed import finish, setup_distributed
@@ -84,9 +85,10 @@ def train(cfg: dict, resume: bool = False, overwrite: bool = False) -> None:
         torch.set_num_threads(int(run["threads"]))
     rank, world, device = setup_distributed(run["device"])
     check_out_folder(Path(run["out"]), resume, overwrite)  # before any work
-    if cfg["stage"] == "interpolate":
+    if cfg["stage"] in ("interpolate", "calibrate"):  # stages without steps
         if rank == 0:
-            logger.info("model written to %s", run_interpolation(cfg, device))
+            stage = run_interpolation if cfg["stage"] == "interpolate" else run_calibration
+            logger.info("model written to %s", stage(cfg, device))
         finish(world)
         return
     torch.manual_seed(run["seed"])

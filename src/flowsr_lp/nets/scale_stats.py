@@ -1,0 +1,98 @@
+"""BatchNorm statistics per scale (ours, beyond the paper). An arbitrary-scale latent module
+trains on batches of one scale each, so its BatchNorm layers normalise every scale by that
+scale's own batch statistics, while at test time one set of running statistics, averaged over
+all the scales it saw, serves them all. `ScaleStats` keeps the running statistics at a few
+scales instead and, at test time, interpolates them (linearly in log scale) at the scale of
+the image. Training is unchanged: the BatchNorm layers run as they are and their inputs'
+batch statistics are recorded beside, into the two scales around the batch's."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def batch_norms(*modules: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm layers of `modules`, in order."""
+    return [m for mod in modules for m in mod.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+class ScaleStats(nn.Module):
+    """Running means and variances of `sizes` channels (BatchNorm layers, in order) at each of
+    `scales`. A scale no batch has reached yet falls back on the layer's own statistics."""
+
+    def __init__(self, scales: tuple[float, ...], sizes: list[int]):
+        super().__init__()
+        if not scales or any(s <= 0 for s in scales) or list(scales) != sorted(set(scales)):
+            raise ValueError(f"scale_stats must be increasing positive scales, got {scales}")
+        self.sizes = list(sizes)
+        n, k = sum(sizes), len(scales)
+        self.register_buffer("log_scales", torch.tensor([math.log(s) for s in scales], dtype=torch.float64))
+        self.register_buffer("means", torch.zeros(k, n))
+        self.register_buffer("vars", torch.ones(k, n))
+        #: per scale and layer, the weight of the batches recorded (0: the layer's statistics serve)
+        self.register_buffer("counts", torch.zeros(k, len(sizes), dtype=torch.float64))
+
+    def weights(self, scale: float) -> torch.Tensor:
+        """(K,) interpolation weights of `scale`, linear in log scale, clamped to the ends."""
+        ls = self.log_scales
+        x = min(max(math.log(scale), float(ls[0])), float(ls[-1]))
+        w = torch.zeros_like(ls)
+        k = int(torch.searchsorted(ls, torch.tensor([x], dtype=ls.dtype), right=True)) - 1
+        if k >= len(ls) - 1:
+            w[-1] = 1.0
+        else:
+            a = (x - float(ls[k])) / float(ls[k + 1] - ls[k])
+            w[k], w[k + 1] = 1.0 - a, a
+        return w
+
+    def norm(self, layers: list[nn.Module], scale: float, training: bool):
+        """The `norm(batch_norm, x)` that `DoubleConv.forward` takes for an image at `scale`:
+        in training, the layer itself, its input's statistics recorded; otherwise, the layer
+        with the statistics interpolated at `scale`."""
+        index = {id(m): i for i, m in enumerate(layers)}
+        offsets = [0]
+        for c in self.sizes:
+            offsets.append(offsets[-1] + c)
+        w = self.weights(scale)
+
+        def run(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+            i = index[id(layer)]
+            sl = slice(offsets[i], offsets[i + 1])
+            if training:
+                self._record(layer, x, i, sl, w)
+                return layer(x)
+            mean, var = self._at(layer, i, sl, w)
+            return F.batch_norm(x, mean, var, layer.weight, layer.bias, False, 0.0, layer.eps)
+
+        return run
+
+    def _at(self, layer, i: int, sl: slice, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ks = torch.nonzero(w).flatten().tolist()
+        if all(self.counts[k, i] == 0 for k in ks):  # exactly the layer's own statistics
+            return layer.running_mean, layer.running_var
+        mean = torch.zeros_like(layer.running_mean)
+        var = torch.zeros_like(layer.running_var)
+        for k in ks:
+            own = self.counts[k, i] > 0
+            mean = mean + float(w[k]) * (self.means[k, sl] if own else layer.running_mean)
+            var = var + float(w[k]) * (self.vars[k, sl] if own else layer.running_var)
+        return mean, var
+
+    @torch.no_grad()
+    def _record(self, layer, x: torch.Tensor, i: int, sl: slice, w: torch.Tensor) -> None:
+        """An exponential moving average (the layer's momentum, x the scale's weight) that starts
+        from the layer's own statistics, or with momentum None (as BatchNorm) a plain average."""
+        xs = x.detach().float().transpose(0, 1).flatten(1)
+        mean, var = xs.mean(1), xs.var(1, unbiased=xs.shape[1] > 1)
+        for k in torch.nonzero(w).flatten().tolist():
+            if self.counts[k, i] == 0:
+                self.means[k, sl] = layer.running_mean.float()
+                self.vars[k, sl] = layer.running_var.float()
+            wk = float(w[k])
+            a = wk / (float(self.counts[k, i]) + wk) if layer.momentum is None else layer.momentum * wk
+            self.means[k, sl] += a * (mean - self.means[k, sl])
+            self.vars[k, sl] += a * (var - self.vars[k, sl])
+            self.counts[k, i] += float(w[k])
