@@ -74,7 +74,11 @@ def test_the_bundled_linf_prior_uses_the_every_scale_initial_prior():
     path = bundled_path("linf-small-lp")
     assert load_prior(path).config.initial_prior == "antialiased"
     stages = read_checkpoint(path)[1]["training"]["stages"]
-    assert [s["recipe"] for s in stages] == ["configs/cpu/linf-small-lp.yaml", "configs/cpu/linf-small-lp-ft.yaml",
-                                             "configs/cpu/linf-small-lp-scale.yaml"]
-    assert all(s["steps"] > 0 and s["seconds"] > 0 for s in stages)
-    assert all(s["final"].get("l1") for s in stages[:2]) and stages[2]["final"].get("scale_nll")  # v3: the head
+    assert [s["recipe"] for s in stages] == [f"configs/cpu/linf-small-lp{s}.yaml" for s in ("", "-ft", "-ft2", "-ft3",
+                                                                                             "-stats")]
+    assert all(s["steps"] > 0 and s["seconds"] > 0 for s in stages[:-1])
+    assert all(s["final"].get("l1") for s in stages[:3]) and stages[3]["final"].get("l2")  # v4: L2 in stage 4
+    assert stages[2]["final"].get("scale_nll") and stages[3]["final"].get("scale_nll")  # the head, with mu
+    # v4's last stage: BatchNorm statistics per scale, no steps
+    assert stages[-1]["steps"] == 0 and "BatchNorm statistics" in stages[-1]["perceptual"]
+    assert load_prior(path).config.scale_stats == (1, 1.5, 2, 3, 4, 6, 8)

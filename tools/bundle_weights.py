@@ -20,11 +20,12 @@ import yaml
 from flowsr_lp.checkpoints import load_flow, load_prior, read_checkpoint, save_flow, save_prior
 from flowsr_lp.hub.registry import BUNDLED, WEIGHTS
 
-#: the recipes (configs/cpu/NAME.yaml) of each bundled model, in training order (the -scale
-#: stages grow and train LINF's latent module's scale head, models v3; SRFlow v4: its flow
-#: interpolated between the NLL stage and the L1 fine-tune, and a wider module with its head)
+#: the recipes (configs/cpu/NAME.yaml) of each bundled model, in training order (SRFlow v4: its
+#: flow interpolated between the NLL stage and the L1 fine-tune, and a wider module with its
+#: head; LINF-LP v4: two more stages of its mu, with a head, and BatchNorm statistics per scale)
 STAGES = {"linf-small": ["linf-small", "linf-small-ft"],
-          "linf-small-lp": ["linf-small-lp", "linf-small-lp-ft", "linf-small-lp-scale"],
+          "linf-small-lp": ["linf-small-lp", "linf-small-lp-ft", "linf-small-lp-ft2", "linf-small-lp-ft3",
+                            "linf-small-lp-stats"],
           "srflow-small": ["srflow-small", "srflow-small-ft", "srflow-small-ft2", "srflow-small-wise"],
           "srflow-small-lp": ["srflow-small-lp-wide", "srflow-small-lp-wise"],
           "hcflow-small": ["hcflow-small"], "hcflow-small-lp": ["hcflow-small-lp"]}
@@ -140,10 +141,12 @@ def main() -> None:
              "head (`srflow-small-lp-wide.yaml`, trained through the NLL-stage flow), continued through that flow "
              "(`srflow-small-lp-wise.yaml`). `linf-small-lp` uses "
              "our every-scale initial prior (`initial_prior: antialiased`, see the README) and a second stage with "
-             "scales up to x6 and latent weight 0.02 (`linf-small-lp-ft.yaml`); models v3 add a last stage to it "
-             "(`linf-small-lp-scale.yaml`): a scale head grown on the trained module and trained "
-             "alone (`loss.scale_only`) by the Gaussian NLL of the HR's true latent; mu is frozen, so the outputs at "
-             "variation 0 are bit-identical to v2. No VGG19 ImageNet weights were available, so the latent modules "
+             "scales up to x6 and latent weight 0.02 (`linf-small-lp-ft.yaml`); v4 continues it on 48-pixel LR crops "
+             "with MATLAB-bicubic LR and a scale head trained in the same run on detached features "
+             "(`linf-small-lp-ft2.yaml`), then with the pixel term in L2 at x1-x6 (`linf-small-lp-ft3.yaml`), and "
+             "ends with a stage without steps (`linf-small-lp-stats.yaml`): BatchNorm statistics measured per scale "
+             "on training crops and interpolated at the image's scale (`prior.config.scale_stats`; the module trains "
+             "on batches of one scale, so one set of running statistics fitted no scale well). No VGG19 ImageNet weights were available, so the latent modules "
              "were trained with `--perceptual none` (pixel L1 + 0.1 latent L1) instead of the paper's VGG loss; to "
              "retrain with it add `--perceptual vgg --vgg-weights vgg19-dcbb9e9d.pth --set loss.latent_weight=0 "
              "--set loss.pixel_weight=0` (LINF) or keep `latent_weight` 0.1 (SRFlow). `hcflow-small` (HCFlow's "
@@ -152,7 +155,7 @@ def main() -> None:
              "with SRFlow's); `hcflow-small-lp` (the multi-part UNet of SRFlow-LP, one branch per split-off part) was "
              "trained through it with its scale head in the same run (`hcflow-small-lp.yaml`).", "",
              "Validation: the earlier stages on Set5 (PSNR on RGB with shave = scale, tau 0 for flows; x4, x3 for "
-             "`linf-small-lp`); the `-scale` stages and SRFlow v4's stages by the `evaluate` protocol on 6 Set14 images x4 (PSNR on Y, "
+             "`linf-small-lp`); the `-scale` stages, SRFlow v4's and LINF-LP v4's stages by the `evaluate` protocol on 6 Set14 images x4 (PSNR on Y, "
              "8-bit MATLAB-bicubic LR) with the held-out bits/dim under N(mu, sigma^2). Bits/dim of every stage "
              "on B100 x4: see the table after this one.", "",
              "| model | parameters | stage: command | steps | wall time | final training loss | last validation | "
