@@ -7,6 +7,7 @@ the image. Training is unchanged: the BatchNorm layers run as they are and their
 batch statistics are recorded beside, into the two scales around the batch's."""
 from __future__ import annotations
 
+import bisect
 import math
 
 import torch
@@ -35,18 +36,16 @@ class ScaleStats(nn.Module):
         #: per scale and layer, the weight of the batches recorded (0: the layer's statistics serve)
         self.register_buffer("counts", torch.zeros(k, len(sizes), dtype=torch.float64))
 
-    def weights(self, scale: float) -> torch.Tensor:
-        """(K,) interpolation weights of `scale`, linear in log scale, clamped to the ends."""
-        ls = self.log_scales
-        x = min(max(math.log(scale), float(ls[0])), float(ls[-1]))
-        w = torch.zeros_like(ls)
-        k = int(torch.searchsorted(ls, torch.tensor([x], dtype=ls.dtype), right=True)) - 1
+    def weights(self, scale: float) -> list[tuple[int, float]]:
+        """(scale index, weight) of the one or two scales that `scale` interpolates, linearly in
+        log scale, clamped to the ends."""
+        ls = self.log_scales.tolist()
+        x = min(max(math.log(scale), ls[0]), ls[-1])
+        k = bisect.bisect_right(ls, x) - 1
         if k >= len(ls) - 1:
-            w[-1] = 1.0
-        else:
-            a = (x - float(ls[k])) / float(ls[k + 1] - ls[k])
-            w[k], w[k + 1] = 1.0 - a, a
-        return w
+            return [(len(ls) - 1, 1.0)]
+        a = (x - ls[k]) / (ls[k + 1] - ls[k])
+        return [(j, wj) for j, wj in ((k, 1.0 - a), (k + 1, a)) if wj > 0]
 
     def norm(self, layers: list[nn.Module], scale: float, training: bool):
         """The `norm(batch_norm, x)` that `DoubleConv.forward` takes for an image at `scale`:
@@ -69,30 +68,28 @@ class ScaleStats(nn.Module):
 
         return run
 
-    def _at(self, layer, i: int, sl: slice, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ks = torch.nonzero(w).flatten().tolist()
-        if all(self.counts[k, i] == 0 for k in ks):  # exactly the layer's own statistics
+    def _at(self, layer, i: int, sl: slice, w: list[tuple[int, float]]) -> tuple[torch.Tensor, torch.Tensor]:
+        own = [bool(self.counts[k, i] > 0) for k, _ in w]
+        if not any(own):  # exactly the layer's own statistics
             return layer.running_mean, layer.running_var
         mean = torch.zeros_like(layer.running_mean)
         var = torch.zeros_like(layer.running_var)
-        for k in ks:
-            own = self.counts[k, i] > 0
-            mean = mean + float(w[k]) * (self.means[k, sl] if own else layer.running_mean)
-            var = var + float(w[k]) * (self.vars[k, sl] if own else layer.running_var)
+        for (k, wk), mine in zip(w, own):
+            mean = mean + wk * (self.means[k, sl] if mine else layer.running_mean)
+            var = var + wk * (self.vars[k, sl] if mine else layer.running_var)
         return mean, var
 
     @torch.no_grad()
-    def _record(self, layer, x: torch.Tensor, i: int, sl: slice, w: torch.Tensor) -> None:
+    def _record(self, layer, x: torch.Tensor, i: int, sl: slice, w: list[tuple[int, float]]) -> None:
         """An exponential moving average (the layer's momentum, x the scale's weight) that starts
         from the layer's own statistics, or with momentum None (as BatchNorm) a plain average."""
         xs = x.detach().float().transpose(0, 1).flatten(1)
         mean, var = xs.mean(1), xs.var(1, unbiased=xs.shape[1] > 1)
-        for k in torch.nonzero(w).flatten().tolist():
+        for k, wk in w:
             if self.counts[k, i] == 0:
                 self.means[k, sl] = layer.running_mean.float()
                 self.vars[k, sl] = layer.running_var.float()
-            wk = float(w[k])
             a = wk / (float(self.counts[k, i]) + wk) if layer.momentum is None else layer.momentum * wk
             self.means[k, sl] += a * (mean - self.means[k, sl])
             self.vars[k, sl] += a * (var - self.vars[k, sl])
-            self.counts[k, i] += float(w[k])
+            self.counts[k, i] += wk
