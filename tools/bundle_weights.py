@@ -84,9 +84,9 @@ def describe(rec: dict) -> tuple[str, str]:
 
 def mean_loss(stages: list[dict]) -> str:
     """The loss the model's output (mu) was trained with: that of the last stage that trained it
-    (a scale-head stage trains sigma only, by likelihood)."""
-    return next((st["perceptual"] for st in reversed(stages) if not st["perceptual"].endswith("(likelihood only)")),
-                stages[-1]["perceptual"])
+    (a scale-head stage trains sigma only, by likelihood; a stage without steps trains nothing)."""
+    return next((st["perceptual"] for st in reversed(stages)
+                 if st["steps"] > 0 and not st["perceptual"].endswith("(likelihood only)")), stages[-1]["perceptual"])
 
 
 def table_rows(name: str, model, stages: list[dict], task: str) -> list[str]:
