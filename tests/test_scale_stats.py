@@ -154,6 +154,11 @@ def test_calibration_fills_each_scale_and_leaves_the_layers_and_weights_alone(im
     # two batches per scale, each recorded at its own scale only (sizes that read exactly)
     assert prior.scale_stats.counts.eq(2).all()
     assert not torch.allclose(prior.scale_stats.means[0], prior.scale_stats.means[1])
+    first = prior.scale_stats.means.clone()
+    calibrate_scale_stats(flow, prior, [images], batches=2, batch_size=2, hr_crop=72)  # measured again, not averaged
+    assert prior.scale_stats.counts.eq(2).all() and torch.equal(prior.scale_stats.means, first)
+    with pytest.raises(FileNotFoundError, match="no image of at least"):
+        calibrate_scale_stats(flow, prior, [images], batches=2, batch_size=2, hr_crop=600)
 
 
 def calibrate_recipe(tmp_path, images, flow_file, prior_file, **prior_spec):

@@ -35,7 +35,7 @@ HR_CROP = 320
 def calibrate_scale_stats(flow, prior, folders: list[str], batches: int, batch_size: int, lr_kernel: str = "pil",
                           hr_crop: int = HR_CROP, seed: int = 0, progress=None) -> None:
     """Fill `prior.scale_stats` with plain averages over `batches` batches per scale (fewer where
-    the images run out). Each scale's crops have an LR side that is a multiple of 6 (so at
+    the images run out), replacing what it held. Each scale's crops have an LR side that is a multiple of 6 (so at
     scales 1, 1.5, 2, 3, ... the HR side is a multiple of 3 and the module reads the scale
     exactly) and an HR side of at most `hr_crop`."""
     if not getattr(prior.config, "scale_stats", ()):
@@ -46,6 +46,7 @@ def calibrate_scale_stats(flow, prior, folders: list[str], batches: int, batch_s
              for m in layers]
     flow.eval()
     prior.train()
+    prior.scale_stats.counts.zero_()  # a fresh measurement, not an average with earlier ones
     for m in layers:
         m.momentum = None  # plain averages (ScaleStats follows the layer's momentum)
     try:
@@ -90,9 +91,12 @@ def run_calibration(cfg: dict, device: torch.device) -> Path:
     scales = prior.config.scale_stats
     with tqdm(total=n * len(scales), desc="calibrate", unit="batch", disable=not progress_bars(), file=sys.stderr,
               dynamic_ncols=True) as bar:
-        calibrate_scale_stats(flow, prior, cfg["data"]["train"]["folders"], n, cfg["optim"]["batch_size"],
-                              crop.get("lr_kernel", "pil"), int(crop.get("hr_size", HR_CROP)), cfg["run"]["seed"],
-                              progress=lambda s, b: bar.update())
+        try:
+            calibrate_scale_stats(flow, prior, cfg["data"]["train"]["folders"], n, cfg["optim"]["batch_size"],
+                                  crop.get("lr_kernel", "pil"), int(crop.get("hr_size", HR_CROP)), cfg["run"]["seed"],
+                                  progress=lambda s, b: bar.update())
+        except (ValueError, FileNotFoundError) as e:  # crops larger than every image, a batch larger than the set
+            raise TrainingError(f"calibrate: {e}") from None
     label = f"BatchNorm statistics at scales {', '.join(f'{s:g}' for s in scales)} ({n} batches each)"
     write_run_config(out, cfg, label)
     if cfg["data"]["val"]["folders"]:
