@@ -87,6 +87,14 @@ def with_config(prior: nn.Module, **changes) -> nn.Module:
     return grown.train(prior.training)
 
 
+def with_recipe_changes(prior: nn.Module, spec: dict) -> nn.Module:
+    """A started module (a recipe's `prior: {checkpoint, config: {...}, scale_head: true}`) with
+    the config changes the recipe asks for, through `with_config`; unchanged if none."""
+    changes = {**spec.get("config", {}), **({"scale_head": True} if spec.get("scale_head") else {})}
+    changes = {k: v for k, v in changes.items() if getattr(prior.config, k, object()) != v}
+    return with_config(prior, **changes) if changes else prior
+
+
 def with_scale_head(prior: nn.Module) -> nn.Module:
     """A copy of a trained latent module with a new scale head (see `with_config`)."""
     return with_config(prior, scale_head=True)

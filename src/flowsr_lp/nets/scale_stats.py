@@ -29,6 +29,10 @@ class ScaleStats(nn.Module):
         if not scales or any(s <= 0 for s in scales) or list(scales) != sorted(set(scales)):
             raise ValueError(f"scale_stats must be increasing positive scales, got {scales}")
         self.sizes = list(sizes)
+        #: where each layer's channels start in the rows of `means` and `vars`
+        self.offsets = [0]
+        for c in self.sizes:
+            self.offsets.append(self.offsets[-1] + c)
         n, k = sum(sizes), len(scales)
         self.register_buffer("log_scales", torch.tensor([math.log(s) for s in scales], dtype=torch.float64))
         self.register_buffer("means", torch.zeros(k, n))
@@ -52,10 +56,7 @@ class ScaleStats(nn.Module):
         in training, the layer itself, its input's statistics recorded; otherwise, the layer
         with the statistics interpolated at `scale`."""
         index = {id(m): i for i, m in enumerate(layers)}
-        offsets = [0]
-        for c in self.sizes:
-            offsets.append(offsets[-1] + c)
-        w = self.weights(scale)
+        offsets, w = self.offsets, self.weights(scale)
 
         def run(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
             i = index[id(layer)]

@@ -18,12 +18,11 @@ from ..data.batches import EpochBatches
 from ..data.crops import LINFLPCrops, min_image_side
 from ..data.folders import ImageFolder
 from ..errors import TrainingError
-from ..nets.scale_head import with_config
+from ..nets.scale_head import with_recipe_changes
 from ..nets.scale_stats import batch_norms
 from ..pipeline import SuperResolver
 from ..runtime import progress_bars
-from .trainer import _write_csv, export_run, write_run_config
-from .validate import Validator
+from .trainer import export_run, validate_once, write_run_config
 
 #: the HR crop side calibration aims at: as large as BSDS200's images (481 x 321) allow,
 #: since statistics of small crops (a few positions deep in the UNet) do not carry over to
@@ -80,9 +79,7 @@ def run_calibration(cfg: dict, device: torch.device) -> Path:
     t0 = time.perf_counter()
     try:
         flow = load_flow(cfg["flow"]["checkpoint"], device=device)
-        prior = load_prior(spec["checkpoint"], device=device)
-        changes = {k: v for k, v in spec.get("config", {}).items() if getattr(prior.config, k, object()) != v}
-        prior = with_config(prior, **changes) if changes else prior
+        prior = with_recipe_changes(load_prior(spec["checkpoint"], device=device), spec)
         if not getattr(prior.config, "scale_stats", ()):
             raise ValueError("stage: calibrate needs a LINF-LP module with scale_stats (prior.config.scale_stats)")
     except (CheckpointError, ValueError, TypeError) as e:
@@ -99,8 +96,5 @@ def run_calibration(cfg: dict, device: torch.device) -> Path:
             raise TrainingError(f"calibrate: {e}") from None
     label = f"BatchNorm statistics at scales {', '.join(f'{s:g}' for s in scales)} ({n} batches each)"
     write_run_config(out, cfg, label)
-    if cfg["data"]["val"]["folders"]:
-        vals = Validator(cfg, device)(SuperResolver(flow.eval(), prior.eval()))
-        _write_csv(out / "val.csv", ["step", "epoch", *vals], [{"step": 0, "epoch": "0.000",
-                                                                 **{k: f"{v:.6g}" for k, v in vals.items()}}])
+    validate_once(out, cfg, device, SuperResolver(flow.eval(), prior.eval()))
     return export_run(out, save_prior, prior.eval(), cfg, label, 0, time.perf_counter() - t0, 0)

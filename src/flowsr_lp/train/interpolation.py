@@ -13,8 +13,7 @@ import torch
 from ..checkpoints import CheckpointError, load_flow, save_flow
 from ..errors import TrainingError
 from ..pipeline import SuperResolver
-from .trainer import _write_csv, export_run, write_run_config
-from .validate import Validator
+from .trainer import export_run, validate_once, write_run_config
 
 
 def interpolated(a: torch.nn.Module, b: torch.nn.Module, weight: float) -> torch.nn.Module:
@@ -41,8 +40,5 @@ def run_interpolation(cfg: dict, device: torch.device) -> Path:
         raise TrainingError(f"flow: {e}") from None
     label = f"weight interpolation: {1 - w:g} x {spec['checkpoint']} + {w:g} x {spec['toward']}"
     write_run_config(out, cfg, label)
-    if cfg["data"]["val"]["folders"]:
-        vals = Validator(cfg, device)(SuperResolver(flow.eval()))
-        _write_csv(out / "val.csv", ["step", "epoch", *vals], [{"step": 0, "epoch": "0.000",
-                                                                 **{k: f"{v:.6g}" for k, v in vals.items()}}])
+    validate_once(out, cfg, device, SuperResolver(flow.eval()))
     return export_run(out, save_flow, flow, cfg, label, 0, time.perf_counter() - t0, 0)

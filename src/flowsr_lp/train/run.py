@@ -11,7 +11,7 @@ from ..checkpoints import CheckpointError, build_model, load_flow, load_prior, s
 from ..flows.layers import ActNorm
 from ..nets.vgg import PerceptualLoss, VGGWeightsMissing, load_vgg_state
 from ..pipeline import SuperResolver, check_prior_fits
-from ..nets.scale_head import with_config
+from ..nets.scale_head import with_recipe_changes
 from .calibration import run_calibration
 from .interpolation import run_interpolation
 from .objectives import FlowNLL, LINFFinetune, PriorObjective
@@ -115,10 +115,7 @@ def train(cfg: dict, resume: bool = False, overwrite: bool = False) -> None:
             prior = (load_prior(prior_spec["checkpoint"], device=device) if prior_spec.get("checkpoint")
                      else build_model("prior", prior_spec["family"], prior_spec.get("config", {})).to(device))
             if prior_spec.get("checkpoint"):  # a started module's config changes (a new head, the LR input)
-                changes = {**prior_spec.get("config", {}), **({"scale_head": True} if prior_spec.get("scale_head") else {})}
-                changes = {k: v for k, v in changes.items() if getattr(prior.config, k, object()) != v}
-                if changes:
-                    prior = with_config(prior, **changes)
+                prior = with_recipe_changes(prior, prior_spec)
             check_prior_fits(flow, prior)
         except (CheckpointError, ValueError, TypeError) as e:
             raise TrainingError(f"prior: {e}") from None

@@ -133,6 +133,15 @@ def _write_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
         w.writerows(rows)
 
 
+def validate_once(out: Path, cfg: dict, device, resolver) -> None:
+    """A stage without steps validates once, at step 0, into val.csv (when the recipe names
+    validation images)."""
+    if cfg["data"]["val"]["folders"]:
+        vals = Validator(cfg, device)(resolver)
+        _write_csv(out / "val.csv", ["step", "epoch", *vals], [{"step": 0, "epoch": "0.000",
+                                                                 **{k: f"{v:.6g}" for k, v in vals.items()}}])
+
+
 def write_run_config(out: Path, cfg: dict, label: str) -> None:
     """A run folder's config.yaml: the recipe as run, with the loss it used."""
     out.mkdir(parents=True, exist_ok=True)
