@@ -140,6 +140,35 @@ def test_scale_stats_are_checked():
         ScaleStats((2.0, 1.0), [4])
     with pytest.raises(ValueError, match="unet"):
         LINFLatentModule(LINFPriorConfig(generator="edsr-baseline-latent", dim=8, n_resblocks=1, scale_stats=(1.0,)))
+    with pytest.raises(ValueError, match="scale_affine needs scale_stats"):
+        LINFLatentModule(LINFPriorConfig(generator="unet", dim=8, depth=2, scale_affine=True))
+
+
+@pytest.mark.usefixtures("no_grad")
+def test_a_grown_scale_affine_starts_as_the_identity_and_then_acts_at_its_own_scales_only():
+    stats = with_config(trained_module(), scale_stats=SCALES).eval()
+    fill(stats, random_stats(stats, 3))
+    grown = with_config(stats, scale_affine=True).eval()
+    cases = {s: inputs(s) for s in (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)}
+    before = {s: stats.distribution((z0,), lr)[0][0] for s, (z0, lr) in cases.items()}
+    for s, (z0, lr) in cases.items():
+        assert torch.equal(grown.distribution((z0,), lr)[0][0], before[s])
+    grown.scale_affine.shifts[0].normal_(0, 0.3)  # x1 only: x2 and above keep their output
+    grown.scale_affine.gains[0].normal_(0, 0.3)
+    for s, (z0, lr) in cases.items():
+        changed = not torch.equal(grown.distribution((z0,), lr)[0][0], before[s])
+        assert changed == (s < 2.0), s
+
+
+def test_scale_affine_learns_at_the_two_scales_around_the_batch_in_proportion_to_their_weights():
+    grown = with_config(with_config(trained_module(), scale_stats=SCALES), scale_affine=True).train()
+    z0, lr = inputs(3.0)  # between x2 and x4: log-weights 0.415 / 0.585
+    mu = grown.distribution((z0,), lr)[0][0]
+    mu.square().mean().backward()
+    g = grown.scale_affine.shifts.grad
+    assert g[0].abs().max() == 0 and g[1].abs().max() > 0 and g[2].abs().max() > 0
+    a = math.log(3.0 / 2.0) / math.log(2.0)
+    assert torch.allclose(g[2] * (1 - a), g[1] * a, rtol=1e-4, atol=1e-9)
 
 
 def test_calibration_fills_each_scale_and_leaves_the_layers_and_weights_alone(images, flow_file):

@@ -62,14 +62,15 @@ def split_prediction(outputs, channels) -> tuple[tuple[torch.Tensor, ...], tuple
 
 
 #: parts a trained module can grow without changing its output at first (their names' prefixes)
-GROWN = ("scale_head", "refine", "scale_stats")
+GROWN = ("scale_head", "refine", "scale_stats", "scale_affine")
 
 
 def with_config(prior: nn.Module, **changes) -> nn.Module:
     """A copy of a trained latent module with its config changed (`scale_head=True` grows a
     new head, sigma = 1 to start; LINF-LP's `refine=True` grows a second UNet whose
     contribution to mu starts at zero; LINF-LP's `scale_stats` adds BatchNorm statistics per
-    scale, unused until recorded; `lr_input` changes what its LR branch reads): every
+    scale, unused until recorded, and `scale_affine` a gain and shift per scale that start at
+    the identity; `lr_input` changes what its LR branch reads): every
     weight and buffer carried over exactly, so with only grown parts the output is unchanged.
     Changes that would drop or reshape a trained weight are refused."""
     config = prior.config

@@ -4,7 +4,11 @@ scale's own batch statistics, while at test time one set of running statistics, 
 all the scales it saw, serves them all. `ScaleStats` keeps the running statistics at a few
 scales instead and, at test time, interpolates them (linearly in log scale) at the scale of
 the image. Training is unchanged: the BatchNorm layers run as they are and their inputs'
-batch statistics are recorded beside, into the two scales around the batch's."""
+batch statistics are recorded beside, into the two scales around the batch's.
+
+`ScaleAffine` (optional) adds a learned gain and shift per channel at the same scales, applied
+after each BatchNorm and interpolated the same way: the layers' affine made scale-dependent.
+It starts at zero (the identity), so a trained module grows it with its output unchanged."""
 from __future__ import annotations
 
 import bisect
@@ -51,10 +55,11 @@ class ScaleStats(nn.Module):
         a = (x - ls[k]) / (ls[k + 1] - ls[k])
         return [(j, wj) for j, wj in ((k, 1.0 - a), (k + 1, a)) if wj > 0]
 
-    def norm(self, layers: list[nn.Module], scale: float, training: bool):
+    def norm(self, layers: list[nn.Module], scale: float, training: bool, affine: "ScaleAffine | None" = None):
         """The `norm(batch_norm, x)` that `DoubleConv.forward` takes for an image at `scale`:
         in training, the layer itself, its input's statistics recorded; otherwise, the layer
-        with the statistics interpolated at `scale`."""
+        with the statistics interpolated at `scale`. `affine` then applies its gain and shift
+        at `scale`."""
         index = {id(m): i for i, m in enumerate(layers)}
         offsets, w = self.offsets, self.weights(scale)
 
@@ -63,9 +68,11 @@ class ScaleStats(nn.Module):
             sl = slice(offsets[i], offsets[i + 1])
             if training:
                 self._record(layer, x, i, sl, w)
-                return layer(x)
-            mean, var = self._at(layer, i, sl, w)
-            return F.batch_norm(x, mean, var, layer.weight, layer.bias, False, 0.0, layer.eps)
+                y = layer(x)
+            else:
+                mean, var = self._at(layer, i, sl, w)
+                y = F.batch_norm(x, mean, var, layer.weight, layer.bias, False, 0.0, layer.eps)
+            return y if affine is None else affine(y, sl, w)
 
         return run
 
@@ -94,3 +101,19 @@ class ScaleStats(nn.Module):
             self.means[k, sl] += a * (mean - self.means[k, sl])
             self.vars[k, sl] += a * (var - self.vars[k, sl])
             self.counts[k, i] += wk
+
+
+class ScaleAffine(nn.Module):
+    """A learned gain and shift for each of the `n` channels of ScaleStats' rows at each of its
+    scales (zero: the identity), applied as y * (1 + gain) + shift with both interpolated at
+    the image's scale by ScaleStats' weights."""
+
+    def __init__(self, k: int, n: int):
+        super().__init__()
+        self.gains = nn.Parameter(torch.zeros(k, n))
+        self.shifts = nn.Parameter(torch.zeros(k, n))
+
+    def forward(self, y: torch.Tensor, sl: slice, w: list[tuple[int, float]]) -> torch.Tensor:
+        gain = sum(wk * self.gains[k, sl] for k, wk in w)
+        shift = sum(wk * self.shifts[k, sl] for k, wk in w)
+        return y * (1 + gain.to(y.dtype))[:, None, None] + shift.to(y.dtype)[:, None, None]

@@ -16,7 +16,7 @@ from ..nets.edsr import ResBlock
 from ..nets.swin import SwinStage
 from ..nets.unet import OutConv, unet_forward, unet_layers
 from ..nets.scale_head import LR_CHANNELS, ScaleHead, check_parts, lr_map, split_prediction
-from ..nets.scale_stats import ScaleStats, batch_norms
+from ..nets.scale_stats import ScaleAffine, ScaleStats, batch_norms
 
 GENERATORS = ("unet", "edsr-baseline-latent", "swin_latent")
 INPUTS = ("both", "prior", "lr")
@@ -58,6 +58,9 @@ class LINFPriorConfig(ModelConfig):
     #: interpolated at the image's (nets/scale_stats.py) instead of one set for every scale.
     #: UNet generator only
     scale_stats: tuple[float, ...] = ()
+    #: ours, off in every released module: with scale_stats, a learned gain and shift per
+    #: BatchNorm channel at those scales (nets/scale_stats.ScaleAffine), starting at the identity
+    scale_affine: bool = False
 
     @property
     def width(self) -> int:
@@ -78,6 +81,8 @@ class LINFLatentModule(nn.Module):
                              f"initial_prior one of {INITIAL_PRIORS} and lr_input one of {LR_INPUTS}")
         if (cfg.scale_head or cfg.refine or cfg.scale_stats) and cfg.generator != "unet":
             raise ValueError(f"scale_head, refine and scale_stats need the unet generator, not {cfg.generator!r}")
+        if cfg.scale_affine and not cfg.scale_stats:
+            raise ValueError("scale_affine needs scale_stats (the scales its gains and shifts are kept at)")
         w, c = cfg.width, cfg.in_chans
         branch = w // 2 if cfg.inputs == "both" else w
         if cfg.inputs in ("both", "prior"):
@@ -97,6 +102,8 @@ class LINFLatentModule(nn.Module):
                 nn.init.zeros_(self.refine_outc.conv.bias)
             if cfg.scale_stats:
                 self.scale_stats = ScaleStats(cfg.scale_stats, [m.num_features for m in self._batch_norms()])
+            if cfg.scale_affine:
+                self.scale_affine = ScaleAffine(len(cfg.scale_stats), self.scale_stats.offsets[-1])
         elif cfg.generator == "edsr-baseline-latent":
             self.body = nn.Sequential(*[ResBlock(w, cfg.res_scale, nn.LeakyReLU(0.2)) for _ in range(cfg.n_resblocks)])
             self.last_conv = nn.Conv2d(w, c, 1)
@@ -142,9 +149,10 @@ class LINFLatentModule(nn.Module):
         """mu (B x C x H x W), or with the scale head [mu, log sigma] (B x 2C x H x W)."""
         head_lr, norm = None, None
         if self.config.scale_stats:
-            scale = math.exp(float(lr_feat[0, -1, 0, 0]))
+            scale = math.exp(float(lr_feat[0, -1, 0, 0].detach()))
             lr_feat = lr_feat[:, :-1] if lr_feat.shape[1] > 1 else None
-            norm = self.scale_stats.norm(self._batch_norms(), scale, self.training)
+            norm = self.scale_stats.norm(self._batch_norms(), scale, self.training,
+                                         getattr(self, "scale_affine", None))
         if self.config.scale_head:
             lr_feat, head_lr = lr_feat[:, :-LR_CHANNELS], lr_feat[:, -LR_CHANNELS:]
             lr_feat = lr_feat if lr_feat.shape[1] else None
