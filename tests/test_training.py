@@ -170,12 +170,66 @@ def _weights(path):
     return torch.load(path, weights_only=True)["model"]
 
 
+def test_weight_average_warms_up_then_follows_its_decay_and_lends_its_weights_only_inside_the_block():
+    from flowsr_lp.train.weight_average import WeightAverage
+
+    model = torch.nn.Linear(3, 2)
+    frozen = torch.nn.Parameter(torch.ones(1), requires_grad=False)
+    model.register_parameter("frozen", frozen)
+    ema = WeightAverage(model, 0.99)
+    assert set(ema.params) == {"weight", "bias"}  # trainable weights only
+    expect = model.weight.detach().clone()
+    for n in range(30):
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        d = min(0.99, (1 + n) / (10 + n))
+        expect = d * expect + (1 - d) * model.weight.detach()
+        ema.update(model)
+    assert torch.allclose(ema.params["weight"], expect, atol=1e-5)
+    live = model.weight.detach().clone()
+    with ema.applied(model):
+        assert torch.equal(model.weight, ema.params["weight"])
+    assert torch.equal(model.weight, live)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        WeightAverage(model, 1.0)
+
+
+def test_ema_run_exports_and_validates_the_average_and_resume_must_keep_the_option(tmp_path, images, flow_file,
+                                                                                   capsys):
+    path = prior_recipe(tmp_path, images, flow_file, iterations=8, optim={"ema": 0.5}, run={"val_every": 8},
+                        data={"val": {"folders": [images], "scale": 2, "max_images": 1}})
+    assert main(["train-prior", path]) == 0
+    ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    exported = load_file(tmp_path / "run" / "model.safetensors")
+    assert ck["ema"]["updates"] == 8
+    for name, avg in ck["ema"]["params"].items():
+        assert torch.equal(exported[name], avg)
+    assert any(not torch.equal(ck["model"][n], a) for n, a in ck["ema"]["params"].items())
+    from flowsr_lp.pipeline import SuperResolver
+    from flowsr_lp.train.validate import Validator
+
+    (row,) = read_csv(tmp_path / "run" / "val.csv")
+    cfg, average = load_config(path), load_prior(tmp_path / "run" / "model.safetensors")
+    live = load_prior(tmp_path / "run" / "model.safetensors")
+    live.load_state_dict(ck["model"])
+    with torch.no_grad():
+        bpd = {name: Validator(cfg, torch.device("cpu"))(SuperResolver(load_flow(flow_file), prior))["val_bpd"]
+               for name, prior in (("average", average), ("live", live))}
+    assert float(row["val_bpd"]) == pytest.approx(bpd["average"], abs=2e-5)  # val.csv keeps 6 digits
+    assert abs(bpd["live"] - bpd["average"]) > 1e-4
+    assert main(["train-prior", path, "--resume", "--set", "optim.ema=null"]) != 0
+    assert "resume with the same optim.ema" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="optim.ema"):
+        load_config(path, ["optim.ema=1.5"])
+
+
 @pytest.mark.slow
-def test_resume_after_a_kill_ends_with_the_same_weights(tmp_path, images, flow_file):
+@pytest.mark.parametrize("ema", [None, 0.9])
+def test_resume_after_a_kill_ends_with_the_same_weights(tmp_path, images, flow_file, ema):
     full = prior_recipe(tmp_path, images, flow_file, out="full", iterations=16)
     # one thread in every process: float reductions (so bitwise equality) depend on the thread
     # count, and an in-process command (upscale, demo) may have changed torch's
-    threads = ["--set", "run.threads=1"]
+    threads = ["--set", "run.threads=1"] + (["--set", f"optim.ema={ema}"] if ema else [])
     assert main(["train-prior", full, *threads]) == 0
     cut = prior_recipe(tmp_path, images, flow_file, out="cut", iterations=16)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -198,6 +252,8 @@ def test_resume_after_a_kill_ends_with_the_same_weights(tmp_path, images, flow_f
     assert main(["train-prior", cut, "--resume", "--set", "run.ckpt_every=1", *threads]) == 0
     a, b = _weights(tmp_path / "full" / "checkpoint.pt"), _weights(ckpt)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the exported average too
     steps = [int(r["step"]) for r in read_csv(tmp_path / "cut" / "log.csv")]
     assert steps == sorted(set(steps)) and steps[-1] == 16  # no duplicated rows after the resume
 

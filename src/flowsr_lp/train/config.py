@@ -21,7 +21,8 @@ DEFAULTS: dict = {
         "val": {"folders": [], "scale": 4, "max_images": 4},
     },
     "optim": {"lr": 1e-4, "betas": [0.9, 0.999], "batch_size": 16, "epochs": None, "iterations": None,
-              "milestones": [], "milestone_unit": "epoch", "gamma": 0.5, "grad_clip": None},
+              "milestones": [], "milestone_unit": "epoch", "gamma": 0.5, "grad_clip": None,
+              "ema": None},  # ema: a decay (e.g. 0.999); validation and the exported model use the weights' average
     "loss": {"perceptual": "vgg", "vgg_weights": None, "latent_weight": 0.0, "pixel_weight": 0.0,
              "pixel_loss": "l1",  # the pixel term of prior recipes: l1, or l2 (mean squared error, PSNR's own)
              "gradient_weight": 0.0, "nll_weight": 5e-4, "scale_weight": 1.0,
@@ -75,7 +76,7 @@ def _scalar(v):
     return v
 
 
-_NUMERIC = {"optim": ("lr", "gamma", "grad_clip"),
+_NUMERIC = {"optim": ("lr", "gamma", "grad_clip", "ema"),
             "loss": ("latent_weight", "pixel_weight", "gradient_weight", "nll_weight", "scale_weight")}
 
 
@@ -128,6 +129,8 @@ def validate(cfg: dict) -> None:
     o = cfg["optim"]
     if (o["epochs"] is None) == (o["iterations"] is None):
         raise ConfigError("give exactly one of optim.epochs and optim.iterations")
+    if o["ema"] is not None and not 0 < o["ema"] < 1:
+        raise ConfigError(f"optim.ema must be a decay between 0 and 1 (e.g. 0.999), or null; got {o['ema']!r}")
     if o["milestone_unit"] not in ("epoch", "iteration", "fraction"):
         raise ConfigError("optim.milestone_unit must be epoch, iteration or fraction")
     if cfg["loss"]["perceptual"] not in ("vgg", "none"):

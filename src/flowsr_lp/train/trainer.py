@@ -4,6 +4,7 @@ checkpoints with optimizer / scheduler / RNG state, exact resumption, and
 DistributedDataParallel under torchrun."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -25,6 +26,7 @@ from ..data.folders import ImageFolder
 from ..images import atomic_write
 from ..runtime import progress_bars
 from .validate import Validator
+from .weight_average import WeightAverage
 
 CHECKPOINT = "checkpoint.pt"
 STATE_KEYS = ("step", "model", "optimizer", "scheduler", "rng")
@@ -192,6 +194,7 @@ class Trainer:
             self.optimizer, milestones_in_iterations(optim, self.per_epoch, self.total), gamma=optim["gamma"])
         # fp16 autocast needs loss scaling against underflowing gradients; bf16 has float32's range
         self.scaler = torch.amp.GradScaler(device.type) if run["amp"] == "fp16" else None
+        self.ema = WeightAverage(model, optim["ema"]) if optim["ema"] is not None else None
         self.step, self.elapsed, self.skipped = 0, 0.0, 0
         if resume:
             self._load(self.out / CHECKPOINT)
@@ -242,6 +245,8 @@ class Trainer:
                  "config": self.cfg, "perceptual": self.label, "elapsed": self.elapsed, "skipped": self.skipped}
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
         state["checksum"] = state_digest(state)
         return state
 
@@ -282,6 +287,12 @@ class Trainer:
                 restore_cuda_rng(state["rng"]["cuda"], torch.cuda.device_count())
             if self.scaler is not None and "scaler" in state:
                 self.scaler.load_state_dict(state["scaler"])
+            if (self.ema is None) != ("ema" not in state):
+                raise ValueError("optim.ema " + ("is set here but the checkpoint keeps no weight average"
+                                                 if self.ema is not None else "is not set here but the checkpoint "
+                                                 "keeps a weight average") + ": resume with the same optim.ema")
+            if self.ema is not None:
+                self.ema.load_state_dict(state["ema"])
         except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
             first = first_line(e)[:160]
             raise TrainingError(f"{path}: does not fit this run's model and optimizer ({first})") from None
@@ -377,6 +388,8 @@ class Trainer:
                         self.scaler.update()
                     else:
                         self.optimizer.step()
+                    if self.ema is not None:
+                        self.ema.update(self.model)
                 self.scheduler.step()
                 self.step += 1
                 self.elapsed += time.perf_counter() - t0
@@ -391,7 +404,8 @@ class Trainer:
                     if self.rank == 0:
                         self.log(vals)
                 if self.validator is not None and (self.step % run["val_every"] == 0 or self.step == self.total):
-                    vals = self.validator(self.resolver())
+                    with self._averaged():
+                        vals = self.validator(self.resolver())
                     logger.info("step %d: %s", self.step, ", ".join(f"{k} {v:.3f}" for k, v in vals.items()))
                     self.log(vals, "val.csv")
                     self.objective.train()
@@ -403,9 +417,14 @@ class Trainer:
         if self.writer is not None:
             self.writer.close()
         if self.rank == 0:
-            return export_run(self.out, self.export, self.model, self.cfg, self.label, self.step, self.elapsed,
-                              self.skipped)
+            with self._averaged():
+                return export_run(self.out, self.export, self.model, self.cfg, self.label, self.step, self.elapsed,
+                                  self.skipped)
         return None
+
+    def _averaged(self):
+        """The model with its weights' average (optim.ema) inside the block, as it is without."""
+        return self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext()
 
     def _grads_finite(self) -> bool:
         return grads_finite(self.model.parameters())
