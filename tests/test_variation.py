@@ -76,6 +76,25 @@ def test_seeds_per_batch_item_as_when_alone():
     assert (other - alone).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("tile", ["off", 4])
+def test_draws_from_one_prepared_input_share_one_prediction_and_match_fresh_inputs(tile):
+    flow, prior = linf_pair()
+    r = SuperResolver(flow, prior)
+    lr = lr_image(16, 14)
+    calls = []
+    generate = prior.generate
+    prior.generate = lambda *a, **k: calls.append(1) or generate(*a, **k)
+    prepared = r.prepare(lr, scale=3, tile=tile)
+    strategies = [LearnedPrior(prior, variation=t, seed=k) for t, k in ((0.0, 0), (0.5, 1), (0.5, 2), (1.0, 1))]
+    shared = [r.generate(prepared, s).images for s in strategies + strategies[:1]]
+    once = len(calls)
+    fresh = [r.generate(r.prepare(lr, scale=3, tile=tile), s).images for s in strategies]
+    assert len(calls) == once * (1 + len(strategies))  # the shared input ran the module for one draw only
+    for a, b in zip(shared, fresh + fresh[:1]):
+        assert torch.equal(a, b)  # and the prior's own latent came back intact after being decoded
+    assert (shared[1] - shared[2]).abs().max() > 1e-3
+
+
 def test_no_head_samples_a_fixed_temperature_and_says_so_once(caplog):
     flow, prior = linf_pair(head=False)
     lr = lr_image()

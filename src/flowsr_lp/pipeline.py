@@ -182,17 +182,20 @@ class SRResult:
 class LatentInputs:
     """What a strategy reads to choose the latent of a whole LR batch, also when the image is
     decoded in tiles: the LR, unit noise of the whole latent's shapes (`noise(tau, generator)`)
-    and the flow's initial prior of the whole image (`start(kind)`)."""
+    and the flow's initial prior of the whole image (`start(kind)`). `memo` keeps what a
+    strategy computes once for every draw from the same input (`LearnedPrior`: the module's
+    prediction); a `Prepared` input lends its own, so it lasts as long as the input."""
 
     flow: Flow
     lr: torch.Tensor
     noise: Callable[[float, Any], Latent]
     start: Callable[[str], Latent]
+    memo: dict = field(default_factory=dict)
 
     @classmethod
-    def whole(cls, flow: Flow, lr: torch.Tensor, ctx) -> "LatentInputs":
+    def whole(cls, flow: Flow, lr: torch.Tensor, ctx, memo: dict | None = None) -> "LatentInputs":
         return cls(flow, lr, lambda tau, gen: flow.sample_latent(ctx, tau, gen),
-                   lambda kind: flow.initial_prior(lr, ctx, kind))
+                   lambda kind: flow.initial_prior(lr, ctx, kind), {} if memo is None else memo)
 
 
 class LatentStrategy(abc.ABC):
@@ -352,9 +355,13 @@ class LearnedPrior(LatentStrategy):
         return predict_distribution(self.prior, start, lr, self.max_pixels, self.tile, self.overlap, self.margin)
 
     def choose(self, inputs: LatentInputs, scale: float) -> Latent:
-        mu, log_sigma = self.predict(inputs.start(self.start_kind), inputs.lr)
+        # every draw from the same input (and tiling) shares one prediction of the module
+        key = ("learned prior", self.prior, self.start_kind, self.max_pixels, self.tile, self.overlap, self.margin)
+        if key not in inputs.memo:
+            inputs.memo[key] = self.predict(inputs.start(self.start_kind), inputs.lr)
+        mu, log_sigma = inputs.memo[key]
         if self.variation == 0:
-            return mu
+            return tuple(m.clone() for m in mu)  # the caller's own: the memo's copy stays intact
         if log_sigma is None:
             _note_fixed_variation()
         eps = inputs.noise(self.variation, _generators(self.generator, self.seed))  # t * unit noise
@@ -398,6 +405,8 @@ class Prepared:
     ctx: Any
     input_kind: str
     tiles: TileGrid | None = None
+    #: what latent strategies share between draws from this input (`LatentInputs.memo`)
+    memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def scale(self) -> float:
@@ -530,7 +539,7 @@ class SuperResolver:
     def latent_inputs(self, prepared: Prepared) -> LatentInputs:
         """What strategies choose the latent of a prepared input from (see `LatentInputs`)."""
         if prepared.tiles is None:
-            return LatentInputs.whole(self.flow, prepared.lr, prepared.ctx)
+            return LatentInputs.whole(self.flow, prepared.lr, prepared.ctx, prepared.memo)
         grid, lr = prepared.tiles, prepared.lr
         shapes = [(lr.shape[0], *s[1:]) for s in grid.shapes]
 
@@ -544,7 +553,7 @@ class SuperResolver:
             return tuple(out)
 
         return LatentInputs(self.flow, lr, lambda tau, gen: sample_noise(shapes, tau, gen, *self.flow.device_dtype()),
-                            start)
+                            start, prepared.memo)
 
     def _conditioned_tiles(self, prepared: Prepared):
         """(tile, its LR region, the flow conditioned on it) for each tile in turn, with a
