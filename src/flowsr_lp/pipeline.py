@@ -405,7 +405,8 @@ class Prepared:
     ctx: Any
     input_kind: str
     tiles: TileGrid | None = None
-    #: what latent strategies share between draws from this input (`LatentInputs.memo`)
+    #: what latent strategies share between draws from this input (`LatentInputs.memo`); a
+    #: prepared input assumes the latent module's weights do not change while it is in use
     memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
