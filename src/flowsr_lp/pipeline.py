@@ -354,12 +354,16 @@ class LearnedPrior(LatentStrategy):
                      lr.contiguous(memory_format=torch.channels_last))
         return predict_distribution(self.prior, start, lr, self.max_pixels, self.tile, self.overlap, self.margin)
 
-    def choose(self, inputs: LatentInputs, scale: float) -> Latent:
-        # every draw from the same input (and tiling) shares one prediction of the module
+    def _shared(self, memo: dict, compute) -> tuple[Latent, Latent | None]:
+        """`compute()`, the module's (mu, log sigma), once per `memo`: every variation and draw
+        around the same prior and tiling shares it."""
         key = ("learned prior", self.prior, self.start_kind, self.max_pixels, self.tile, self.overlap, self.margin)
-        if key not in inputs.memo:
-            inputs.memo[key] = self.predict(inputs.start(self.start_kind), inputs.lr)
-        mu, log_sigma = inputs.memo[key]
+        if key not in memo:
+            memo[key] = compute()
+        return memo[key]
+
+    def choose(self, inputs: LatentInputs, scale: float) -> Latent:
+        mu, log_sigma = self._shared(inputs.memo, lambda: self.predict(inputs.start(self.start_kind), inputs.lr))
         if self.variation == 0:
             return tuple(m.clone() for m in mu)  # the caller's own: the memo's copy stays intact
         if log_sigma is None:
@@ -370,12 +374,7 @@ class LearnedPrior(LatentStrategy):
 
     def log_density(self, flow: Flow, lr: torch.Tensor, ctx, scale: float, latent: Latent,
                     memo: dict | None = None) -> torch.Tensor:
-        # the module's prediction is shared by every variation around the same prior and tiling
-        key = ("learned prior", id(self.prior), self.max_pixels, self.tile, self.overlap, self.margin)
-        memo = {} if memo is None else memo
-        if key not in memo:
-            memo[key] = self.distribution(flow, lr, ctx)
-        mu, log_sigma = memo[key]
+        mu, log_sigma = self._shared({} if memo is None else memo, lambda: self.distribution(flow, lr, ctx))
         return gaussian_log_density(latent, mu, log_sigma, self.variation or 1.0)
 
     def __repr__(self) -> str:

@@ -34,6 +34,7 @@ DEFAULTS: dict = {
 
 
 from ..errors import ConfigError, first_line  # noqa: F401  (ConfigError re-exported)
+from .weight_average import check_decay
 
 
 PIXEL_LOSSES = ("l1", "l2")
@@ -129,8 +130,11 @@ def validate(cfg: dict) -> None:
     o = cfg["optim"]
     if (o["epochs"] is None) == (o["iterations"] is None):
         raise ConfigError("give exactly one of optim.epochs and optim.iterations")
-    if o["ema"] is not None and not 0 < o["ema"] < 1:
-        raise ConfigError(f"optim.ema must be a decay between 0 and 1 (e.g. 0.999), or null; got {o['ema']!r}")
+    if o["ema"] is not None:
+        try:
+            check_decay(o["ema"])
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     if o["milestone_unit"] not in ("epoch", "iteration", "fraction"):
         raise ConfigError("optim.milestone_unit must be epoch, iteration or fraction")
     if cfg["loss"]["perceptual"] not in ("vgg", "none"):

@@ -288,9 +288,8 @@ class Trainer:
             if self.scaler is not None and "scaler" in state:
                 self.scaler.load_state_dict(state["scaler"])
             if (self.ema is None) != ("ema" not in state):
-                raise ValueError("optim.ema " + ("is set here but the checkpoint keeps no weight average"
-                                                 if self.ema is not None else "is not set here but the checkpoint "
-                                                 "keeps a weight average") + ": resume with the same optim.ema")
+                raise ValueError("this run and the checkpoint differ in keeping a weight average: "
+                                 "resume with the same optim.ema")
             if self.ema is not None:
                 self.ema.load_state_dict(state["ema"])
         except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError) as e:

@@ -11,10 +11,15 @@ import torch
 from torch import nn
 
 
+def check_decay(decay) -> None:
+    """Raise ValueError unless `decay` is a number strictly between 0 and 1."""
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 < decay < 1.0:
+        raise ValueError(f"optim.ema must be a decay between 0 and 1 (e.g. 0.999), or null; got {decay!r}")
+
+
 class WeightAverage:
     def __init__(self, model: nn.Module, decay: float):
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"optim.ema must be a decay between 0 and 1 (e.g. 0.999), not {decay!r}")
+        check_decay(decay)
         self.decay, self.updates = decay, 0
         self.params = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
