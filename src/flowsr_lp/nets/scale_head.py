@@ -62,15 +62,16 @@ def split_prediction(outputs, channels) -> tuple[tuple[torch.Tensor, ...], tuple
 
 
 #: parts a trained module can grow without changing its output at first (their names' prefixes)
-GROWN = ("scale_head", "refine", "scale_stats", "scale_affine")
+GROWN = ("scale_head", "refine", "scale_stats", "scale_affine", "specialists")
 
 
 def with_config(prior: nn.Module, **changes) -> nn.Module:
     """A copy of a trained latent module with its config changed (`scale_head=True` grows a
     new head, sigma = 1 to start; LINF-LP's `refine=True` grows a second UNet whose
     contribution to mu starts at zero; LINF-LP's `scale_stats` adds BatchNorm statistics per
-    scale, unused until recorded, and `scale_affine` a gain and shift per scale that start at
-    the identity; `lr_input` changes what its LR branch reads): every
+    scale, unused until recorded, `scale_affine` a gain and shift per scale that start at
+    the identity, and `specialists` copies of the module (its weights and buffers, grown parts
+    included); `lr_input` changes what its LR branch reads): every
     weight and buffer carried over exactly, so with only grown parts the output is unchanged.
     Changes that would drop or reshape a trained weight are refused."""
     config = prior.config
@@ -85,6 +86,8 @@ def with_config(prior: nn.Module, **changes) -> nn.Module:
         raise ValueError(f"cannot change {sorted(changes)} of this module: it would reshape {reshaped}, "
                          f"drop {unexpected} and add {[k for k in missing if not k.startswith(GROWN)]}")
     grown.load_state_dict(own, strict=False)
+    state = grown.state_dict()  # a new specialist starts as a copy of the module
+    grown.load_state_dict({**state, **{k: state[k.split(".", 2)[2]] for k in missing if k.startswith("specialists.")}})
     return grown.train(prior.training)
 
 

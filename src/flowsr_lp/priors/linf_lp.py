@@ -16,6 +16,7 @@ from ..nets.edsr import ResBlock
 from ..nets.swin import SwinStage
 from ..nets.unet import OutConv, unet_forward, unet_layers
 from ..nets.scale_head import LR_CHANNELS, ScaleHead, check_parts, lr_map, split_prediction
+from ..nets.scale_specialists import check_specialists, specialist_weights
 from ..nets.scale_stats import ScaleAffine, ScaleStats, batch_norms
 
 GENERATORS = ("unet", "edsr-baseline-latent", "swin_latent")
@@ -61,6 +62,13 @@ class LINFPriorConfig(ModelConfig):
     #: ours, off in every released module: with scale_stats, a learned gain and shift per
     #: BatchNorm channel at those scales (nets/scale_stats.ScaleAffine), starting at the identity
     scale_affine: bool = False
+    #: ours, off in every released module: copies of the whole module, each serving the images
+    #: near one of these scales, blended with the module by scale (nets/scale_specialists.py);
+    #: they need scale_stats (the scale the module reads). A module grows them as copies of
+    #: itself (output unchanged), and a recipe trains one on crops of its scale
+    specialists: tuple[float, ...] = ()
+    #: the scale ratio either side of a specialist's anchor at which its weight reaches 0
+    specialist_reach: float = 1.5
 
     @property
     def width(self) -> int:
@@ -83,6 +91,12 @@ class LINFLatentModule(nn.Module):
             raise ValueError(f"scale_head, refine and scale_stats need the unet generator, not {cfg.generator!r}")
         if cfg.scale_affine and not cfg.scale_stats:
             raise ValueError("scale_affine needs scale_stats (the scales its gains and shifts are kept at)")
+        if cfg.specialists:
+            if not cfg.scale_stats:
+                raise ValueError("specialists need scale_stats (the module reads its scale through them)")
+            check_specialists(cfg.specialists, cfg.specialist_reach)
+            own = type(cfg).from_dict({**cfg.to_dict(), "specialists": ()})
+            self.specialists = nn.ModuleList(LINFLatentModule(own) for _ in cfg.specialists)
         w, c = cfg.width, cfg.in_chans
         branch = w // 2 if cfg.inputs == "both" else w
         if cfg.inputs in ("both", "prior"):
@@ -131,11 +145,24 @@ class LINFLatentModule(nn.Module):
         """LR branch on the whole LR image (in [0, 1]), resized to the latent map's size; with
         the scale head, the resized LR (its input) follows as the last channels, and with
         scale_stats the log of the scale (from the sizes: three HR pixels per latent position)
-        as one more."""
+        as one more. With specialists, the features of each module that serves the scale, one
+        after the other, then which serve: two channels, the specialist's number (k + 1, or 0
+        for the module alone) and its weight, exact in any float type."""
+        if not self.config.specialists:
+            return self._features(lr, size)
+        cfg = self.config
+        serving = specialist_weights(_scale_of(lr, size), cfg.specialists, cfg.specialist_reach)
+        k, w = serving[-1]
+        code = lr.new_tensor([0.0 if k is None else k + 1.0, w]).view(1, 2, 1, 1).expand(lr.shape[0], 2, *size)
+        return torch.cat([self._member(j)._features(lr, size) for j, _ in serving] + [code], 1)
+
+    def _member(self, k: int | None) -> "LINFLatentModule":
+        return self if k is None else self.specialists[k]
+
+    def _features(self, lr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor | None:
         own = [lr_map(lr, size)] if self.config.scale_head else []
         if self.config.scale_stats:
-            s = 1.5 * (size[0] / lr.shape[-2] + size[1] / lr.shape[-1])
-            own.append(lr.new_full((lr.shape[0], 1, *size), math.log(s)))
+            own.append(lr.new_full((lr.shape[0], 1, *size), math.log(_scale_of(lr, size))))
         if not hasattr(self, "lr_proj"):
             return torch.cat(own, 1) if own else None
         if self.config.lr_input == "upsampled":
@@ -146,7 +173,24 @@ class LINFLatentModule(nn.Module):
         return torch.cat([f, *own], 1) if own else f
 
     def generate(self, z0: torch.Tensor, lr_feat: torch.Tensor | None, part: int = 0) -> torch.Tensor:
-        """mu (B x C x H x W), or with the scale head [mu, log sigma] (B x 2C x H x W)."""
+        """mu (B x C x H x W), or with the scale head [mu, log sigma] (B x 2C x H x W); with
+        specialists, the serving modules' predictions blended by their weights."""
+        if not self.config.specialists:
+            return self._generate(z0, lr_feat)
+        code, w = (float(v) for v in lr_feat[0, -2:, 0, 0].detach())
+        k = int(code) - 1 if code else None
+        if k is None or w == 1.0:  # one module serves
+            return self._member(k)._generate(z0, lr_feat[:, :-2])
+        own, theirs = lr_feat[:, :-2].chunk(2, 1)
+        # a lerp, so a specialist equal to the module changes nothing
+        return torch.lerp(self._generate(z0, own), self.specialists[k]._generate(z0, theirs), w)
+
+    def own_prediction(self, z0: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+        """`generate` of this module alone, whatever its specialists (calibration measures
+        each one's statistics at every scale, including those it only shares)."""
+        return self._generate(z0, self._features(lr, tuple(z0.shape[-2:])))
+
+    def _generate(self, z0: torch.Tensor, lr_feat: torch.Tensor | None) -> torch.Tensor:
         head_lr, norm = None, None
         if self.config.scale_stats:
             scale = math.exp(float(lr_feat[0, -1, 0, 0].detach()))
@@ -182,6 +226,11 @@ class LINFLatentModule(nn.Module):
         check_parts(latent, self.latent_channels, "LINF latent module")
         (z0,) = latent
         return split_prediction([self.generate(z0, self.lr_features(lr, z0.shape[-2:]))], self.latent_channels)
+
+
+def _scale_of(lr: torch.Tensor, size: tuple[int, int]) -> float:
+    """The scale a latent map of `size` over `lr` stands for (three HR pixels per position)."""
+    return 1.5 * (size[0] / lr.shape[-2] + size[1] / lr.shape[-1])
 
 
 #: the released / paper configurations (key names and shapes in linf_lp_manifest.json)

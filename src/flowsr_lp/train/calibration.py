@@ -13,15 +13,15 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..checkpoints import CheckpointError, load_flow, load_prior, save_prior
+from ..checkpoints import CheckpointError, load_flow, save_prior
 from ..data.batches import EpochBatches
 from ..data.crops import LINFLPCrops, min_image_side
 from ..data.folders import ImageFolder
 from ..errors import TrainingError
-from ..nets.scale_head import with_recipe_changes
-from ..nets.scale_stats import batch_norms
+from ..nets.scale_stats import ScaleStats, batch_norms
 from ..pipeline import SuperResolver
 from ..runtime import progress_bars
+from .start import start_prior
 from .trainer import export_run, validate_once, write_run_config
 
 #: the HR crop side calibration aims at: as large as BSDS200's images (481 x 321) allow,
@@ -30,11 +30,16 @@ from .trainer import export_run, validate_once, write_run_config
 HR_CROP = 320
 
 
+def stats_of(prior) -> list[ScaleStats]:
+    """The module's per-scale statistics, its specialists' included."""
+    return [m for m in prior.modules() if isinstance(m, ScaleStats)]
+
+
 @torch.no_grad()
 def calibrate_scale_stats(flow, prior, folders: list[str], batches: int, batch_size: int, lr_kernel: str = "pil",
                           hr_crop: int = HR_CROP, seed: int = 0, progress=None) -> None:
-    """Fill `prior.scale_stats` with plain averages over `batches` batches per scale (fewer where
-    the images run out), replacing what it held. Each scale's crops have an LR side that is a multiple of 6 (so at
+    """Fill `prior.scale_stats` (and each specialist's) with plain averages over `batches`
+    batches per scale (fewer where the images run out), replacing what it held. Each scale's crops have an LR side that is a multiple of 6 (so at
     scales 1, 1.5, 2, 3, ... the HR side is a multiple of 3 and the module reads the scale
     exactly) and an HR side of at most `hr_crop`."""
     if not getattr(prior.config, "scale_stats", ()):
@@ -45,7 +50,8 @@ def calibrate_scale_stats(flow, prior, folders: list[str], batches: int, batch_s
              for m in layers]
     flow.eval()
     prior.train()
-    prior.scale_stats.counts.zero_()  # a fresh measurement, not an average with earlier ones
+    for st in stats_of(prior):  # a fresh measurement, not an average with earlier ones
+        st.counts.zero_()
     for m in layers:
         m.momentum = None  # plain averages (ScaleStats follows the layer's momentum)
     try:
@@ -60,7 +66,9 @@ def calibrate_scale_stats(flow, prior, folders: list[str], batches: int, batch_s
                 batch = epoch[b]
                 lr = batch["lr"].to(device)
                 ctx = flow.condition(lr, tuple(batch["hr"].shape[-2:]))
-                prior.distribution(flow.initial_prior(lr, ctx, prior.config.initial_prior), lr)
+                (z0,) = flow.initial_prior(lr, ctx, prior.config.initial_prior)
+                for m in [prior, *getattr(prior, "specialists", ())]:  # each one at every scale
+                    m.own_prediction(z0, lr)
                 if progress:
                     progress(s, b)
     finally:
@@ -79,7 +87,7 @@ def run_calibration(cfg: dict, device: torch.device) -> Path:
     t0 = time.perf_counter()
     try:
         flow = load_flow(cfg["flow"]["checkpoint"], device=device)
-        prior = with_recipe_changes(load_prior(spec["checkpoint"], device=device), spec)
+        prior = start_prior(spec, device)
         if not getattr(prior.config, "scale_stats", ()):
             raise ValueError("stage: calibrate needs a LINF-LP module with scale_stats (prior.config.scale_stats)")
     except (CheckpointError, ValueError, TypeError) as e:

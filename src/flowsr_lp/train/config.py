@@ -14,7 +14,8 @@ DEFAULTS: dict = {
     #                  priors: "calibrate" (no steps: LINF-LP's BatchNorm statistics per scale)
     "flow": {},  # {checkpoint: PATH} or {family: linf|linf-patch|srflow, config: {...}}; train: true in a
     #              prior recipe fine-tunes the flow with the module (NLL x loss.nll_weight on alternate steps)
-    "prior": {},  # {family: linf-lp|srflow-lp, config: {...}}, or checkpoint: PATH to start from (config: its changes)
+    "prior": {},  # {family: linf-lp|srflow-lp, config: {...}}, or checkpoint: PATH to start from (config: its changes;
+    #               specialists_from: [PATH, ...], the weights of its specialists)
     "data": {
         "train": {"folders": [], "repeat": 1, "cache": False},
         "crop": {"kind": "linf"},
@@ -120,6 +121,11 @@ def validate(cfg: dict) -> None:
         return
     if not cfg["data"]["train"]["folders"]:
         raise ConfigError("data.train.folders is empty: name the folders of HR training images")
+    sources = cfg["prior"].get("specialists_from")
+    if sources is not None and (cfg["task"] != "prior" or not cfg["prior"].get("checkpoint")
+                                or not isinstance(sources, list) or not all(isinstance(p, str) for p in sources)):
+        raise ConfigError("prior.specialists_from is a list of checkpoints, one per specialist of the module that "
+                          "prior.checkpoint and prior.config.specialists give (train/start.py)")
     if cfg["stage"] == "calibrate":  # a prior stage without steps (train/calibration.py)
         p, n = cfg["prior"], _scalar(cfg["prior"].get("calibration_batches", 25))
         if cfg["task"] != "prior" or not p.get("checkpoint") or not cfg["flow"].get("checkpoint") or \

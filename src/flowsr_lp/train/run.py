@@ -7,14 +7,14 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import CheckpointError, build_model, load_flow, load_prior, save_flow, save_prior
+from ..checkpoints import CheckpointError, build_model, load_flow, save_flow, save_prior
 from ..flows.layers import ActNorm
 from ..nets.vgg import PerceptualLoss, VGGWeightsMissing, load_vgg_state
 from ..pipeline import SuperResolver, check_prior_fits
-from ..nets.scale_head import with_recipe_changes
 from .calibration import run_calibration
 from .interpolation import run_interpolation
 from .objectives import FlowNLL, LINFFinetune, PriorObjective
+from .start import start_prior
 from ..distributed import finish, setup_distributed
 from .trainer import Trainer, TrainingError, check_out_folder
 
@@ -112,10 +112,8 @@ def train(cfg: dict, resume: bool = False, overwrite: bool = False) -> None:
         resolver = lambda: SuperResolver(flow)  # noqa: E731 - validated at tau 0
     else:
         try:
-            prior = (load_prior(prior_spec["checkpoint"], device=device) if prior_spec.get("checkpoint")
+            prior = (start_prior(prior_spec, device) if prior_spec.get("checkpoint")
                      else build_model("prior", prior_spec["family"], prior_spec.get("config", {})).to(device))
-            if prior_spec.get("checkpoint"):  # a started module's config changes (a new head, the LR input)
-                prior = with_recipe_changes(prior, prior_spec)
             check_prior_fits(flow, prior)
         except (CheckpointError, ValueError, TypeError) as e:
             raise TrainingError(f"prior: {e}") from None
