@@ -94,10 +94,17 @@ def equal_diversity(summary: dict, point: str, references: list[tuple[str, list,
     return out
 
 
+def without_head(prior):
+    """The same module without its scale head (its specialists' heads too): mu unchanged, and
+    its samples N(mu, t^2), the fixed-scale ablation."""
+    plain = type(prior)(type(prior.config).from_dict({**prior.config.to_dict(), "scale_head": False}))
+    plain.load_state_dict({k: v for k, v in prior.state_dict().items() if "scale_head" not in k.split(".")})
+    return plain.eval()
+
+
 def run_flow(name, flow_id, prior_id, pairs, draws, seed) -> dict:
     flow, prior = load_flow(flow_id), load_prior(prior_id)
-    plain = type(prior)(type(prior.config).from_dict({**prior.config.to_dict(), "scale_head": False}))
-    plain.load_state_dict({k: v for k, v in prior.state_dict().items() if not k.startswith("scale_head")})
+    plain = without_head(prior)
     resolver = SuperResolver(flow, prior)
     head = bool(getattr(prior.config, "scale_head", False))
     bpd = {"sigma": [], **{f"s={s}": [] for s in SCALES}, "flow": []}

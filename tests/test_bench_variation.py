@@ -31,3 +31,23 @@ def test_outside_a_reference_curve_the_end_is_used_and_flagged():
     out = bench.equal_diversity(summary, "t=1.0", [("tau=", [0.1, 0.2], ""), ("fixed=", [], "_fixed")])
     assert not out["in_range"] and math.isclose(out["psnr_gain_db"], -1.0) and out["tau_at_equal_diversity"] == 0.2
     assert "psnr_gain_db_fixed" not in out  # no ablation without a scale head
+
+
+def test_the_fixed_scale_ablation_drops_every_scale_head_and_keeps_mu():
+    import torch
+
+    from flowsr_lp.nets.scale_head import with_config
+    from flowsr_lp.priors import LINFLatentModule, LINFPriorConfig
+
+    torch.manual_seed(0)
+    prior = with_config(LINFLatentModule(LINFPriorConfig(generator="unet", dim=8, depth=2, scale_head=True)),
+                        scale_stats=(2.0, 4.0))
+    prior = with_config(prior, specialists=(4.0,)).eval()  # a module with a specialist, each with a head
+    with torch.no_grad():
+        for p in prior.specialists[0].parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        for side in (16, 14):  # x4: the specialist alone; x3.5: the blend
+            z0, lr = torch.randn(1, 27, side, side), torch.rand(1, 3, 12, 12)
+            (mu, log_sigma), (mu_plain, none) = prior.distribution((z0,), lr), bench.without_head(prior).distribution((z0,), lr)
+            assert log_sigma is not None and none is None
+            torch.testing.assert_close(mu_plain[0], mu[0])

@@ -174,10 +174,11 @@ def test_a_recipe_assembles_specialists_from_modules_trained_for_their_scale(tmp
     trained = stats_module()
     perturb(trained, 6)
     x3 = save_prior(trained, tmp_path / "x3.safetensors")
-    spec = {"checkpoint": str(start), "config": {"specialists": [3.0]}, "specialists_from": [str(x3)]}
+    spec = {"checkpoint": str(start), "config": {"specialists": [3.0], "specialist_reach": 1.2},
+            "specialists_from": [str(x3)]}
     assert main(["train-prior", recipe(tmp_path, flow_file, images, spec)]) == 0
     out = load_prior(tmp_path / "cal" / "model.safetensors")
-    assert out.config.specialists == (3.0,)
+    assert out.config.specialists == (3.0,) and out.config.specialist_reach == 1.2
     mine = out.specialists[0].state_dict()
     for name, v in trained.state_dict().items():  # its weights and layers' statistics; its scales' measured again
         assert name.startswith("scale_stats.") or torch.equal(mine[name], v), name
@@ -191,3 +192,21 @@ def test_a_recipe_assembles_specialists_from_modules_trained_for_their_scale(tmp
         assert not (tmp_path / f"bad{i}").exists()
     with pytest.raises(ConfigError, match="specialists_from"):
         load_config(recipe(tmp_path, flow_file, images, {**spec, "specialists_from": str(x3)}))
+
+
+@pytest.mark.slow
+def test_training_over_a_range_of_scales_trains_the_module_and_its_specialist(tmp_path, images, flow_file):
+    """Crops from x1 to x3 with a specialist at x3: batches near x1 reach the module alone, those
+    near x3 the specialist alone, so neither may be frozen by the first batch's probe."""
+    start = save_prior(stats_module(), tmp_path / "start.safetensors")
+    cfg = dict(task="prior", flow={"checkpoint": flow_file},
+               prior={"checkpoint": str(start), "config": {"specialists": [3.0]}},
+               data={"train": {"folders": [images], "repeat": 4},
+                     "crop": {"kind": "linf-lp", "lr_size": 18, "window": None, "scale_min": 1, "scale_max": 3}},
+               optim={"batch_size": 2, "iterations": 12, "lr": 2e-3}, loss={"perceptual": "none"},
+               run={"out": str(tmp_path / "run"), "log_every": 4, "ckpt_every": 100, "seed": 3})
+    assert main(["train-prior", write_recipe(tmp_path / "run.yaml", **cfg)]) == 0
+    out, before = load_prior(tmp_path / "run" / "model.safetensors"), load_prior(start)
+    assert not torch.equal(out.outc.conv.weight, before.outc.conv.weight)
+    assert not torch.equal(out.specialists[0].outc.conv.weight, before.outc.conv.weight)
+    assert not torch.equal(out.specialists[0].outc.conv.weight, out.outc.conv.weight)

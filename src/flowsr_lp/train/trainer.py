@@ -182,12 +182,16 @@ class Trainer:
         self.per_epoch = len(self.batches)
         self.total = total_iterations(optim, self.per_epoch)
         self.objective = objective.to(device)
-        self.frozen = self._freeze_unused(_to(self.batches[0], device))
+        # a module with scale specialists (priors/linf_lp.py) reaches other parameters at other
+        # scales: no probe can tell which are never used, and DDP must expect some unused
+        by_scale = any(getattr(getattr(m, "config", None), "specialists", ()) for m in model.modules())
+        self.frozen = [] if by_scale else self._freeze_unused(_to(self.batches[0], device))
         if world > 1:
             if device.type == "cuda" and run["sync_bn"]:
                 self.objective = nn.SyncBatchNorm.convert_sync_batchnorm(self.objective)
             self.objective = nn.parallel.DistributedDataParallel(
-                self.objective, device_ids=[device.index] if device.type == "cuda" else None)
+                self.objective, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=by_scale)
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=optim["lr"], betas=tuple(optim["betas"]))
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
