@@ -22,10 +22,11 @@ from flowsr_lp.hub.registry import BUNDLED, WEIGHTS
 
 #: the recipes (configs/cpu/NAME.yaml) of each bundled model, in training order (SRFlow v4: its
 #: flow interpolated between the NLL stage and the L1 fine-tune, and a wider module with its
-#: head; LINF-LP v4: two more stages of its mu, with a head, and BatchNorm statistics per scale)
+#: head; LINF-LP v4: two more stages of its mu, with a head, and BatchNorm statistics per scale;
+#: v5: v4 continued on x4 crops, then v4 with that module as its specialist at x4)
 STAGES = {"linf-small": ["linf-small", "linf-small-ft"],
           "linf-small-lp": ["linf-small-lp", "linf-small-lp-ft", "linf-small-lp-ft2", "linf-small-lp-ft3",
-                            "linf-small-lp-stats"],
+                            "linf-small-lp-stats", "linf-small-lp-x4", "linf-small-lp-specialists"],
           "srflow-small": ["srflow-small", "srflow-small-ft", "srflow-small-ft2", "srflow-small-wise"],
           "srflow-small-lp": ["srflow-small-lp-wide", "srflow-small-lp-wise"],
           "hcflow-small": ["hcflow-small"], "hcflow-small-lp": ["hcflow-small-lp"]}
@@ -146,7 +147,11 @@ def main() -> None:
              "(`linf-small-lp-ft2.yaml`), then with the pixel term in L2 at x1-x6 (`linf-small-lp-ft3.yaml`), and "
              "ends with a stage without steps (`linf-small-lp-stats.yaml`): BatchNorm statistics measured per scale "
              "on training crops and interpolated at the image's scale (`prior.config.scale_stats`; the module trains "
-             "on batches of one scale, so one set of running statistics fitted no scale well). No VGG19 ImageNet weights were available, so the latent modules "
+             "on batches of one scale, so one set of running statistics fitted no scale well). v5 continues v4 "
+             "on x4 crops alone (`linf-small-lp-x4.yaml`) and keeps that module as v4's specialist at x4 "
+             "(`linf-small-lp-specialists.yaml`, a stage without steps that also measures both modules' statistics): "
+             "it serves x4 alone and blends with v4 from x2.67 to x6 (`prior.config.specialists`), while v4 serves "
+             "every other scale unchanged. No VGG19 ImageNet weights were available, so the latent modules "
              "were trained with `--perceptual none` (pixel L1 + 0.1 latent L1) instead of the paper's VGG loss; to "
              "retrain with it add `--perceptual vgg --vgg-weights vgg19-dcbb9e9d.pth --set loss.latent_weight=0 "
              "--set loss.pixel_weight=0` (LINF) or keep `latent_weight` 0.1 (SRFlow). `hcflow-small` (HCFlow's "
