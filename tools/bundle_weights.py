@@ -23,10 +23,11 @@ from flowsr_lp.hub.registry import BUNDLED, WEIGHTS
 #: the recipes (configs/cpu/NAME.yaml) of each bundled model, in training order (SRFlow v4: its
 #: flow interpolated between the NLL stage and the L1 fine-tune, and a wider module with its
 #: head; LINF-LP v4: two more stages of its mu, with a head, and BatchNorm statistics per scale;
-#: v5: v4 continued on x4 crops, then v4 with that module as its specialist at x4)
+#: v5: v4 continued on x4 crops in two stages, then v4 with that module as its specialist at x4)
 STAGES = {"linf-small": ["linf-small", "linf-small-ft"],
           "linf-small-lp": ["linf-small-lp", "linf-small-lp-ft", "linf-small-lp-ft2", "linf-small-lp-ft3",
-                            "linf-small-lp-stats", "linf-small-lp-x4", "linf-small-lp-specialists"],
+                            "linf-small-lp-stats", "linf-small-lp-x4", "linf-small-lp-x4g",
+                            "linf-small-lp-specialists"],
           "srflow-small": ["srflow-small", "srflow-small-ft", "srflow-small-ft2", "srflow-small-wise"],
           "srflow-small-lp": ["srflow-small-lp-wide", "srflow-small-lp-wise"],
           "hcflow-small": ["hcflow-small"], "hcflow-small-lp": ["hcflow-small-lp"]}
@@ -76,7 +77,8 @@ def stage_records(runs: Path, name: str, commands: dict) -> list[dict]:
 
 def describe(rec: dict) -> tuple[str, str]:
     fin, val = rec.get("final", {}), rec.get("validation", {})
-    loss = ", ".join(f"{k} {float(fin[k]):.4g}" for k in ("nll", "l1", "l2", "latent", "scale_nll") if fin.get(k))
+    loss = ", ".join(f"{k} {float(fin[k]):.4g}" for k in ("nll", "l1", "l2", "grad", "latent", "scale_nll")
+                     if fin.get(k))
     vals = f"PSNR {float(val['val_psnr']):.2f} dB, LR-PSNR {float(val['val_lr_psnr']):.2f} dB" if val else "–"
     if val.get("val_bpd"):
         vals += f", {float(val['val_bpd']):.3f} bits/dim"
@@ -148,9 +150,10 @@ def main() -> None:
              "ends with a stage without steps (`linf-small-lp-stats.yaml`): BatchNorm statistics measured per scale "
              "on training crops and interpolated at the image's scale (`prior.config.scale_stats`; the module trains "
              "on batches of one scale, so one set of running statistics fitted no scale well). v5 continues v4 "
-             "on x4 crops alone (`linf-small-lp-x4.yaml`) and keeps that module as v4's specialist at x4 "
+             "on x4 crops alone (`linf-small-lp-x4.yaml`, then with an L1 between image gradients, "
+             "`linf-small-lp-x4g.yaml`) and keeps that module as v4's specialist at x4 "
              "(`linf-small-lp-specialists.yaml`, a stage without steps that also measures both modules' statistics): "
-             "it serves x4 alone and blends with v4 from x2.67 to x6 (`prior.config.specialists`), while v4 serves "
+             "it serves x4 alone and blends with v4 between x3 and x5.33 (`prior.config.specialists`), while v4 serves "
              "every other scale unchanged. No VGG19 ImageNet weights were available, so the latent modules "
              "were trained with `--perceptual none` (pixel L1 + 0.1 latent L1) instead of the paper's VGG loss; to "
              "retrain with it add `--perceptual vgg --vgg-weights vgg19-dcbb9e9d.pth --set loss.latent_weight=0 "
