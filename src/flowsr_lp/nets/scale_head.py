@@ -87,7 +87,8 @@ def with_config(prior: nn.Module, **changes) -> nn.Module:
                          f"drop {unexpected} and add {[k for k in missing if not k.startswith(GROWN)]}")
     grown.load_state_dict(own, strict=False)
     state = grown.state_dict()  # a new specialist starts as a copy of the module
-    grown.load_state_dict({**state, **{k: state[k.split(".", 2)[2]] for k in missing if k.startswith("specialists.")}})
+    copies = {k: state[k.split(".", 2)[2]] for k in missing if k.startswith("specialists.")}
+    grown.load_state_dict({**state, **copies})
     return grown.train(prior.training)
 
 

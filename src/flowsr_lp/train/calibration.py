@@ -39,9 +39,10 @@ def stats_of(prior) -> list[ScaleStats]:
 def calibrate_scale_stats(flow, prior, folders: list[str], batches: int, batch_size: int, lr_kernel: str = "pil",
                           hr_crop: int = HR_CROP, seed: int = 0, progress=None) -> None:
     """Fill `prior.scale_stats` (and each specialist's) with plain averages over `batches`
-    batches per scale (fewer where the images run out), replacing what it held. Each scale's crops have an LR side that is a multiple of 6 (so at
-    scales 1, 1.5, 2, 3, ... the HR side is a multiple of 3 and the module reads the scale
-    exactly) and an HR side of at most `hr_crop`."""
+    batches per scale (fewer where the images run out), replacing what it held. Each scale's
+    crops have an LR side that is a multiple of 6 (so at scales 1, 1.5, 2, 3, ... the HR side
+    is a multiple of 3 and the module reads the scale exactly) and an HR side of at most
+    `hr_crop`."""
     if not getattr(prior.config, "scale_stats", ()):
         raise ValueError("calibration needs a latent module with scale_stats")
     layers = batch_norms(prior)
