@@ -159,6 +159,16 @@ class LINFLatentModule(nn.Module):
     def _member(self, k: int | None) -> "LINFLatentModule":
         return self if k is None else self.specialists[k]
 
+    def members(self) -> list["LINFLatentModule"]:
+        """This module and its specialists (each one a module without specialists)."""
+        return [self, *getattr(self, "specialists", ())]
+
+    @property
+    def parameters_vary_by_scale(self) -> bool:
+        """Whether images of different scales reach different parameters (specialists): the
+        trainer then freezes nothing up front and DDP expects unused parameters."""
+        return bool(self.config.specialists)
+
     def _features(self, lr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor | None:
         own = [lr_map(lr, size)] if self.config.scale_head else []
         if self.config.scale_stats:

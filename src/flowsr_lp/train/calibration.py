@@ -18,7 +18,7 @@ from ..data.batches import EpochBatches
 from ..data.crops import LINFLPCrops, min_image_side
 from ..data.folders import ImageFolder
 from ..errors import TrainingError
-from ..nets.scale_stats import ScaleStats, batch_norms
+from ..nets.scale_stats import batch_norms
 from ..pipeline import SuperResolver
 from ..runtime import progress_bars
 from .start import start_prior
@@ -28,11 +28,6 @@ from .trainer import export_run, validate_once, write_run_config
 #: since statistics of small crops (a few positions deep in the UNet) do not carry over to
 #: whole images
 HR_CROP = 320
-
-
-def stats_of(prior) -> list[ScaleStats]:
-    """The module's per-scale statistics, its specialists' included."""
-    return [m for m in prior.modules() if isinstance(m, ScaleStats)]
 
 
 @torch.no_grad()
@@ -51,8 +46,8 @@ def calibrate_scale_stats(flow, prior, folders: list[str], batches: int, batch_s
              for m in layers]
     flow.eval()
     prior.train()
-    for st in stats_of(prior):  # a fresh measurement, not an average with earlier ones
-        st.counts.zero_()
+    for m in prior.members():  # a fresh measurement, not an average with earlier ones
+        m.scale_stats.counts.zero_()
     for m in layers:
         m.momentum = None  # plain averages (ScaleStats follows the layer's momentum)
     try:
@@ -68,7 +63,7 @@ def calibrate_scale_stats(flow, prior, folders: list[str], batches: int, batch_s
                 lr = batch["lr"].to(device)
                 ctx = flow.condition(lr, tuple(batch["hr"].shape[-2:]))
                 (z0,) = flow.initial_prior(lr, ctx, prior.config.initial_prior)
-                for m in [prior, *getattr(prior, "specialists", ())]:  # each one at every scale
+                for m in prior.members():  # each one at every scale
                     m.own_prediction(z0, lr)
                 if progress:
                     progress(s, b)

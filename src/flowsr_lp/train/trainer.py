@@ -182,9 +182,9 @@ class Trainer:
         self.per_epoch = len(self.batches)
         self.total = total_iterations(optim, self.per_epoch)
         self.objective = objective.to(device)
-        # a module with scale specialists (priors/linf_lp.py) reaches other parameters at other
-        # scales: no probe can tell which are never used, and DDP must expect some unused
-        by_scale = any(getattr(getattr(m, "config", None), "specialists", ()) for m in model.modules())
+        # a module whose parameters vary by scale (LINF-LP's specialists) reaches other parameters
+        # at other scales: no probe can tell which are never used, and DDP must expect some unused
+        by_scale = any(getattr(m, "parameters_vary_by_scale", False) for m in model.modules())
         self.frozen = [] if by_scale else self._freeze_unused(_to(self.batches[0], device))
         if world > 1:
             if device.type == "cuda" and run["sync_bn"]:
