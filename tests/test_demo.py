@@ -20,7 +20,7 @@ def test_bundled_models_load_and_say_how_they_were_trained(name):
     model = (load_prior if name.endswith("-lp") else load_flow)(path)
     copies = 1 + len(getattr(model.config, "specialists", ()))  # a scale specialist is a copy of its module
     assert sum(p.numel() for p in model.parameters()) < 1.5e6 * copies
-    assert path.stat().st_size < 6e6 * copies
+    assert path.stat().st_size < 8e6  # specialists ship in float16
     training = read_checkpoint(path)[1]["training"]
     # the recipe of its first stage, shipped beside the others
     recipe = training["recipe"]

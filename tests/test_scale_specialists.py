@@ -210,3 +210,21 @@ def test_training_over_a_range_of_scales_trains_the_module_and_its_specialist(tm
     assert not torch.equal(out.outc.conv.weight, before.outc.conv.weight)
     assert not torch.equal(out.specialists[0].outc.conv.weight, before.outc.conv.weight)
     assert not torch.equal(out.specialists[0].outc.conv.weight, out.outc.conv.weight)
+
+
+@pytest.mark.usefixtures("no_grad")
+def test_specialists_can_ship_in_float16_and_load_back_as_float32(tmp_path):
+    from flowsr_lp.checkpoints import read_checkpoint
+
+    grown = with_config(stats_module(), specialists=(4.0,)).eval()
+    perturb(grown.specialists[0], 7)
+    full = save_prior(grown, tmp_path / "full.safetensors")
+    half = save_prior(grown, tmp_path / "half.safetensors", float16=("specialists.",))
+    assert half.stat().st_size < 0.8 * full.stat().st_size
+    assert read_checkpoint(half)[1]["stored_float16"] == ["specialists."]
+    loaded, params = load_prior(half).state_dict(), dict(grown.named_parameters())
+    for k, v in grown.state_dict().items():
+        assert loaded[k].dtype == v.dtype, k
+        rounded = k in params and k.startswith("specialists.")  # buffers and the module stay exact
+        assert torch.equal(loaded[k], v.half().to(v.dtype) if rounded else v), k
+    assert not torch.equal(loaded["specialists.0.outc.conv.weight"], grown.specialists[0].outc.conv.weight)

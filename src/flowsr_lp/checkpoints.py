@@ -141,11 +141,18 @@ def load_strict(model: nn.Module | Callable[[], nn.Module], sd: dict, what: str,
 
 
 def save_module(model: nn.Module, path: str | Path, kind: str, family: str, config: dict,
-                extra: dict | None = None) -> Path:
-    """Write weights + config as one self-describing .safetensors file, atomically."""
+                extra: dict | None = None, float16: tuple[str, ...] = ()) -> Path:
+    """Write weights + config as one self-describing .safetensors file, atomically. Parameters
+    whose names start with one of `float16` are stored in float16 (loading casts them back to
+    the model's float32), half the bytes for weights that tolerate the rounding; the record
+    lists the prefixes."""
     record = {"format": FORMAT, "version": 1, "kind": kind, "family": family, "config": config}
     record.update(extra or {})
-    sd = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    halved = {n for n, _ in model.named_parameters() if n.startswith(float16)} if float16 else set()
+    if halved:
+        record["stored_float16"] = list(float16)
+    sd = {k: (v.detach().half() if k in halved else v.detach()).cpu().contiguous().clone()
+          for k, v in model.state_dict().items()}
     meta = {FORMAT: json.dumps(record)}
     return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta))
 
@@ -237,6 +244,7 @@ def checkpoint_kind(ck: Any, meta: dict | None) -> str | None:
     return family.kind if family is not None else "prior" if official_spec(ck) is not None else None
 
 
-def save_prior(prior, path: str | Path, **extra) -> Path:
-    """Write a latent module in the project format (weights + config in one file)."""
-    return save_module(prior, path, "prior", prior.kind, prior.config.to_dict(), extra)
+def save_prior(prior, path: str | Path, float16: tuple[str, ...] = (), **extra) -> Path:
+    """Write a latent module in the project format (weights + config in one file; `float16`:
+    see `save_module`)."""
+    return save_module(prior, path, "prior", prior.kind, prior.config.to_dict(), extra, float16)
