@@ -179,6 +179,7 @@ def test_a_recipe_assembles_specialists_from_modules_trained_for_their_scale(tmp
     assert main(["train-prior", recipe(tmp_path, flow_file, images, spec)]) == 0
     out = load_prior(tmp_path / "cal" / "model.safetensors")
     assert out.config.specialists == (3.0,) and out.config.specialist_reach == 1.2
+    assert out.specialists[0].config == trained.config  # a member is a plain module, the reach its default
     mine = out.specialists[0].state_dict()
     for name, v in trained.state_dict().items():  # its weights and layers' statistics; its scales' measured again
         assert name.startswith("scale_stats.") or torch.equal(mine[name], v), name

@@ -95,7 +95,9 @@ class LINFLatentModule(nn.Module):
             if not cfg.scale_stats:
                 raise ValueError("specialists need scale_stats (the module reads its scale through them)")
             check_specialists(cfg.specialists, cfg.specialist_reach)
-            own = type(cfg).from_dict({**cfg.to_dict(), "specialists": ()})
+            # a member is a plain module: no specialists, and the reach it would have by default
+            own = type(cfg).from_dict({**cfg.to_dict(), "specialists": (),
+                                       "specialist_reach": LINFPriorConfig.specialist_reach})
             self.specialists = nn.ModuleList(LINFLatentModule(own) for _ in cfg.specialists)
         w, c = cfg.width, cfg.in_chans
         branch = w // 2 if cfg.inputs == "both" else w

@@ -25,7 +25,7 @@ def start_prior(spec: dict, device: torch.device) -> nn.Module:
     for k, path in enumerate(sources):
         own, trained = prior.specialists[k], load_prior(path, device=device)
         theirs, mine = trained.config.to_dict(), own.config.to_dict()
-        differ = sorted(key for key in {*theirs, *mine} - {"specialist_reach"} if theirs.get(key) != mine.get(key))
+        differ = sorted(key for key in {*theirs, *mine} if theirs.get(key) != mine.get(key))
         if type(trained) is not type(own) or differ:
             raise ValueError(f"{path} cannot be the specialist at x{anchors[k]:g}: its config differs in {differ}")
         own.load_state_dict(trained.state_dict())
