@@ -76,14 +76,15 @@ def test_the_bundled_linf_prior_uses_the_every_scale_initial_prior():
     stages = read_checkpoint(path)[1]["training"]["stages"]
     assert [s["recipe"] for s in stages] == [f"configs/cpu/linf-small-lp{s}.yaml" for s in ("", "-ft", "-ft2", "-ft3",
                                                                                              "-stats", "-x4", "-x4g",
-                                                                                             "-specialists")]
-    without_steps = (4, 7)  # v4's BatchNorm statistics per scale; v5's specialist, with everyone's statistics
+                                                                                             "-x4nl", "-specialists")]
+    without_steps = (4, 8)  # v4's BatchNorm statistics per scale; the specialist, with everyone's statistics
     assert all((s["steps"] == 0) == (i in without_steps) for i, s in enumerate(stages))
     assert all(s["seconds"] > 0 for i, s in enumerate(stages) if i not in without_steps)
     assert all(s["final"].get("l1") for s in stages[:3]) and stages[3]["final"].get("l2")  # v4: L2 in stage 4
     assert stages[2]["final"].get("scale_nll") and stages[3]["final"].get("scale_nll")  # the head, with mu
     assert all("BatchNorm statistics" in stages[i]["perceptual"] for i in without_steps)
     assert stages[5]["final"].get("l2") and stages[5]["final"].get("scale_nll")  # v5: the x4 module, L2,
-    assert stages[6]["final"].get("l2") and stages[6]["final"].get("grad")  # then with image gradients
+    assert stages[6]["final"].get("l2") and stages[6]["final"].get("grad")  # then with image gradients,
+    assert stages[7]["final"].get("l2") and not stages[7]["final"].get("latent")  # v6: then without the latent L1
     assert load_prior(path).config.specialists == (4,)
     assert load_prior(path).config.scale_stats == (1, 1.5, 2, 3, 4, 6, 8)

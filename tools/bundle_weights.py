@@ -23,10 +23,12 @@ from flowsr_lp.hub.registry import BUNDLED, WEIGHTS
 #: the recipes (configs/cpu/NAME.yaml) of each bundled model, in training order (SRFlow v4: its
 #: flow interpolated between the NLL stage and the L1 fine-tune, and a wider module with its
 #: head; LINF-LP v4: two more stages of its mu, with a head, and BatchNorm statistics per scale;
-#: v5: v4 continued on x4 crops in two stages, then v4 with that module as its specialist at x4)
+#: v5: v4 continued on x4 crops in two stages, then v4 with that module as its specialist at x4;
+#: v6: that module continued without the latent L1)
 STAGES = {"linf-small": ["linf-small", "linf-small-ft"],
           "linf-small-lp": ["linf-small-lp", "linf-small-lp-ft", "linf-small-lp-ft2", "linf-small-lp-ft3",
                             "linf-small-lp-stats", "linf-small-lp-x4", "linf-small-lp-x4g",
+                            "linf-small-lp-x4nl",
                             "linf-small-lp-specialists"],
           "srflow-small": ["srflow-small", "srflow-small-ft", "srflow-small-ft2", "srflow-small-wise"],
           "srflow-small-lp": ["srflow-small-lp-wide", "srflow-small-lp-wise"],
@@ -151,7 +153,8 @@ def main() -> None:
              "on training crops and interpolated at the image's scale (`prior.config.scale_stats`; the module trains "
              "on batches of one scale, so one set of running statistics fitted no scale well). v5 continues v4 "
              "on x4 crops alone (`linf-small-lp-x4.yaml`, then with an L1 between image gradients, "
-             "`linf-small-lp-x4g.yaml`) and keeps that module as v4's specialist at x4 "
+             "`linf-small-lp-x4g.yaml`; v6 continues it without the latent L1, `linf-small-lp-x4nl.yaml`) "
+             "and keeps that module as v4's specialist at x4 "
              "(`linf-small-lp-specialists.yaml`, a stage without steps that also measures both modules' statistics): "
              "it serves x4 alone and blends with v4 between x3 and x5.33 (`prior.config.specialists`), while v4 serves "
              "every other scale unchanged. No VGG19 ImageNet weights were available, so the latent modules "
