@@ -193,7 +193,7 @@ def main() -> None:
         if name in a.models:
             if kind == "flow":
                 save_flow(model, dst, training=training)
-            else:  # a scale specialist ships in float16: its file stays under 8 MB (measured in TRAINING.md)
+            else:  # a scale specialist ships in float16: the file stays under 8 MB (benchmarks/README.md)
                 save_prior(model, dst, float16=("specialists.",), training=training)
             print(f"{name}: {dst} ({dst.stat().st_size / 1e6:.2f} MB)")
         lines += table_rows(name, model, stages, kind)

@@ -148,7 +148,7 @@ def save_module(model: nn.Module, path: str | Path, kind: str, family: str, conf
     lists the prefixes."""
     record = {"format": FORMAT, "version": 1, "kind": kind, "family": family, "config": config}
     record.update(extra or {})
-    halved = {n for n, _ in model.named_parameters() if n.startswith(float16)} if float16 else set()
+    halved = {n for n, _ in model.named_parameters() if n.startswith(float16)}  # none for ()
     if halved:
         record["stored_float16"] = list(float16)
     sd = {k: (v.detach().half() if k in halved else v.detach()).cpu().contiguous().clone()
