@@ -3,15 +3,18 @@ and the learned scale's likelihood (issue 20's acceptance figures), on B100 x4 (
 folder of HR images) with the bundled models.
 
 For each flow:
-- bits/dim of the HR under N(mu, sigma^2) (the module's scale head) and under N(mu, s^2) for
-  every global s in {0.5, 0.6, ..., 2.0} (the best s is chosen on the same images);
+- bits/dim of the HR under N(mu, sigma^2) (the module's scale head; with a residual
+  correlation, that correlated Gaussian, and the independent one beside it) and under
+  N(mu, s^2) for every global s in {0.5, 0.6, ..., 2.0} (the best s is chosen on the same
+  images);
 - curves over t in {0.25, 0.5, 1.0} (around the prior) and tau in {0.1, ..., 1.0} (sampling),
   `--draws` draws per image: pixel diversity (mean per-pixel std over draws, gray levels),
   PSNR per draw (Y, shave 4, LINF protocol), grid score, %Inf;
 - how far the learned sigma varies over the image: per latent part, the spatial std of the
   channel-mean log sigma and sigma's 5th / 95th percentiles (means over images);
 - the ablation the learned scale must beat: samples around the prior with one global scale,
-  N(mu, t^2) (the module without its head), for t in {0.25, 0.5, 0.75, 1.0, 1.25};
+  N(mu, t^2) (the module without its head), for t in {0.25, 0.5, 0.75, 1.0, 1.25}; with a
+  residual correlation, also the samples with independent noise (`independent=t`);
 - at equal pixel diversity (the tau curve, and the ablation's, interpolated at each t point):
   the PSNR gain of the samples around the prior and the ratio of their grid scores.
 
@@ -94,12 +97,22 @@ def equal_diversity(summary: dict, point: str, references: list[tuple[str, list,
     return out
 
 
-def without_head(prior):
-    """The same module without its scale head (its specialists' heads too): mu unchanged, and
-    its samples N(mu, t^2), the fixed-scale ablation."""
-    plain = type(prior)(type(prior.config).from_dict({**prior.config.to_dict(), "scale_head": False}))
-    plain.load_state_dict({k: v for k, v in prior.state_dict().items() if "scale_head" not in k.split(".")})
+def without(prior, *parts: str):
+    """The same module without `parts` ("scale_head", "residual"; its specialists' heads too):
+    mu unchanged. Without both, its samples are N(mu, t^2), the fixed-scale ablation; without
+    the residual only, N(mu, (t sigma)^2), independent per element."""
+    off = {"scale_head": False, "residual": 0}
+    plain = type(prior)(type(prior.config).from_dict({**prior.config.to_dict(),
+                                                      **{("residual_reach" if p == "residual" else p): off[p]
+                                                         for p in parts}}))
+    plain.load_state_dict({k: v for k, v in prior.state_dict().items()
+                           if not any(name.startswith(parts) for name in k.split("."))})
     return plain.eval()
+
+
+def without_head(prior):
+    """The fixed-scale ablation: the module without its scale head and residual correlation."""
+    return without(prior, "scale_head", "residual")
 
 
 def run_flow(name, flow_id, prior_id, pairs, draws, seed) -> dict:
@@ -107,14 +120,20 @@ def run_flow(name, flow_id, prior_id, pairs, draws, seed) -> dict:
     plain = without_head(prior)
     resolver = SuperResolver(flow, prior)
     head = bool(getattr(prior.config, "scale_head", False))
-    bpd = {"sigma": [], **{f"s={s}": [] for s in SCALES}, "flow": []}
+    correlated = bool(getattr(prior.config, "residual_reach", 0))
+    independent = without(prior, "residual") if correlated else None
+    bpd = {"sigma": [], **({"sigma_independent": []} if correlated else {}), **{f"s={s}": [] for s in SCALES},
+           "flow": []}
     curves = {f"tau={t}": [] for t in TAUS} | {f"t={t}": [] for t in VARIATIONS} | \
-        ({f"fixed={t}": [] for t in FIXED} if head else {})
+        ({f"fixed={t}": [] for t in FIXED} if head else {}) | \
+        ({f"independent={t}": [] for t in VARIATIONS} if correlated else {})
     spread = []
     for k, (hr, lr) in enumerate(pairs):
         t0 = time.time()
         if head:
             bpd["sigma"].append(resolver.bits_per_dim(hr, lr, LearnedPrior(prior)).item())
+            if correlated:
+                bpd["sigma_independent"].append(resolver.bits_per_dim(hr, lr, LearnedPrior(independent)).item())
             spread.append(sigma_spread(flow, prior, lr, tuple(hr.shape[-2:])))
         for s in SCALES:
             bpd[f"s={s}"].append(resolver.bits_per_dim(hr, lr, LearnedPrior(plain, variation=s)).item())
@@ -130,13 +149,19 @@ def run_flow(name, flow_id, prior_id, pairs, draws, seed) -> dict:
             curves[f"fixed={t}"].append(curve_point(resolver, prepared, hr, lr,
                                                     [LearnedPrior(plain, variation=t, seed=seed + d)
                                                      for d in range(draws)]))
+        for t in VARIATIONS if correlated else []:
+            curves[f"independent={t}"].append(curve_point(resolver, prepared, hr, lr,
+                                                          [LearnedPrior(independent, variation=t, seed=seed + d)
+                                                           for d in range(draws)]))
         print(f"{name}: image {k + 1}/{len(pairs)} in {time.time() - t0:.1f} s", flush=True)
     mean = {k: float(np.mean(v)) for k, v in bpd.items() if v}
     best_s = min(SCALES, key=lambda s: mean[f"s={s}"])
     summary = {k: {m: float(np.nanmean([p[m] for p in v])) for m in ("psnr", "grid", "diversity", "inf")}
                for k, v in curves.items()}
-    compare = {f"t={t}": equal_diversity(summary, f"t={t}", [("tau=", TAUS, ""), ("fixed=", FIXED if head else [], "_fixed")])
-               for t in VARIATIONS}
+    refs = [("tau=", TAUS, ""), ("fixed=", FIXED if head else [], "_fixed")]
+    compare = {f"t={t}": equal_diversity(summary, f"t={t}", refs) for t in VARIATIONS}
+    if correlated:  # the scale head alone, independent noise, against the same references
+        compare |= {f"independent={t}": equal_diversity(summary, f"independent={t}", refs) for t in VARIATIONS}
     return {"flow": flow_id, "prior": prior_id, "scale_head": head, "bpd": mean, "best_global_s": best_s,
             "bpd_gain_over_best_s": (mean[f"s={best_s}"] - mean["sigma"]) if head else None,
             "curves": summary, "equal_diversity": compare,
@@ -151,7 +176,9 @@ def plot(results: dict, path: Path) -> None:
             ax = fig.add_subplot(len(results), 2, 2 * row + col + 1)
             for prefix, xs, style, label in (("tau=", TAUS, "o-", "temperature sampling"),
                                              ("t=", VARIATIONS, "s-", "around the prior (learned scale)"),
-                                             ("fixed=", FIXED, "^--", "around the prior (one global scale)")):
+                                             ("fixed=", FIXED, "^--", "around the prior (one global scale)"),
+                                             ("independent=", VARIATIONS, "v:",
+                                              "around the prior (learned scale, independent noise)")):
                 if f"{prefix}{xs[0]}" not in r["curves"]:
                     continue
                 pts = [r["curves"][f"{prefix}{x}"] for x in xs]

@@ -34,6 +34,7 @@ from .errors import UsageError
 from .flows.base import Flow, Latent, checked_size, sample_noise
 from .images import rgb_array
 from .precision import reduced, resolve_precision
+from .nets.residual_correlation import INDEPENDENT_WEIGHT
 from .priors.tiling import predict_distribution
 from .runtime import progress_bars
 from .tiles import AUTO_TILE, TILE_ABOVE_LR_PIXELS, TileGrid, flow_tile_unit, tile_grid, tiled_scale
@@ -224,18 +225,21 @@ class LatentStrategy(abc.ABC):
 
 
 def gaussian_log_density(latent: Latent, mean: Latent | None = None, log_sigma: Latent | None = None,
-                         factor: float = 1.0) -> torch.Tensor:
+                         factor: float = 1.0, correlation=None) -> torch.Tensor:
     """Sum over every latent element of log N(z; mean, (factor * exp(log_sigma))^2), per batch
-    item, in float64 (mean None: 0; log_sigma None: 0)."""
-    total = 0
+    item, in float64 (mean None: 0; log_sigma None: 0). With `correlation` (a latent module's
+    `ResidualCorrelation`), the standardised residual (z - mean) / (factor * sigma) is that
+    correlated Gaussian's instead of independent unit normals."""
+    total, ds = 0, []
     for i, z in enumerate(latent):
         z = z.double()
         d = z - mean[i].double() if mean is not None else z
         ls = (log_sigma[i].double() if log_sigma is not None else torch.zeros((), dtype=torch.float64, device=z.device))
         ls = ls + math.log(factor)
-        e = -0.5 * (d * torch.exp(-ls)) ** 2 - ls - 0.5 * math.log(2 * math.pi)
-        total = total + e.expand_as(z).flatten(1).sum(1)
-    return total
+        ds.append(d * torch.exp(-ls))
+        total = total - (ls + 0.5 * math.log(2 * math.pi)).expand_as(z).flatten(1).sum(1)
+    es, log_det = correlation.whiten(ds) if correlation is not None else (ds, 0)
+    return total + log_det - sum(0.5 * (e ** 2).flatten(1).sum(1) for e in es)
 
 
 def _generators(generator, seed):
@@ -246,6 +250,16 @@ def _generators(generator, seed):
     if generator is None and seed is not None:
         return torch.Generator().manual_seed(seed)
     return generator
+
+
+def _uniforms(generators, n: int) -> torch.Tensor:
+    """n uniforms in [0, 1), one per batch item, from a strategy's noise source after its noise:
+    one generator per item, one generator for all, or torch's global one."""
+    if isinstance(generators, (list, tuple)):
+        return torch.stack([torch.rand((), generator=g, device=g.device).cpu() for g in generators])
+    if generators is not None:
+        return torch.rand(n, generator=generators, device=generators.device).cpu()
+    return torch.rand(n)
 
 
 @dataclass
@@ -312,7 +326,10 @@ class LearnedPrior(LatentStrategy):
     the module's learned scale (a module with `scale_head`) or 1 (a fixed temperature around
     the prior); eps is drawn as `TemperatureSampling` draws it (`seed`: an int, one per batch
     item, or a generator). t = 0, the default, returns mu itself. The latent density (for
-    `bits_per_dim`) is N(mu, (t * sigma)^2), or N(mu, sigma^2) at t = 0.
+    `bits_per_dim`) is N(mu, (t * sigma)^2), or N(mu, sigma^2) at t = 0. A module with
+    `residual_reach` correlates eps over channels and neighbouring positions first (its
+    `residual`, nets/residual_correlation.py): all but about one draw in a million, each
+    drawing that choice from its noise source after its noise; the density is that mixture's.
 
     The prior runs on the whole batch unless its latent maps hold more than `max_pixels`
     positions together (default 2^20, about 3 GB of UNet dim-64 activations; an HR image of
@@ -368,14 +385,24 @@ class LearnedPrior(LatentStrategy):
             return tuple(m.clone() for m in mu)  # the caller's own: the memo's copy stays intact
         if log_sigma is None:
             _note_fixed_variation()
-        eps = inputs.noise(self.variation, _generators(self.generator, self.seed))  # t * unit noise
+        generators = _generators(self.generator, self.seed)
+        eps = inputs.noise(self.variation, generators)  # t * unit noise
+        correlation = getattr(self.prior, "residual", None)
+        if correlation is not None:  # the whole latent's noise, so tiles decode the same image
+            independent = (_uniforms(generators, len(mu[0])) < INDEPENDENT_WEIGHT).view(-1, 1, 1, 1)
+            eps = [torch.where(independent.to(e.device), e, c) for e, c in zip(eps, correlation.color(eps))]
         scales = (torch.exp(ls) for ls in log_sigma) if log_sigma is not None else (1.0 for _ in mu)
         return tuple(m + s * e.to(m.dtype) for m, s, e in zip(mu, scales, eps))
 
     def log_density(self, flow: Flow, lr: torch.Tensor, ctx, scale: float, latent: Latent,
                     memo: dict | None = None) -> torch.Tensor:
         mu, log_sigma = self._shared({} if memo is None else memo, lambda: self.distribution(flow, lr, ctx))
-        return gaussian_log_density(latent, mu, log_sigma, self.variation or 1.0)
+        t, correlation = self.variation or 1.0, getattr(self.prior, "residual", None)
+        independent = gaussian_log_density(latent, mu, log_sigma, t)
+        if correlation is None:
+            return independent
+        return torch.logaddexp(gaussian_log_density(latent, mu, log_sigma, t, correlation)
+                               + math.log1p(-INDEPENDENT_WEIGHT), independent + math.log(INDEPENDENT_WEIGHT))
 
     def __repr__(self) -> str:
         v = f", variation={self.variation:g}" if self.variation else ""

@@ -62,7 +62,7 @@ def split_prediction(outputs, channels) -> tuple[tuple[torch.Tensor, ...], tuple
 
 
 #: parts a trained module can grow without changing its output at first (their names' prefixes)
-GROWN = ("scale_head", "refine", "scale_stats", "scale_affine", "specialists")
+GROWN = ("scale_head", "refine", "scale_stats", "scale_affine", "specialists", "residual")
 
 
 def with_config(prior: nn.Module, **changes) -> nn.Module:
@@ -71,7 +71,8 @@ def with_config(prior: nn.Module, **changes) -> nn.Module:
     contribution to mu starts at zero; LINF-LP's `scale_stats` adds BatchNorm statistics per
     scale, unused until recorded, `scale_affine` a gain and shift per scale that start at
     the identity, and `specialists` copies of the module (its weights and buffers, grown parts
-    included); `lr_input` changes what its LR branch reads): every
+    included); `residual_reach` a residual correlation that starts at independence;
+    `lr_input` changes what its LR branch reads): every
     weight and buffer carried over exactly, so with only grown parts the output is unchanged.
     Changes that would drop or reshape a trained weight are refused."""
     config = prior.config

@@ -17,6 +17,7 @@ from ..nets.swin import SwinStage
 from ..nets.unet import OutConv, unet_forward, unet_layers
 from ..nets.scale_head import LR_CHANNELS, ScaleHead, check_parts, lr_map, split_prediction
 from ..nets.scale_specialists import check_specialists, specialist_weights
+from ..nets.residual_correlation import ResidualCorrelation
 from ..nets.scale_stats import ScaleAffine, ScaleStats, batch_norms
 
 GENERATORS = ("unet", "edsr-baseline-latent", "swin_latent")
@@ -69,6 +70,10 @@ class LINFPriorConfig(ModelConfig):
     specialists: tuple[float, ...] = ()
     #: the scale ratio either side of a specialist's anchor at which its weight reaches 0
     specialist_reach: float = 1.5
+    #: ours, off in every released module: > 0 models the correlation of the residual around
+    #: mu over this many neighbouring positions (nets/residual_correlation.py), for the
+    #: samples around the prior and their density; fitted by `stage: correlate`
+    residual_reach: int = 0
 
     @property
     def width(self) -> int:
@@ -95,11 +100,14 @@ class LINFLatentModule(nn.Module):
             if not cfg.scale_stats:
                 raise ValueError("specialists need scale_stats (the module reads its scale through them)")
             check_specialists(cfg.specialists, cfg.specialist_reach)
-            # a member is a plain module: no specialists, and the reach it would have by default
-            own = type(cfg).from_dict({**cfg.to_dict(), "specialists": (),
+            # a member is a plain module: no specialists, the reach it would have by default, and
+            # no residual correlation (the module's own serves every member)
+            own = type(cfg).from_dict({**cfg.to_dict(), "specialists": (), "residual_reach": 0,
                                        "specialist_reach": LINFPriorConfig.specialist_reach})
             self.specialists = nn.ModuleList(LINFLatentModule(own) for _ in cfg.specialists)
         w, c = cfg.width, cfg.in_chans
+        if cfg.residual_reach:
+            self.residual = ResidualCorrelation(cfg.residual_reach, (c,))
         branch = w // 2 if cfg.inputs == "both" else w
         if cfg.inputs in ("both", "prior"):
             self.input_proj = DenseBlock5(c, branch, branch, None)

@@ -12,6 +12,7 @@ from torch import nn
 from ..model_config import ModelConfig
 from ..nets.dense import DenseBlock5
 from ..nets.unet import OutConv, unet_forward, unet_layers
+from ..nets.residual_correlation import ResidualCorrelation
 from ..nets.scale_head import LR_CHANNELS, ScaleHead, check_parts, lr_map, split_prediction
 
 
@@ -24,7 +25,9 @@ class SRFlowPriorConfig(ModelConfig):
     initial_prior: str = "paper"  # the flow's initial prior the module was trained on (SRFlow has one)
     #: ours, off in every released module: also predict a scale sigma per latent element (nets/scale_head.py)
     scale_head: bool = False
-
+    #: ours, off in every released module: > 0 models the residual's correlation over this many
+    #: neighbouring positions (nets/residual_correlation.py); fitted by `stage: correlate`
+    residual_reach: int = 0
 
 
 class SRFlowLatentModule(nn.Module):
@@ -35,6 +38,8 @@ class SRFlowLatentModule(nn.Module):
         self.config = cfg = config or SRFlowPriorConfig()
         d = cfg.dim
         own = d // 2 if cfg.with_lr else d
+        if cfg.residual_reach:
+            self.residual = ResidualCorrelation(cfg.residual_reach, cfg.latent_channels)
         for i, c in enumerate(cfg.latent_channels):
             setattr(self, f"input_proj{i}", DenseBlock5(c, own, own, None))
             if cfg.with_lr:

@@ -1,9 +1,15 @@
-"""A latent-module stage without steps: the BatchNorm statistics of a LINF-LP module with
-`scale_stats` (nets/scale_stats.py), measured at each of its scales on training crops of
-exactly that scale. Nothing is trained: the module runs in training mode, without gradients,
-and its layers' own running statistics are left as they were. Recipe: `stage: calibrate`,
-`prior: {checkpoint, config: {scale_stats: [...]}, calibration_batches: N}`, the crops'
-`lr_kernel` and `hr_size` in `data.crop`."""
+"""Latent-module stages without steps, which measure statistics of training images:
+- `stage: calibrate`: the BatchNorm statistics of a LINF-LP module with `scale_stats`
+  (nets/scale_stats.py), measured at each of its scales on training crops of exactly that
+  scale. Nothing is trained: the module runs in training mode, without gradients, and its
+  layers' own running statistics are left as they were. Recipe: `prior: {checkpoint, config:
+  {scale_stats: [...]}, calibration_batches: N}`, the crops' `lr_kernel` and `hr_size` in
+  `data.crop`.
+- `stage: correlate`: the residual correlation of a module with `residual_reach`
+  (nets/residual_correlation.py), fitted in closed form to the standardised residuals
+  (z* - mu) / sigma of whole training images at one scale (z* = the flow's encoding of the
+  HR, the LR a bicubic (MATLAB) downscale). Recipe: `prior: {checkpoint, config:
+  {residual_reach: R}, correlation_images: N, correlation_scale: S}`."""
 from __future__ import annotations
 
 import sys
@@ -16,10 +22,12 @@ from tqdm import tqdm
 from ..checkpoints import CheckpointError, load_flow, save_prior
 from ..data.batches import EpochBatches
 from ..data.crops import LINFLPCrops, min_image_side
-from ..data.folders import ImageFolder
+from ..data.folders import ImageFolder, find_images, load_rgb_uint8
+from ..data.resize import imresize, modcrop
 from ..errors import TrainingError
 from ..nets.scale_stats import batch_norms
-from ..pipeline import SuperResolver
+from ..nets.residual_correlation import sum_moments
+from ..pipeline import LearnedPrior, SuperResolver
 from ..runtime import progress_bars
 from .start import start_prior
 from .trainer import export_run, validate_once, write_run_config
@@ -76,6 +84,42 @@ def calibrate_scale_stats(flow, prior, folders: list[str], batches: int, batch_s
             m.num_batches_tracked.copy_(n)
 
 
+def spread(files: list, n: int) -> list:
+    """`n` of `files` spread evenly over the list (all of them when there are no more)."""
+    return files if n >= len(files) else [files[k * len(files) // n] for k in range(n)]
+
+
+@torch.no_grad()
+def fit_residual_correlation(flow, prior, folders: list[str], images: int, scale: float = 4.0,
+                             progress=None) -> int:
+    """Fit `prior.residual` to the standardised residuals (z* - mu) / sigma of `images` whole
+    HR images of `folders` (spread over them) at `scale`; returns how many positions it saw."""
+    if getattr(prior, "residual", None) is None:
+        raise ValueError("stage: correlate needs a latent module with residual_reach > 0")
+    files = spread(find_images(folders), images)
+    if not files:
+        raise FileNotFoundError(f"no images in {folders}")
+    device = next(prior.parameters()).device
+    flow.eval()
+    prior.eval()
+    total, s_int = None, int(scale) if scale == int(scale) else None
+    for f in files:
+        hr = load_rgb_uint8(f)
+        hr = modcrop(hr, s_int) if s_int else hr
+        lr = imresize(hr, out_size=(round(hr.shape[-2] / scale), round(hr.shape[-1] / scale)))
+        hr, lr = (hr.float()[None] / 255).to(device), (lr.float()[None] / 255).to(device)
+        lr, ctx, (h, w) = flow.density_context(lr, tuple(hr.shape[-2:]))
+        z, _ = flow.encode(hr[..., :h, :w], ctx)
+        mu, log_sigma = LearnedPrior(prior).distribution(flow, lr, ctx)
+        log_sigma = log_sigma if log_sigma is not None else [torch.zeros_like(m) for m in mu]
+        total = sum_moments(total, prior.residual.moments([(zz - m) * torch.exp(-ls)
+                                                           for zz, m, ls in zip(z, mu, log_sigma)]))
+        if progress:
+            progress()
+    prior.residual.fit_(total)
+    return int(total[0][3].item())
+
+
 def run_calibration(cfg: dict, device: torch.device) -> Path:
     """The stage's run folder as a training run's: config.yaml, val.csv (one validation),
     model.safetensors with its record, summary.json (0 steps)."""
@@ -84,10 +128,27 @@ def run_calibration(cfg: dict, device: torch.device) -> Path:
     try:
         flow = load_flow(cfg["flow"]["checkpoint"], device=device)
         prior = start_prior(spec, device)
-        if not getattr(prior.config, "scale_stats", ()):
+        if cfg["stage"] == "correlate" and getattr(prior, "residual", None) is None:
+            raise ValueError("stage: correlate needs a latent module with residual_reach > 0 "
+                             "(prior.config.residual_reach)")
+        if cfg["stage"] == "calibrate" and not getattr(prior.config, "scale_stats", ()):
             raise ValueError("stage: calibrate needs a LINF-LP module with scale_stats (prior.config.scale_stats)")
     except (CheckpointError, ValueError, TypeError) as e:
         raise TrainingError(f"prior: {e}") from None
+    if cfg["stage"] == "correlate":
+        n, scale = int(spec.get("correlation_images", 60)), float(spec.get("correlation_scale", 4))
+        with tqdm(total=n, desc="correlate", unit="image", disable=not progress_bars(), file=sys.stderr,
+                  dynamic_ncols=True) as bar:
+            try:
+                positions = fit_residual_correlation(flow, prior, cfg["data"]["train"]["folders"], n, scale,
+                                                     progress=bar.update)
+            except (ValueError, FileNotFoundError, RuntimeError) as e:  # no images; a singular fit
+                raise TrainingError(f"correlate: {e}") from None
+        label = (f"residual correlation over {prior.config.residual_reach} neighbouring position(s), fitted at "
+                 f"x{scale:g} on {min(n, bar.n)} images ({positions} positions)")
+        write_run_config(out, cfg, label)
+        validate_once(out, cfg, device, SuperResolver(flow.eval(), prior.eval()))
+        return export_run(out, save_prior, prior.eval(), cfg, label, 0, time.perf_counter() - t0, 0)
     n = int(spec.get("calibration_batches", 25))
     scales = prior.config.scale_stats
     with tqdm(total=n * len(scales), desc="calibrate", unit="batch", disable=not progress_bars(), file=sys.stderr,

@@ -11,7 +11,8 @@ DEFAULTS: dict = {
     "name": "",  # a label for logs and exported models
     "task": None,  # "flow" | "prior"
     "stage": "nll",  # flows: "nll" (LINF stage 1, SRFlow) | "finetune" (LINF stage 2) | "interpolate" (no steps);
-    #                  priors: "calibrate" (no steps: LINF-LP's BatchNorm statistics per scale)
+    #                  priors: "calibrate" (no steps: LINF-LP's BatchNorm statistics per scale) |
+    #                  "correlate" (no steps: the residual correlation, prior.config.residual_reach)
     "flow": {},  # {checkpoint: PATH} or {family: linf|linf-patch|srflow, config: {...}}; train: true in a
     #              prior recipe fine-tunes the flow with the module (NLL x loss.nll_weight on alternate steps)
     "prior": {},  # {family: linf-lp|srflow-lp, config: {...}}, or checkpoint: PATH to start from (config: its changes;
@@ -133,6 +134,15 @@ def validate(cfg: dict) -> None:
             raise ConfigError("stage: calibrate is a prior recipe's: set flow.checkpoint, prior.checkpoint (a LINF-LP "
                               "module), prior.config.scale_stats and prior.calibration_batches (a positive integer)")
         return
+    if cfg["stage"] == "correlate":  # a prior stage without steps (train/calibration.py)
+        p = cfg["prior"]
+        n, scale = _scalar(p.get("correlation_images", 60)), _scalar(p.get("correlation_scale", 4))
+        if cfg["task"] != "prior" or not p.get("checkpoint") or not cfg["flow"].get("checkpoint") or \
+                not isinstance(n, int) or n < 1 or not isinstance(scale, (int, float)) or not scale >= 1:
+            raise ConfigError("stage: correlate is a prior recipe's: set flow.checkpoint, prior.checkpoint, "
+                              "prior.config.residual_reach, prior.correlation_images (a positive integer) and "
+                              "prior.correlation_scale (a scale >= 1)")
+        return
     o = cfg["optim"]
     if (o["epochs"] is None) == (o["iterations"] is None):
         raise ConfigError("give exactly one of optim.epochs and optim.iterations")
@@ -162,6 +172,7 @@ def validate(cfg: dict) -> None:
     elif not cfg["flow"].get("checkpoint") and not cfg["flow"].get("family"):
         raise ConfigError("set flow.family and flow.config for a new flow, or flow.checkpoint to continue one")
     if cfg["stage"] not in ("nll", "finetune"):
-        raise ConfigError("stage must be 'nll', 'finetune', 'interpolate' or (prior recipes) 'calibrate'")
+        raise ConfigError("stage must be 'nll', 'finetune', 'interpolate' or (prior recipes) 'calibrate' or "
+                          "'correlate'")
     if cfg["run"]["amp"] not in ("none", "bf16", "fp16"):
         raise ConfigError("run.amp must be none, bf16 or fp16")

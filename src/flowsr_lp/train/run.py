@@ -85,7 +85,7 @@ def train(cfg: dict, resume: bool = False, overwrite: bool = False) -> None:
         torch.set_num_threads(int(run["threads"]))
     rank, world, device = setup_distributed(run["device"])
     check_out_folder(Path(run["out"]), resume, overwrite)  # before any work
-    if cfg["stage"] in ("interpolate", "calibrate"):  # stages without steps
+    if cfg["stage"] in ("interpolate", "calibrate", "correlate"):  # stages without steps
         if rank == 0:
             stage = run_interpolation if cfg["stage"] == "interpolate" else run_calibration
             logger.info("model written to %s", stage(cfg, device))

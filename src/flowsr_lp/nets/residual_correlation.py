@@ -1,0 +1,138 @@
+"""The residual's correlation (ours, beyond the paper): the scale head makes the samples
+around the prior N(mu, (t sigma)^2), independent per latent element. But the HR's true
+latent z* departs from mu in a correlated way: across a position's channels, and across
+neighbouring positions (for LINF, neighbouring 3x3 patches: texture continues over their
+borders). Independent noise per position is what draws the patch seams of a grid.
+
+This module models the standardised residual u = (z - mu) / sigma of each latent part as a
+causal Gaussian autoregression over positions in raster order:
+
+    u[p] = sum over causal neighbours q of p (rows above within `reach`, and the `reach`
+           positions to the left):  A[q - p] u[q]  +  L e[p],    e ~ N(0, I)
+
+with A a C x C matrix per neighbour offset and L lower triangular with a positive diagonal;
+positions outside the map hold u = 0. The map e -> u is triangular (raster order), so
+- the density is exact and parallel: e = L^-1 (u - sum A u[q]), log |du/de| = H W sum log L_ii
+  (`whiten`);
+- sampling solves the recursion along wavefronts of positions that depend on none of each
+  other (`color`): (reach + 1) (H - 1) + W steps of small products, not H W.
+A, L are fitted in closed form (least squares, the Gaussian maximum likelihood) from the
+residuals of training images (`moments` summed over images, then `fit_`). A = 0, L = I, as
+the module starts, is independence: the scale head's N(mu, sigma^2) exactly.
+
+Images whose residual is unlike the training images' (sensor noise, JPEG blocks, aliased
+stripes: white where the fit expects it smooth) are explained worse by the correlated Gaussian
+than by the independent one, by several bits/dim. So the samples around the prior mix the two:
+each draw is independent noise with probability `INDEPENDENT_WEIGHT` (about one in a million)
+and correlated otherwise, and their density is that mixture's, never more than
+-log2(1 - INDEPENDENT_WEIGHT) or 20 bits per image above the better of the two."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+#: the probability that a draw around the prior is independent noise (module docstring)
+INDEPENDENT_WEIGHT = 2.0 ** -20
+
+
+def causal_offsets(reach: int) -> list[tuple[int, int]]:
+    """(dy, dx) of the neighbours a position depends on: every position of the `reach` rows
+    above within `reach` columns either side, and the `reach` positions to its left."""
+    return [(dy, dx) for dy in range(-reach, 1) for dx in range(-reach, reach + 1) if dy < 0 or dx < 0]
+
+
+class ResidualCorrelation(nn.Module):
+    """Per latent part i (channels C_i): buffers `weight{i}` (K x C x C, neighbour k's input
+    channel by output channel) and `cholesky{i}` (C x C), K = len(causal_offsets(reach))."""
+
+    def __init__(self, reach: int, channels: Sequence[int]):
+        super().__init__()
+        if not isinstance(reach, int) or reach < 1:
+            raise ValueError(f"the residual correlation's reach is a positive integer, got {reach!r}")
+        self.reach, self.offsets, self.channels = reach, causal_offsets(reach), tuple(channels)
+        for i, c in enumerate(self.channels):
+            self.register_buffer(f"weight{i}", torch.zeros(len(self.offsets), c, c))
+            self.register_buffer(f"cholesky{i}", torch.eye(c))
+
+    def parts(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(A, L) per latent part, in float64."""
+        return [(getattr(self, f"weight{i}").double(), getattr(self, f"cholesky{i}").double())
+                for i in range(len(self.channels))]
+
+    def _neighbours(self, u: torch.Tensor) -> torch.Tensor:
+        """B x C x H x W -> B x H x W x (K C): each position's causal neighbours (0 outside)."""
+        r, (h, w) = self.reach, u.shape[-2:]
+        p = F.pad(u, (r, r, r, 0))
+        return torch.cat([p[..., r + dy:r + dy + h, r + dx:r + dx + w] for dy, dx in self.offsets], 1) \
+            .permute(0, 2, 3, 1)
+
+    def whiten(self, us: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """(e per part, log |de/du| per batch item): the unit noise that colors into `us`, in
+        float64."""
+        es, log_det = [], 0
+        for u, (a, chol) in zip(us, self.parts()):
+            u = u.double()
+            pred = self._neighbours(u) @ a.flatten(0, 1)  # B x H x W x C
+            d = (u.permute(0, 2, 3, 1) - pred).unsqueeze(-1)
+            e = torch.linalg.solve_triangular(chol, d, upper=False).squeeze(-1).permute(0, 3, 1, 2)
+            es.append(e)
+            log_det = log_det - u.shape[-2] * u.shape[-1] * torch.log(torch.diagonal(chol)).sum()
+        return es, torch.as_tensor(log_det, dtype=torch.float64).expand(len(us[0]))
+
+    def color(self, es: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The correlated residuals u of unit noise `es` (per part, B x C x H x W), computed in
+        float64 and returned in each noise's dtype. Linear: color(t e) = t color(e)."""
+        out, r = [], self.reach
+        for e, (a, chol) in zip(es, self.parts()):
+            a, chol = a.to(e.device), chol.to(e.device)
+            b, c, h, w = e.shape
+            le = torch.einsum("dc,bchw->bhwd", chol, e.double())
+            buf = torch.zeros(b, h + r, w + 2 * r, c, dtype=torch.float64, device=e.device)
+            ii, jj = torch.meshgrid(torch.arange(h, device=e.device), torch.arange(w, device=e.device), indexing="ij")
+            wave = ((r + 1) * ii + jj).flatten()  # every neighbour of a position lies on an earlier wave
+            order = torch.argsort(wave, stable=True)
+            ii, jj = ii.flatten()[order], jj.flatten()[order]
+            a = a.flatten(0, 1)
+            start = 0
+            for n in torch.bincount(wave).tolist():
+                i, j = ii[start:start + n], jj[start:start + n]
+                start += n
+                nb = torch.cat([buf[:, i + r + dy, j + r + dx] for dy, dx in self.offsets], -1)  # B x n x K C
+                buf[:, i + r, j + r] = nb @ a + le[:, i, j]
+            out.append(buf[:, r:, r:r + w].permute(0, 3, 1, 2).to(e.dtype).contiguous())
+        return out
+
+    def moments(self, us: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, ...]]:
+        """Per part, the sums the fit needs from residual maps `us`: (X'X, X'Y, Y'Y, count)
+        with X the causal neighbours and Y the residual of every position. Add them up over
+        images, then `fit_`."""
+        out = []
+        for u in us:
+            u = u.double()
+            x = self._neighbours(u).flatten(0, 2)
+            y = u.permute(0, 2, 3, 1).flatten(0, 2)
+            out.append((x.T @ x, x.T @ y, y.T @ y, torch.tensor(float(len(y)), dtype=torch.float64)))
+        return out
+
+    @torch.no_grad()
+    def fit_(self, moments: Sequence[tuple[torch.Tensor, ...]], ridge: float = 1e-6) -> "ResidualCorrelation":
+        """Set A and L to the least-squares (Gaussian maximum-likelihood) fit of summed
+        `moments`: A = (X'X)^-1 X'Y, L = cholesky of the prediction error's covariance."""
+        for i, (xtx, xty, yty, n) in enumerate(moments):
+            k = xtx.shape[0]
+            a = torch.linalg.solve(xtx + ridge * n * torch.eye(k, dtype=xtx.dtype, device=xtx.device), xty)
+            cov = (yty - xty.T @ a - a.T @ xty + a.T @ xtx @ a) / n
+            cov = (cov + cov.T) / 2
+            chol = torch.linalg.cholesky(cov)
+            getattr(self, f"weight{i}").copy_(a.view(len(self.offsets), *chol.shape))
+            getattr(self, f"cholesky{i}").copy_(chol)
+        return self
+
+
+def sum_moments(total, new):
+    """Add `moments` of one more batch to a running total (None to start)."""
+    return list(new) if total is None else [tuple(a + b for a, b in zip(t, m)) for t, m in zip(total, new)]
