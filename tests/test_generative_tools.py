@@ -4,6 +4,7 @@ import csv
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -130,8 +131,10 @@ def test_upscale_draws_condition_each_input_once(tmp_path, models, monkeypatch, 
     assert calls == ([1, 1] if batch == 1 else [2])  # once per batch, not once per draw
     assert len(list((tmp_path / "out").iterdir())) == 6
     assert main(args[:-2] + ["--batch-size", "1", "--seed", "5", "-o", str(tmp_path / "one")]) == 0
-    for name in ("img0", "img1"):  # draw 2 = seed 3 + 2
-        assert (tmp_path / "out" / f"{name}_2.png").read_bytes() == (tmp_path / "one" / f"{name}.png").read_bytes()
+    for name in ("img0", "img1"):  # draw 2 = seed 3 + 2, up to the rounding of a batch of 2 against 1
+        a, b = (np.asarray(Image.open(tmp_path / d / f).convert("RGB"), dtype=np.int16)  # (AMD EPYC's kernels
+                for d, f in (("out", f"{name}_2.png"), ("one", f"{name}.png")))  # differ by batch size)
+        assert np.abs(a - b).max() <= 1 and (a != b).mean() < 0.01
 
 
 def test_temperature_map_draws_the_learned_scale(tmp_path, models):

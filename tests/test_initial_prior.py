@@ -76,13 +76,16 @@ def test_the_bundled_linf_prior_uses_the_every_scale_initial_prior():
     stages = read_checkpoint(path)[1]["training"]["stages"]
     assert [s["recipe"] for s in stages] == [f"configs/cpu/linf-small-lp{s}.yaml" for s in ("", "-ft", "-ft2", "-ft3",
                                                                                              "-stats", "-x4", "-x4g",
-                                                                                             "-x4nl", "-specialists")]
-    without_steps = (4, 8)  # v4's BatchNorm statistics per scale; the specialist, with everyone's statistics
+                                                                                             "-x4nl", "-specialists",
+                                                                                             "-residual")]
+    without_steps = (4, 8, 9)  # v4's BatchNorm statistics per scale; the specialist, with everyone's statistics;
+    #                            v7's residual correlation
     assert all((s["steps"] == 0) == (i in without_steps) for i, s in enumerate(stages))
     assert all(s["seconds"] > 0 for i, s in enumerate(stages) if i not in without_steps)
     assert all(s["final"].get("l1") for s in stages[:3]) and stages[3]["final"].get("l2")  # v4: L2 in stage 4
     assert stages[2]["final"].get("scale_nll") and stages[3]["final"].get("scale_nll")  # the head, with mu
-    assert all("BatchNorm statistics" in stages[i]["perceptual"] for i in without_steps)
+    assert all("BatchNorm statistics" in stages[i]["perceptual"] for i in without_steps[:2])
+    assert "residual correlation" in stages[9]["perceptual"] and load_prior(path).config.residual_reach == 1
     assert stages[5]["final"].get("l2") and stages[5]["final"].get("scale_nll")  # v5: the x4 module, L2,
     assert stages[6]["final"].get("l2") and stages[6]["final"].get("grad")  # then with image gradients,
     assert stages[7]["final"].get("l2") and not stages[7]["final"].get("latent")  # v6: then without the latent L1

@@ -333,7 +333,7 @@ def test_shipped_recipes_are_valid(recipe):
     if recipe.parent.name == "experiments":
         assert recipe.stem.startswith(cfg["name"] + "-")
     else:
-        assert cfg["name"] == re.sub(r"-(ft\d*|scale|stats|nll|wide|wise|x\d+[a-z]*|specialists)$", "", recipe.stem)
+        assert cfg["name"] == re.sub(r"-(ft\d*|scale|stats|nll|wide|wise|x\d+[a-z]*|specialists|residual)$", "", recipe.stem)
 
 
 def test_unreachable_download_names_the_way_out(monkeypatch):

@@ -24,12 +24,12 @@ from flowsr_lp.hub.registry import BUNDLED, WEIGHTS
 #: flow interpolated between the NLL stage and the L1 fine-tune, and a wider module with its
 #: head; LINF-LP v4: two more stages of its mu, with a head, and BatchNorm statistics per scale;
 #: v5: v4 continued on x4 crops in two stages, then v4 with that module as its specialist at x4;
-#: v6: that module continued without the latent L1)
+#: v6: that module continued without the latent L1; v7: v6 with its residual's correlation)
 STAGES = {"linf-small": ["linf-small", "linf-small-ft"],
           "linf-small-lp": ["linf-small-lp", "linf-small-lp-ft", "linf-small-lp-ft2", "linf-small-lp-ft3",
                             "linf-small-lp-stats", "linf-small-lp-x4", "linf-small-lp-x4g",
                             "linf-small-lp-x4nl",
-                            "linf-small-lp-specialists"],
+                            "linf-small-lp-specialists", "linf-small-lp-residual"],
           "srflow-small": ["srflow-small", "srflow-small-ft", "srflow-small-ft2", "srflow-small-wise"],
           "srflow-small-lp": ["srflow-small-lp-wide", "srflow-small-lp-wise"],
           "hcflow-small": ["hcflow-small"], "hcflow-small-lp": ["hcflow-small-lp"]}
@@ -68,7 +68,11 @@ def stage_records(runs: Path, name: str, commands: dict) -> list[dict]:
         elif start:  # an earlier session's stage(s), recorded in the checkpoint this one started from
             old = read_checkpoint(start)[1].get("training", {})
             if "stages" in old:  # every stage before this one: done
-                records += [{**st, "session": st.get("session", "earlier")} for st in reversed(old["stages"])]
+                earlier = old["stages"]
+                names = [st["recipe"] for st in earlier]
+                if records and records[-1]["recipe"] in names:  # it started from its own output (a bundled
+                    earlier = earlier[:names.index(records[-1]["recipe"])]  # file): what came before it
+                records += [{**st, "session": st.get("session", "earlier")} for st in reversed(earlier)]
                 break
             records.append({**old, "session": "earlier"})
             start = None
@@ -157,7 +161,10 @@ def main() -> None:
              "and keeps that module as v4's specialist at x4 "
              "(`linf-small-lp-specialists.yaml`, a stage without steps that also measures both modules' statistics): "
              "it serves x4 alone and blends with v4 between x3 and x5.33 (`prior.config.specialists`), while v4 serves "
-             "every other scale unchanged. No VGG19 ImageNet weights were available, so the latent modules "
+             "every other scale unchanged. v7 adds a stage without steps (`linf-small-lp-residual.yaml`): the "
+             "correlation of the residual around mu over channels and neighbouring positions "
+             "(`prior.config.residual_reach`), fitted to the training images' residuals at x4; it changes the "
+             "samples around the prior and their density, nothing at t = 0. No VGG19 ImageNet weights were available, so the latent modules "
              "were trained with `--perceptual none` (pixel L1 + 0.1 latent L1) instead of the paper's VGG loss; to "
              "retrain with it add `--perceptual vgg --vgg-weights vgg19-dcbb9e9d.pth --set loss.latent_weight=0 "
              "--set loss.pixel_weight=0` (LINF) or keep `latent_weight` 0.1 (SRFlow). `hcflow-small` (HCFlow's "
@@ -167,7 +174,7 @@ def main() -> None:
              "trained through it with its scale head in the same run (`hcflow-small-lp.yaml`).", "",
              "Validation: the earlier stages on Set5 (PSNR on RGB with shave = scale, tau 0 for flows; x4, x3 for "
              "`linf-small-lp`); the `-scale` stages, SRFlow v4's and LINF-LP v4's stages by the `evaluate` protocol on 6 Set14 images x4 (PSNR on Y, "
-             "8-bit MATLAB-bicubic LR) with the held-out bits/dim under N(mu, sigma^2). Bits/dim of every stage "
+             "8-bit MATLAB-bicubic LR) with the held-out bits/dim under N(mu, sigma^2) (correlated for LINF-LP v7). Bits/dim of every stage "
              "on B100 x4: see the table after this one.", "",
              "| model | parameters | stage: command | steps | wall time | final training loss | last validation | "
              "B100 x4 bits/dim |",

@@ -85,26 +85,28 @@ class ResidualCorrelation(nn.Module):
 
     def color(self, es: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """The correlated residuals u of unit noise `es` (per part, B x C x H x W), computed in
-        float64 and returned in each noise's dtype. Linear: color(t e) = t color(e)."""
-        out, r = [], self.reach
-        for e, (a, chol) in zip(es, self.parts()):
-            a, chol = a.to(e.device), chol.to(e.device)
-            b, c, h, w = e.shape
-            le = torch.einsum("dc,bchw->bhwd", chol, e.double())
-            buf = torch.zeros(b, h + r, w + 2 * r, c, dtype=torch.float64, device=e.device)
-            ii, jj = torch.meshgrid(torch.arange(h, device=e.device), torch.arange(w, device=e.device), indexing="ij")
-            wave = ((r + 1) * ii + jj).flatten()  # every neighbour of a position lies on an earlier wave
-            order = torch.argsort(wave, stable=True)
-            ii, jj = ii.flatten()[order], jj.flatten()[order]
-            a = a.flatten(0, 1)
-            start = 0
-            for n in torch.bincount(wave).tolist():
-                i, j = ii[start:start + n], jj[start:start + n]
-                start += n
-                nb = torch.cat([buf[:, i + r + dy, j + r + dx] for dy, dx in self.offsets], -1)  # B x n x K C
-                buf[:, i + r, j + r] = nb @ a + le[:, i, j]
-            out.append(buf[:, r:, r:r + w].permute(0, 3, 1, 2).to(e.dtype).contiguous())
-        return out
+        float64 and returned in each noise's dtype. Linear: color(t e) = t color(e). Each batch
+        item is computed on its own, so it gets what it gets alone, bit for bit."""
+        return [torch.stack([self._color_one(e[b], a, chol).to(e.dtype) for b in range(len(e))])
+                for e, (a, chol) in zip(es, self.parts())]
+
+    def _color_one(self, e: torch.Tensor, a: torch.Tensor, chol: torch.Tensor) -> torch.Tensor:
+        """One item's C x H x W unit noise -> its correlated residual (float64)."""
+        r, (c, h, w) = self.reach, e.shape
+        a, chol = a.to(e.device).flatten(0, 1), chol.to(e.device)
+        le = torch.einsum("dc,chw->hwd", chol, e.double())
+        buf = torch.zeros(h + r, w + 2 * r, c, dtype=torch.float64, device=e.device)
+        ii, jj = torch.meshgrid(torch.arange(h, device=e.device), torch.arange(w, device=e.device), indexing="ij")
+        wave = ((r + 1) * ii + jj).flatten()  # every neighbour of a position lies on an earlier wave
+        order = torch.argsort(wave, stable=True)
+        ii, jj = ii.flatten()[order], jj.flatten()[order]
+        start = 0
+        for n in torch.bincount(wave).tolist():
+            i, j = ii[start:start + n], jj[start:start + n]
+            start += n
+            nb = torch.cat([buf[i + r + dy, j + r + dx] for dy, dx in self.offsets], -1)  # n x K C
+            buf[i + r, j + r] = nb @ a + le[i, j]
+        return buf[r:, r:r + w].permute(2, 0, 1)
 
     def moments(self, us: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, ...]]:
         """Per part, the sums the fit needs from residual maps `us`: (X'X, X'Y, Y'Y, count)
