@@ -73,14 +73,17 @@ class ResidualCorrelation(nn.Module):
     def whiten(self, us: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
         """(e per part, log |de/du| per batch item): the unit noise that colors into `us`, in
         float64."""
-        es, log_det = [], 0
+        es, log_det, r = [], 0, self.reach
         for u, (a, chol) in zip(us, self.parts()):
-            u = u.double()
-            pred = self._neighbours(u) @ a.flatten(0, 1)  # B x H x W x C
-            d = (u.permute(0, 2, 3, 1) - pred).unsqueeze(-1)
-            e = torch.linalg.solve_triangular(chol, d, upper=False).squeeze(-1).permute(0, 3, 1, 2)
-            es.append(e)
-            log_det = log_det - u.shape[-2] * u.shape[-1] * torch.log(torch.diagonal(chol)).sum()
+            a, chol = a.to(u.device), chol.to(u.device)
+            h, w = u.shape[-2:]
+            u = u.double().permute(0, 2, 3, 1)  # B x H x W x C
+            p = F.pad(u, (0, 0, r, r, r, 0))
+            pred = sum(p[:, r + dy:r + dy + h, r + dx:r + dx + w] @ a[k] for k, (dy, dx) in enumerate(self.offsets))
+            inverse = torch.linalg.solve_triangular(chol, torch.eye(len(chol), dtype=chol.dtype, device=chol.device),
+                                                    upper=False)
+            es.append(((u - pred) @ inverse.T).permute(0, 3, 1, 2))
+            log_det = log_det - h * w * torch.log(torch.diagonal(chol)).sum()
         return es, torch.as_tensor(log_det, dtype=torch.float64).expand(len(us[0]))
 
     def color(self, es: Sequence[torch.Tensor]) -> list[torch.Tensor]:
