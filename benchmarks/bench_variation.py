@@ -174,8 +174,10 @@ def plot(results: dict, path: Path) -> None:
     for row, (name, r) in enumerate(results.items()):
         for col, metric in enumerate(("psnr", "grid")):
             ax = fig.add_subplot(len(results), 2, 2 * row + col + 1)
+            learned = "learned scale, correlated residual" if f"independent={VARIATIONS[0]}" in r["curves"] \
+                else "learned scale"
             for prefix, xs, style, label in (("tau=", TAUS, "o-", "temperature sampling"),
-                                             ("t=", VARIATIONS, "s-", "around the prior (learned scale)"),
+                                             ("t=", VARIATIONS, "s-", f"around the prior ({learned})"),
                                              ("fixed=", FIXED, "^--", "around the prior (one global scale)"),
                                              ("independent=", VARIATIONS, "v:",
                                               "around the prior (learned scale, independent noise)")):

@@ -94,22 +94,27 @@ class ResidualCorrelation(nn.Module):
                 for e, (a, chol) in zip(es, self.parts())]
 
     def _color_one(self, e: torch.Tensor, a: torch.Tensor, chol: torch.Tensor) -> torch.Tensor:
-        """One item's C x H x W unit noise -> its correlated residual (float64)."""
+        """One item's C x H x W unit noise -> its correlated residual (float64). The map is kept
+        flat with a zero border (`reach` rows above, `reach` columns either side); each wave
+        gathers its positions' K neighbours in one indexing."""
         r, (c, h, w) = self.reach, e.shape
         a, chol = a.to(e.device).flatten(0, 1), chol.to(e.device)
-        le = torch.einsum("dc,chw->hwd", chol, e.double())
-        buf = torch.zeros(h + r, w + 2 * r, c, dtype=torch.float64, device=e.device)
+        le = torch.einsum("dc,chw->hwd", chol, e.double()).reshape(h * w, c)
+        wide = w + 2 * r
+        buf = torch.zeros((h + r) * wide, c, dtype=torch.float64, device=e.device)
         ii, jj = torch.meshgrid(torch.arange(h, device=e.device), torch.arange(w, device=e.device), indexing="ij")
         wave = ((r + 1) * ii + jj).flatten()  # every neighbour of a position lies on an earlier wave
         order = torch.argsort(wave, stable=True)
-        ii, jj = ii.flatten()[order], jj.flatten()[order]
+        own = ((ii + r) * wide + jj + r).flatten()[order]  # each position's place in the bordered map
+        shifts = torch.tensor([dy * wide + dx for dy, dx in self.offsets], device=e.device)
+        neighbours = own[:, None] + shifts  # (H W) x K
+        src = order
         start = 0
         for n in torch.bincount(wave).tolist():
-            i, j = ii[start:start + n], jj[start:start + n]
+            sl = slice(start, start + n)
             start += n
-            nb = torch.cat([buf[i + r + dy, j + r + dx] for dy, dx in self.offsets], -1)  # n x K C
-            buf[i + r, j + r] = nb @ a + le[i, j]
-        return buf[r:, r:r + w].permute(2, 0, 1)
+            buf[own[sl]] = buf[neighbours[sl]].flatten(1) @ a + le[src[sl]]
+        return buf.view(h + r, wide, c)[r:, r:r + w].permute(2, 0, 1)
 
     def moments(self, us: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, ...]]:
         """Per part, the sums the fit needs from residual maps `us`: (X'X, X'Y, Y'Y, count)
