@@ -33,8 +33,8 @@ from .data.resize import imresize
 from .errors import UsageError
 from .flows.base import Flow, Latent, checked_size, sample_noise
 from .images import rgb_array
-from .precision import reduced, resolve_precision
 from .nets.residual_correlation import INDEPENDENT_WEIGHT
+from .precision import reduced, resolve_precision
 from .priors.tiling import predict_distribution
 from .runtime import progress_bars
 from .tiles import AUTO_TILE, TILE_ABOVE_LR_PIXELS, TileGrid, flow_tile_unit, tile_grid, tiled_scale
