@@ -63,23 +63,22 @@ class ResidualCorrelation(nn.Module):
         return [(getattr(self, f"weight{i}").double(), getattr(self, f"cholesky{i}").double())
                 for i in range(len(self.channels))]
 
-    def _neighbours(self, u: torch.Tensor) -> torch.Tensor:
-        """B x C x H x W -> B x H x W x (K C): each position's causal neighbours (0 outside)."""
-        r, (h, w) = self.reach, u.shape[-2:]
-        p = F.pad(u, (r, r, r, 0))
-        return torch.cat([p[..., r + dy:r + dy + h, r + dx:r + dx + w] for dy, dx in self.offsets], 1) \
-            .permute(0, 2, 3, 1)
+    def _shifted(self, u: torch.Tensor) -> list[torch.Tensor]:
+        """B x H x W x C -> each causal neighbour's value at every position, one map per offset
+        (0 outside the map)."""
+        r, (h, w) = self.reach, u.shape[1:3]
+        p = F.pad(u, (0, 0, r, r, r, 0))
+        return [p[:, r + dy:r + dy + h, r + dx:r + dx + w] for dy, dx in self.offsets]
 
     def whiten(self, us: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
         """(e per part, log |de/du| per batch item): the unit noise that colors into `us`, in
         float64."""
-        es, log_det, r = [], 0, self.reach
+        es, log_det = [], 0
         for u, (a, chol) in zip(us, self.parts()):
             a, chol = a.to(u.device), chol.to(u.device)
             h, w = u.shape[-2:]
             u = u.double().permute(0, 2, 3, 1)  # B x H x W x C
-            p = F.pad(u, (0, 0, r, r, r, 0))
-            pred = sum(p[:, r + dy:r + dy + h, r + dx:r + dx + w] @ a[k] for k, (dy, dx) in enumerate(self.offsets))
+            pred = sum(s @ a_k for s, a_k in zip(self._shifted(u), a))
             inverse = torch.linalg.solve_triangular(chol, torch.eye(len(chol), dtype=chol.dtype, device=chol.device),
                                                     upper=False)
             es.append(((u - pred) @ inverse.T).permute(0, 3, 1, 2))
@@ -108,12 +107,11 @@ class ResidualCorrelation(nn.Module):
         own = ((ii + r) * wide + jj + r).flatten()[order]  # each position's place in the bordered map
         shifts = torch.tensor([dy * wide + dx for dy, dx in self.offsets], device=e.device)
         neighbours = own[:, None] + shifts  # (H W) x K
-        src = order
         start = 0
         for n in torch.bincount(wave).tolist():
             sl = slice(start, start + n)
             start += n
-            buf[own[sl]] = buf[neighbours[sl]].flatten(1) @ a + le[src[sl]]
+            buf[own[sl]] = buf[neighbours[sl]].flatten(1) @ a + le[order[sl]]
         return buf.view(h + r, wide, c)[r:, r:r + w].permute(2, 0, 1)
 
     def moments(self, us: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, ...]]:
@@ -122,9 +120,9 @@ class ResidualCorrelation(nn.Module):
         images, then `fit_`."""
         out = []
         for u in us:
-            u = u.double()
-            x = self._neighbours(u).flatten(0, 2)
-            y = u.permute(0, 2, 3, 1).flatten(0, 2)
+            u = u.double().permute(0, 2, 3, 1)
+            x = torch.cat(self._shifted(u), -1).flatten(0, 2)
+            y = u.flatten(0, 2)
             out.append((x.T @ x, x.T @ y, y.T @ y, torch.tensor(float(len(y)), dtype=torch.float64)))
         return out
 

@@ -22,9 +22,9 @@ from tqdm import tqdm
 from ..checkpoints import CheckpointError, load_flow, save_prior
 from ..data.batches import EpochBatches
 from ..data.crops import LINFLPCrops, min_image_side
-from ..data.folders import ImageFolder, find_images, load_rgb_uint8
-from ..data.resize import imresize, modcrop
+from ..data.folders import ImageFolder, find_images
 from ..errors import TrainingError
+from ..evaluate import Dataset, make_pair
 from ..nets.scale_stats import batch_norms
 from ..nets.residual_correlation import sum_moments
 from ..pipeline import LearnedPrior, SuperResolver
@@ -90,26 +90,22 @@ def spread(files: list, n: int) -> list:
 
 
 @torch.no_grad()
-def fit_residual_correlation(flow, prior, folders: list[str], images: int, scale: float = 4.0,
-                             progress=None) -> int:
-    """Fit `prior.residual` to the standardised residuals (z* - mu) / sigma of `images` whole
-    HR images of `folders` (spread over them) at `scale`; returns how many positions it saw."""
+def fit_residual_correlation(flow, prior, files: list, scale: float = 4.0, progress=None) -> int:
+    """Fit `prior.residual` to the standardised residuals (z* - mu) / sigma of the whole HR
+    images `files` at `scale` (LR made as `evaluate` makes it); returns how many positions it
+    saw."""
     if getattr(prior, "residual", None) is None:
         raise ValueError("stage: correlate needs a latent module with residual_reach > 0")
-    files = spread(find_images(folders), images)
     if not files:
-        raise FileNotFoundError(f"no images in {folders}")
+        raise FileNotFoundError("no training images to fit the residual correlation on")
     device = next(prior.parameters()).device
     flow.eval()
     prior.eval()
-    total, s_int = None, int(scale) if scale == int(scale) else None
+    total = None
     for f in files:
-        hr = load_rgb_uint8(f)
-        hr = modcrop(hr, s_int) if s_int else hr
-        lr = imresize(hr, out_size=(round(hr.shape[-2] / scale), round(hr.shape[-1] / scale)))
-        hr, lr = (hr.float()[None] / 255).to(device), (lr.float()[None] / 255).to(device)
-        lr, ctx, (h, w) = flow.density_context(lr, tuple(hr.shape[-2:]))
-        z, _ = flow.encode(hr[..., :h, :w], ctx)
+        hr, lr, _ = make_pair(Path(f), Dataset("train", Path(f).parent, None), scale, "make")
+        lr, ctx, (h, w) = flow.density_context(lr[None].to(device), tuple(hr.shape[-2:]))
+        z, _ = flow.encode(hr[None, :, :h, :w].to(device), ctx)
         mu, log_sigma = LearnedPrior(prior).distribution(flow, lr, ctx)
         log_sigma = log_sigma if log_sigma is not None else [torch.zeros_like(m) for m in mu]
         total = sum_moments(total, prior.residual.moments([(zz - m) * torch.exp(-ls)
@@ -136,30 +132,28 @@ def run_calibration(cfg: dict, device: torch.device) -> Path:
     except (CheckpointError, ValueError, TypeError) as e:
         raise TrainingError(f"prior: {e}") from None
     if cfg["stage"] == "correlate":
-        n, scale = int(spec.get("correlation_images", 60)), float(spec.get("correlation_scale", 4))
-        with tqdm(total=n, desc="correlate", unit="image", disable=not progress_bars(), file=sys.stderr,
+        scale = float(spec.get("correlation_scale", 4))
+        files = spread(find_images(cfg["data"]["train"]["folders"]), int(spec.get("correlation_images", 60)))
+        with tqdm(total=len(files), desc="correlate", unit="image", disable=not progress_bars(), file=sys.stderr,
                   dynamic_ncols=True) as bar:
             try:
-                positions = fit_residual_correlation(flow, prior, cfg["data"]["train"]["folders"], n, scale,
-                                                     progress=bar.update)
+                positions = fit_residual_correlation(flow, prior, files, scale, progress=bar.update)
             except (ValueError, FileNotFoundError, RuntimeError) as e:  # no images; a singular fit
                 raise TrainingError(f"correlate: {e}") from None
         label = (f"residual correlation over {prior.config.residual_reach} neighbouring position(s), fitted at "
-                 f"x{scale:g} on {min(n, bar.n)} images ({positions} positions)")
-        write_run_config(out, cfg, label)
-        validate_once(out, cfg, device, SuperResolver(flow.eval(), prior.eval()))
-        return export_run(out, save_prior, prior.eval(), cfg, label, 0, time.perf_counter() - t0, 0)
-    n = int(spec.get("calibration_batches", 25))
-    scales = prior.config.scale_stats
-    with tqdm(total=n * len(scales), desc="calibrate", unit="batch", disable=not progress_bars(), file=sys.stderr,
-              dynamic_ncols=True) as bar:
-        try:
-            calibrate_scale_stats(flow, prior, cfg["data"]["train"]["folders"], n, cfg["optim"]["batch_size"],
-                                  crop.get("lr_kernel", "pil"), int(crop.get("hr_size", HR_CROP)), cfg["run"]["seed"],
-                                  progress=lambda s, b: bar.update())
-        except (ValueError, FileNotFoundError) as e:  # crops larger than every image, a batch larger than the set
-            raise TrainingError(f"calibrate: {e}") from None
-    label = f"BatchNorm statistics at scales {', '.join(f'{s:g}' for s in scales)} ({n} batches each)"
+                 f"x{scale:g} on {len(files)} images ({positions} positions)")
+    else:
+        n = int(spec.get("calibration_batches", 25))
+        scales = prior.config.scale_stats
+        with tqdm(total=n * len(scales), desc="calibrate", unit="batch", disable=not progress_bars(),
+                  file=sys.stderr, dynamic_ncols=True) as bar:
+            try:
+                calibrate_scale_stats(flow, prior, cfg["data"]["train"]["folders"], n, cfg["optim"]["batch_size"],
+                                      crop.get("lr_kernel", "pil"), int(crop.get("hr_size", HR_CROP)),
+                                      cfg["run"]["seed"], progress=lambda s, b: bar.update())
+            except (ValueError, FileNotFoundError) as e:  # crops larger than every image, a batch larger than the set
+                raise TrainingError(f"calibrate: {e}") from None
+        label = f"BatchNorm statistics at scales {', '.join(f'{s:g}' for s in scales)} ({n} batches each)"
     write_run_config(out, cfg, label)
     validate_once(out, cfg, device, SuperResolver(flow.eval(), prior.eval()))
     return export_run(out, save_prior, prior.eval(), cfg, label, 0, time.perf_counter() - t0, 0)
