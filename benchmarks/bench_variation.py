@@ -1,6 +1,6 @@
 """Samples around the learned prior (LearnedPrior(variation=t)) against temperature sampling,
 and the learned scale's likelihood (issue 20's acceptance figures), on B100 x4 (or any
-folder of HR images) with the bundled models.
+folder of HR images; LINF at any `--scale`) with the bundled models.
 
 For each flow:
 - bits/dim of the HR under N(mu, sigma^2) (the module's scale head; with a residual
@@ -101,10 +101,11 @@ def without(prior, *parts: str):
     """The same module without `parts` ("scale_head", "residual"; its specialists' heads too):
     mu unchanged. Without both, its samples are N(mu, t^2), the fixed-scale ablation; without
     the residual only, N(mu, (t sigma)^2), independent per element."""
-    off = {"scale_head": False, "residual": 0}
-    plain = type(prior)(type(prior.config).from_dict({**prior.config.to_dict(),
-                                                      **{("residual_reach" if p == "residual" else p): off[p]
-                                                         for p in parts}}))
+    off = {"scale_head": {"scale_head": False}, "residual": {"residual_reach": 0}}
+    if "residual_scales" in prior.config.to_dict():
+        off["residual"]["residual_scales"] = ()
+    plain = type(prior)(type(prior.config).from_dict({**prior.config.to_dict(), **{k: v for p in parts
+                                                                                 for k, v in off[p].items()}}))
     plain.load_state_dict({k: v for k, v in prior.state_dict().items()
                            if not any(name.startswith(parts) for name in k.split("."))})
     return plain.eval()
@@ -200,6 +201,7 @@ def main() -> None:
     ap.add_argument("--data", default="../shared/data/B100/HR")
     ap.add_argument("--max-images", type=int, default=100)
     ap.add_argument("--draws", type=int, default=8)
+    ap.add_argument("--scale", type=float, default=4.0, help="the upscale (LINF: any; SRFlow, HCFlow: their own)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--flows", default="LINF,SRFlow")
@@ -222,14 +224,14 @@ def main() -> None:
     ds = Dataset("B100", Path(args.data), None)
     pairs = []
     for f in find_images([args.data])[: args.max_images]:
-        hr, lr, _ = make_pair(f, ds, 4.0, "make")
+        hr, lr, _ = make_pair(f, ds, args.scale, "make")
         pairs.append((hr[None], lr[None]))
     results = {}
     t0 = time.time()
     with torch.no_grad():
         for name in args.flows.split(","):
             results[name] = run_flow(name, *models[name], pairs, args.draws, args.seed)
-    meta = {"images": len(pairs), "draws": args.draws, "data": args.data, "hardware": hardware_line(),
+    meta = {"images": len(pairs), "draws": args.draws, "scale": args.scale, "data": args.data, "hardware": hardware_line(),
             "seconds": round(time.time() - t0, 1), "python": platform.python_version()}
     (out / "variation.json").write_text(json.dumps({"meta": meta, **results}, indent=1))
     plot(results, out / "variation.png")

@@ -22,7 +22,7 @@ def random_correlation(reach=1, channels=(2,), seed=0, strength=0.15):
     g = torch.Generator().manual_seed(seed)
     rc = ResidualCorrelation(reach, channels)
     for i, c in enumerate(channels):
-        getattr(rc, f"weight{i}").copy_(strength * torch.randn(len(rc.offsets), c, c, generator=g))
+        getattr(rc, f"weight{i}").copy_(strength * torch.randn(len(rc.offsets[i]), c, c, generator=g))
         chol = torch.tril(0.3 * torch.randn(c, c, generator=g), -1) + torch.diag(0.5 + torch.rand(c, generator=g))
         getattr(rc, f"cholesky{i}").copy_(chol)
     return rc
@@ -32,8 +32,11 @@ def test_offsets_are_causal_in_raster_order():
     assert causal_offsets(1) == [(-1, -1), (-1, 0), (-1, 1), (0, -1)]
     assert len(causal_offsets(2)) == 12
     assert all(dy < 0 or (dy == 0 and dx < 0) for dy, dx in causal_offsets(3))
-    with pytest.raises(ValueError, match="reach"):
-        ResidualCorrelation(0, (3,))
+    for bad in (0, -1, True, (1,), (1, -1), (1.0, 0)):  # one positive integer, or one >= 0 per part
+        with pytest.raises(ValueError, match="reach"):
+            ResidualCorrelation(bad, (3, 4))
+    rc = ResidualCorrelation((2, 0), (3, 4))
+    assert rc.reach == (2, 0) and rc.weight0.shape == (12, 3, 3) and rc.weight1.shape == (0, 4, 4)
 
 
 def test_a_new_correlation_is_independence():
@@ -45,7 +48,7 @@ def test_a_new_correlation_is_independence():
     assert all(torch.equal(a, b.double()) for a, b in zip(us, es)) and torch.equal(log_det, torch.zeros(2).double())
 
 
-@pytest.mark.parametrize("reach", [1, 2])
+@pytest.mark.parametrize("reach", [1, 2, (1, 0), (0, 2)])
 def test_color_and_whiten_are_inverse(reach):
     rc = random_correlation(reach, (2, 3))
     es = [torch.randn(2, 2, 6, 9, dtype=torch.float64), torch.randn(2, 3, 4, 3, dtype=torch.float64)]
@@ -59,13 +62,17 @@ def test_color_and_whiten_are_inverse(reach):
     torch.testing.assert_close(rc.color([e[1:] for e in es])[1], us[1][1:])
 
 
-def test_the_density_is_the_exact_correlated_gaussian():
-    """Against the dense multivariate normal whose covariance is M M^T, M the coloring map."""
-    rc = random_correlation(1, (2,), seed=3)
+@pytest.mark.parametrize("reach", [1, (0,)])
+def test_the_density_is_the_exact_correlated_gaussian(reach):
+    """Against the dense multivariate normal whose covariance is M M^T, M the coloring map;
+    reach 0 correlates each position's channels alone."""
+    rc = random_correlation(reach, (2,), seed=3)
     c, h, w = 2, 3, 4
     n = c * h * w
     basis = torch.eye(n, dtype=torch.float64).view(n, c, h, w)
     m = rc.color([basis])[0].view(n, n).T  # column k: the coloring of unit vector k
+    block = (m.view(c, h, w, c, h, w).permute(1, 2, 0, 4, 5, 3).reshape(h * w, c, h * w, c) != 0).any((1, 3))
+    assert block.any(1).all() and (block.sum().item() > h * w) == (reach != (0,))  # positions mix iff reach > 0
     g = torch.Generator().manual_seed(1)
     mu = torch.randn(1, c, h, w, generator=g, dtype=torch.float64)
     log_sigma = 0.3 * torch.randn(1, c, h, w, generator=g, dtype=torch.float64)
@@ -81,16 +88,20 @@ def test_the_density_is_the_exact_correlated_gaussian():
     torch.testing.assert_close(gaussian_log_density((z,), (mu,), (log_sigma,), t), indep[None])
 
 
-def test_the_fit_recovers_the_process_that_drew_the_residuals():
-    truth = random_correlation(1, (2,), seed=5, strength=0.2)
-    u = truth.color([torch.randn(4, 2, 128, 128, generator=torch.Generator().manual_seed(2), dtype=torch.float64)])
-    fitted = ResidualCorrelation(1, (2,))
+@pytest.mark.parametrize("reach", [1, (1, 0)])
+def test_the_fit_recovers_the_process_that_drew_the_residuals(reach):
+    channels = (2,) if reach == 1 else (2, 3)
+    truth = random_correlation(reach, channels, seed=5, strength=0.2)
+    g = torch.Generator().manual_seed(2)
+    us = truth.color([torch.randn(4, c, 128, 128, generator=g, dtype=torch.float64) for c in channels])
+    fitted = ResidualCorrelation(reach, channels)
     total = None
     for k in range(4):  # moments add up over images
-        total = sum_moments(total, fitted.moments([u[0][k:k + 1]]))
+        total = sum_moments(total, fitted.moments([u[k:k + 1] for u in us]))
     fitted.fit_(total)
-    torch.testing.assert_close(fitted.weight0, truth.weight0, atol=0.03, rtol=0)
-    torch.testing.assert_close(fitted.cholesky0, truth.cholesky0, atol=0.03, rtol=0)
+    for i in range(len(channels)):
+        torch.testing.assert_close(getattr(fitted, f"weight{i}"), getattr(truth, f"weight{i}"), atol=0.03, rtol=0)
+        torch.testing.assert_close(getattr(fitted, f"cholesky{i}"), getattr(truth, f"cholesky{i}"), atol=0.03, rtol=0)
 
 
 def linf_pair(reach=1):
@@ -184,6 +195,12 @@ def test_configs_keep_it_off_and_srflow_has_one_per_part(tmp_path):
     m.residual.load_state_dict(random_correlation(2, (6, 24), seed=2).state_dict())
     back = load_prior(save_prior(m, tmp_path / "m.safetensors"))
     assert torch.equal(back.residual.weight1, m.residual.weight1) and back.config.residual_reach == 2
+    # one reach per part survives the file (JSON lists back into the tuple)
+    per_part = SRFlowLatentModule(SRFlowPriorConfig(dim=8, depth=1, latent_channels=(6, 24), residual_reach=(1, 0)))
+    per_part.residual.load_state_dict(random_correlation((1, 0), (6, 24), seed=4).state_dict())
+    back = load_prior(save_prior(per_part, tmp_path / "p.safetensors"))
+    assert back.config.residual_reach == (1, 0) and back.residual.reach == (1, 0)
+    assert back.residual.weight1.shape == (0, 24, 24) and torch.equal(back.residual.cholesky1, per_part.residual.cholesky1)
     # a LINF-LP module's specialists share the module's correlation
     spec = with_config(with_config(LINFLatentModule(LINFPriorConfig(generator="unet", dim=8, depth=2)),
                                    scale_stats=(2.0, 4.0), residual_reach=1), specialists=(4.0,))
@@ -215,3 +232,97 @@ def test_the_correlate_stage_fits_the_module_and_changes_nothing_else(tmp_path, 
     assert not (tmp_path / "bad").exists()
     with pytest.raises(ConfigError, match="correlation_images"):
         load_config(recipe(tmp_path, images, flow_file, {**spec, "correlation_images": 0}, "bad2"))
+
+
+def test_scale_correlations_interpolate_their_fits_in_log_scale():
+    from flowsr_lp.nets.residual_correlation import ScaleCorrelations
+
+    sc = ScaleCorrelations((2.0, 4.0), 1, (3,))
+    for k, seed in enumerate((1, 2)):
+        sc.per_scale[k].load_state_dict(random_correlation(1, (3,), seed=seed).state_dict())
+    assert sc.at(2.0) is sc.per_scale[0] and sc.at(4.0) is sc.per_scale[1]  # a fitted scale: its fit itself
+    assert sc.at(1.5) is sc.per_scale[0] and sc.at(8.0) is sc.per_scale[1]  # clamped to the ends
+    mid = sc.at(2.0 * 2 ** 0.25)  # a quarter of the way in log scale
+    for name in ("weight0", "cholesky0"):
+        torch.testing.assert_close(getattr(mid, name),
+                                   0.75 * getattr(sc.per_scale[0], name) + 0.25 * getattr(sc.per_scale[1], name))
+    es = [torch.randn(1, 3, 5, 6, dtype=torch.float64)]
+    back, _ = mid.whiten(mid.color(es))  # still an exact, invertible model
+    torch.testing.assert_close(back[0], es[0], rtol=0, atol=1e-10)
+    assert sc.fitted() == [(2.0, sc.per_scale[0]), (4.0, sc.per_scale[1])]
+    with pytest.raises(ValueError, match="residual_scales"):
+        ScaleCorrelations((4.0, 2.0), 1, (3,))
+    with pytest.raises(ValueError, match="residual_reach"):
+        LINFLatentModule(LINFPriorConfig(generator="unet", dim=8, depth=2, residual_scales=(2.0, 4.0)))
+
+
+def scaled_pair():
+    """A LINF-LP module with one correlation at x3 and another at x4."""
+    flow, plain, _ = linf_pair()
+    prior = with_config(plain, residual_reach=1, residual_scales=[3, 4]).eval()
+    assert prior.config.residual_scales == (3, 4)
+    for k, seed in enumerate((7, 8)):
+        prior.residual.per_scale[k].load_state_dict(random_correlation(1, (27,), seed=seed, strength=0.02).state_dict())
+    return flow, plain, prior
+
+
+@pytest.mark.usefixtures("no_grad")
+def test_samples_and_density_use_the_correlation_at_the_image_scale(tmp_path, monkeypatch):
+    flow, plain, prior = scaled_pair()
+    back = load_prior(save_prior(prior, tmp_path / "m.safetensors"))
+    assert back.config.residual_scales == (3, 4) and torch.equal(back.residual.per_scale[1].weight0,
+                                                                   prior.residual.per_scale[1].weight0)
+    lr = torch.rand(1, 3, 12, 10, generator=torch.Generator().manual_seed(0))
+    for size, scale, fit in (((36, 30), 3.0, 0), ((48, 40), 4.0, 1)):
+        ctx = flow.condition(lr, size)
+        s = LearnedPrior(prior, variation=0.6, seed=3)
+        mu, log_sigma = s.distribution(flow, lr, ctx)
+        eps = flow.sample_latent(ctx, 0.6, torch.Generator().manual_seed(3))
+        torch.testing.assert_close(s.latent(flow, lr, ctx, scale)[0],
+                                   mu[0] + torch.exp(log_sigma[0]) * prior.residual.per_scale[fit].color(eps)[0])
+    # the density at a scale between two fits: that of their interpolation (a latent drawn there,
+    # so the correlated part of the mixture dominates)
+    ctx = flow.condition(lr, (37, 31))
+    s = LearnedPrior(prior, variation=0.8)
+    z = LearnedPrior(prior, variation=0.8, seed=5).latent(flow, lr, ctx, 3.1)
+    mu, log_sigma = s.distribution(flow, lr, ctx)
+    between = gaussian_log_density(z, mu, log_sigma, 0.8, prior.residual.at(3.1))
+    torch.testing.assert_close(s.log_density(flow, lr, ctx, 3.1, z), between, rtol=1e-12, atol=1e-6)
+    assert (s.log_density(flow, lr, ctx, 3.0, z) - between).abs().max() > 1e-3
+    # bits/dim pass the image's scale, as its upscale does: a 37 x 31 HR over a 12 x 10 LR is x3.1,
+    # though the density's region is cropped to whole 3x3 patches (36 x 30, x3)
+    seen = []
+    monkeypatch.setattr(LearnedPrior, "log_density", lambda self, flow, lr, ctx, scale, latent, memo=None:
+                        seen.append(scale) or torch.zeros(len(lr), dtype=torch.float64))
+    hr = torch.rand(1, 3, 37, 31, generator=torch.Generator().manual_seed(4))
+    SuperResolver(flow, prior).bits_per_dim(hr, lr, LearnedPrior(prior, variation=0.8))
+    assert seen == [pytest.approx(3.1)]
+
+
+def test_the_correlate_stage_fits_each_scale_and_replaces_an_older_correlation(tmp_path, images, flow_file):
+    torch.manual_seed(0)
+    start = with_config(LINFLatentModule(LINFPriorConfig(generator="unet", dim=8, depth=2, scale_head=True)),
+                        residual_reach=1)
+    start.residual.load_state_dict(random_correlation(1, (27,), seed=9, strength=0.02).state_dict())
+    start_file = save_prior(start, tmp_path / "start.safetensors")
+    spec = {"checkpoint": str(start_file), "config": {"residual_reach": 1, "residual_scales": [2, 3]},
+            "correlation_images": 2}
+    path = write_recipe(tmp_path / "scales.yaml", task="prior", stage="correlate", flow={"checkpoint": flow_file},
+                        prior=spec, data={"train": {"folders": [images]},
+                                          "val": {"folders": [images], "scale": 3, "max_images": 1}},
+                        run={"out": str(tmp_path / "scales")})
+    assert main(["train-prior", path]) == 0
+    out = load_prior(tmp_path / "scales" / "model.safetensors")
+    assert out.config.residual_scales == (2, 3) and "residual.weight0" not in out.state_dict()
+    at2, at3 = out.residual.per_scale
+    assert not torch.allclose(at2.cholesky0, at3.cholesky0)  # each fitted at its own scale
+    # the x3 fit is the one a single-scale stage at x3 makes
+    single = recipe(tmp_path, images, flow_file, {"checkpoint": str(start_file), "config": {"residual_reach": 1},
+                                                  "correlation_images": 2}, "single")
+    assert main(["train-prior", single]) == 0
+    torch.testing.assert_close(load_prior(tmp_path / "single" / "model.safetensors").residual.cholesky0, at3.cholesky0,
+                               rtol=0, atol=0)
+    for name, v in start.state_dict().items():  # everything but the correlation is the start's
+        assert name.startswith("residual.") or torch.equal(out.state_dict()[name], v), name
+    with pytest.raises(ConfigError, match="correlation_scale"):
+        load_config(recipe(tmp_path, images, flow_file, spec, "bad"))

@@ -328,8 +328,9 @@ class LearnedPrior(LatentStrategy):
     item, or a generator). t = 0, the default, returns mu itself. The latent density (for
     `bits_per_dim`) is N(mu, (t * sigma)^2), or N(mu, sigma^2) at t = 0. A module with
     `residual_reach` correlates eps over channels and neighbouring positions first (its
-    `residual`, nets/residual_correlation.py): all but about one draw in a million, each
-    drawing that choice from its noise source after its noise; the density is that mixture's.
+    `residual` at the upscale's scale, nets/residual_correlation.py): all but about one draw
+    in a million, each drawing that choice from its noise source after its noise; the density
+    is that mixture's.
 
     The prior runs on the whole batch unless its latent maps hold more than `max_pixels`
     positions together (default 2^20, about 3 GB of UNet dim-64 activations; an HR image of
@@ -387,7 +388,7 @@ class LearnedPrior(LatentStrategy):
             _note_fixed_variation()
         generators = _generators(self.generator, self.seed)
         eps = inputs.noise(self.variation, generators)  # t * unit noise
-        correlation = getattr(self.prior, "residual", None)
+        correlation = _correlation(self.prior, scale)
         if correlation is not None:  # the whole latent's noise, so tiles decode the same image
             independent = (_uniforms(generators, len(mu[0])) < INDEPENDENT_WEIGHT).view(-1, 1, 1, 1)
             eps = [torch.where(independent.to(e.device), e, c) for e, c in zip(eps, correlation.color(eps))]
@@ -397,7 +398,7 @@ class LearnedPrior(LatentStrategy):
     def log_density(self, flow: Flow, lr: torch.Tensor, ctx, scale: float, latent: Latent,
                     memo: dict | None = None) -> torch.Tensor:
         mu, log_sigma = self._shared({} if memo is None else memo, lambda: self.distribution(flow, lr, ctx))
-        t, correlation = self.variation or 1.0, getattr(self.prior, "residual", None)
+        t, correlation = self.variation or 1.0, _correlation(self.prior, scale)
         independent = gaussian_log_density(latent, mu, log_sigma, t)
         if correlation is None:
             return independent
@@ -407,6 +408,12 @@ class LearnedPrior(LatentStrategy):
     def __repr__(self) -> str:
         v = f", variation={self.variation:g}" if self.variation else ""
         return f"LearnedPrior({type(self.prior).__name__}{v})"
+
+
+def _correlation(prior, scale: float):
+    """The latent module's residual correlation for an image at `scale`, or None."""
+    correlation = getattr(prior, "residual", None)
+    return None if correlation is None else correlation.at(scale)
 
 
 _fixed_variation_noted = False
@@ -637,11 +644,13 @@ class SuperResolver:
             strategy.check(self.flow)
         lr = self.flow.checked_images(lr.to(self.device), "lr")
         hr = self.flow.checked_images(hr.to(self.device), "hr", batch=lr.shape[0])
+        size = tuple(hr.shape[-2:])
         with reduced(self.dtype, self.device):
-            lr, ctx, (h, w) = self.flow.density_context(lr, tuple(hr.shape[-2:]))
+            lr, ctx, (h, w) = self.flow.density_context(lr, size)
         hr = hr[..., :h, :w]
         latent, log_p = self.flow.encode(hr, ctx)
-        dims, scale = 3 * h * w, max(h / lr.shape[-2], w / lr.shape[-1])
+        # the image's scale, as its upscale's (`Prepared.scale`), not that of the cropped region
+        dims, scale = 3 * h * w, max(size[0] / lr.shape[-2], size[1] / lr.shape[-1])
         log_p = log_p.double() - gaussian_log_density(latent) + dims * self.flow.internal_log_scale
         out, memo = [], {}  # memo: the latent module runs once for all its variations
         for strategy in strategies:

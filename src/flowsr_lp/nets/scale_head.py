@@ -71,7 +71,8 @@ def with_config(prior: nn.Module, **changes) -> nn.Module:
     contribution to mu starts at zero; LINF-LP's `scale_stats` adds BatchNorm statistics per
     scale, unused until recorded, `scale_affine` a gain and shift per scale that start at
     the identity, and `specialists` copies of the module (its weights and buffers, grown parts
-    included); `residual_reach` a residual correlation that starts at independence;
+    included); `residual_reach` (and LINF-LP's `residual_scales`) a residual correlation that
+    starts at independence, replacing the module's own (fitted in closed form, never trained);
     `lr_input` changes what its LR branch reads): every
     weight and buffer carried over exactly, so with only grown parts the output is unchanged.
     Changes that would drop or reshape a trained weight are refused."""
@@ -80,6 +81,8 @@ def with_config(prior: nn.Module, **changes) -> nn.Module:
     grown.to(next(prior.parameters()).device)
     own = prior.state_dict()
     shapes = {k: tuple(v.shape) for k, v in grown.state_dict().items()}
+    if {"residual_reach", "residual_scales"} & set(changes):  # a new correlation replaces the old one
+        own = {k: v for k, v in own.items() if not k.startswith("residual.")}
     reshaped = [k for k, v in own.items() if k in shapes and shapes[k] != tuple(v.shape)]
     missing = [k for k in shapes if k not in own]
     unexpected = [k for k in own if k not in shapes]

@@ -24,14 +24,30 @@ def batch_norms(*modules: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for mod in modules for m in mod.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
+def check_scales(scales, what: str) -> None:
+    """Refuse anything but increasing positive scales, naming the config field `what`."""
+    if not scales or any(s <= 0 for s in scales) or list(scales) != sorted(set(scales)):
+        raise ValueError(f"{what} must be increasing positive scales, got {scales}")
+
+
+def log_scale_weights(log_scales: list[float], scale: float) -> list[tuple[int, float]]:
+    """(index, weight) of the one or two of increasing `log_scales` that `scale` interpolates,
+    linearly in log scale, clamped to the ends; exactly one at a listed scale."""
+    x = min(max(math.log(scale), log_scales[0]), log_scales[-1])
+    k = bisect.bisect_right(log_scales, x) - 1
+    if k >= len(log_scales) - 1:
+        return [(len(log_scales) - 1, 1.0)]
+    a = (x - log_scales[k]) / (log_scales[k + 1] - log_scales[k])
+    return [(j, wj) for j, wj in ((k, 1.0 - a), (k + 1, a)) if wj > 0]
+
+
 class ScaleStats(nn.Module):
     """Running means and variances of `sizes` channels (BatchNorm layers, in order) at each of
     `scales`. A scale no batch has reached yet falls back on the layer's own statistics."""
 
     def __init__(self, scales: tuple[float, ...], sizes: list[int]):
         super().__init__()
-        if not scales or any(s <= 0 for s in scales) or list(scales) != sorted(set(scales)):
-            raise ValueError(f"scale_stats must be increasing positive scales, got {scales}")
+        check_scales(scales, "scale_stats")
         self.sizes = list(sizes)
         #: where each layer's channels start in the rows of `means` and `vars`
         self.offsets = [0]
@@ -45,15 +61,8 @@ class ScaleStats(nn.Module):
         self.register_buffer("counts", torch.zeros(k, len(sizes), dtype=torch.float64))
 
     def weights(self, scale: float) -> list[tuple[int, float]]:
-        """(scale index, weight) of the one or two scales that `scale` interpolates, linearly in
-        log scale, clamped to the ends."""
-        ls = self.log_scales.tolist()
-        x = min(max(math.log(scale), ls[0]), ls[-1])
-        k = bisect.bisect_right(ls, x) - 1
-        if k >= len(ls) - 1:
-            return [(len(ls) - 1, 1.0)]
-        a = (x - ls[k]) / (ls[k + 1] - ls[k])
-        return [(j, wj) for j, wj in ((k, 1.0 - a), (k + 1, a)) if wj > 0]
+        """(scale index, weight) of the one or two scales that `scale` interpolates."""
+        return log_scale_weights(self.log_scales.tolist(), scale)
 
     def norm(self, layers: list[nn.Module], scale: float, training: bool, affine: "ScaleAffine | None" = None):
         """The `norm(batch_norm, x)` that `DoubleConv.forward` takes for an image at `scale`:

@@ -17,7 +17,7 @@ from ..nets.swin import SwinStage
 from ..nets.unet import OutConv, unet_forward, unet_layers
 from ..nets.scale_head import LR_CHANNELS, ScaleHead, check_parts, lr_map, split_prediction
 from ..nets.scale_specialists import check_specialists, specialist_weights
-from ..nets.residual_correlation import ResidualCorrelation
+from ..nets.residual_correlation import ResidualCorrelation, ScaleCorrelations
 from ..nets.scale_stats import ScaleAffine, ScaleStats, batch_norms
 
 GENERATORS = ("unet", "edsr-baseline-latent", "swin_latent")
@@ -72,8 +72,12 @@ class LINFPriorConfig(ModelConfig):
     specialist_reach: float = 1.5
     #: ours, off in every released module: > 0 models the correlation of the residual around
     #: mu over this many neighbouring positions (nets/residual_correlation.py), for the
-    #: samples around the prior and their density; fitted by `stage: correlate`
-    residual_reach: int = 0
+    #: samples around the prior and their density (a one-item tuple (0,): over channels only);
+    #: fitted by `stage: correlate`
+    residual_reach: int | tuple[int, ...] = 0
+    #: ours, with residual_reach: one correlation fitted at each of these scales, interpolated at
+    #: the image's (nets/residual_correlation.ScaleCorrelations); () one fit for every scale
+    residual_scales: tuple[float, ...] = ()
 
     @property
     def width(self) -> int:
@@ -102,12 +106,15 @@ class LINFLatentModule(nn.Module):
             check_specialists(cfg.specialists, cfg.specialist_reach)
             # a member is a plain module: no specialists, the reach it would have by default, and
             # no residual correlation (the module's own serves every member)
-            own = type(cfg).from_dict({**cfg.to_dict(), "specialists": (), "residual_reach": 0,
+            own = type(cfg).from_dict({**cfg.to_dict(), "specialists": (), "residual_reach": 0, "residual_scales": (),
                                        "specialist_reach": LINFPriorConfig.specialist_reach})
             self.specialists = nn.ModuleList(LINFLatentModule(own) for _ in cfg.specialists)
         w, c = cfg.width, cfg.in_chans
+        if cfg.residual_scales and not cfg.residual_reach:
+            raise ValueError("residual_scales needs residual_reach (the correlation kept at those scales)")
         if cfg.residual_reach:
-            self.residual = ResidualCorrelation(cfg.residual_reach, (c,))
+            self.residual = ScaleCorrelations(cfg.residual_scales, cfg.residual_reach, (c,)) if cfg.residual_scales \
+                else ResidualCorrelation(cfg.residual_reach, (c,))
         branch = w // 2 if cfg.inputs == "both" else w
         if cfg.inputs in ("both", "prior"):
             self.input_proj = DenseBlock5(c, branch, branch, None)

@@ -26,8 +26,9 @@ class SRFlowPriorConfig(ModelConfig):
     #: ours, off in every released module: also predict a scale sigma per latent element (nets/scale_head.py)
     scale_head: bool = False
     #: ours, off in every released module: > 0 models the residual's correlation over this many
-    #: neighbouring positions (nets/residual_correlation.py); fitted by `stage: correlate`
-    residual_reach: int = 0
+    #: neighbouring positions (nets/residual_correlation.py), or one reach >= 0 per latent part
+    #: (0: over a position's channels only); fitted by `stage: correlate`
+    residual_reach: int | tuple[int, ...] = 0
 
 
 class SRFlowLatentModule(nn.Module):

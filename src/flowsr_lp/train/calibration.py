@@ -7,9 +7,11 @@
   `data.crop`.
 - `stage: correlate`: the residual correlation of a module with `residual_reach`
   (nets/residual_correlation.py), fitted in closed form to the standardised residuals
-  (z* - mu) / sigma of whole training images at one scale (z* = the flow's encoding of the
-  HR, the LR a bicubic (MATLAB) downscale). Recipe: `prior: {checkpoint, config:
-  {residual_reach: R}, correlation_images: N, correlation_scale: S}`."""
+  (z* - mu) / sigma of whole training images (z* = the flow's encoding of the HR, the LR a
+  bicubic (MATLAB) downscale) at one scale, or at each of the module's `residual_scales`.
+  Recipe: `prior: {checkpoint, config: {residual_reach: R}, correlation_images: N,
+  correlation_scale: S}`, or `config: {residual_reach: R, residual_scales: [...]}` without
+  `correlation_scale`."""
 from __future__ import annotations
 
 import sys
@@ -90,12 +92,10 @@ def spread(files: list, n: int) -> list:
 
 
 @torch.no_grad()
-def fit_residual_correlation(flow, prior, files: list, scale: float = 4.0, progress=None) -> int:
-    """Fit `prior.residual` to the standardised residuals (z* - mu) / sigma of the whole HR
-    images `files` at `scale` (LR made as `evaluate` makes it); returns how many positions it
-    saw."""
-    if getattr(prior, "residual", None) is None:
-        raise ValueError("stage: correlate needs a latent module with residual_reach > 0")
+def fit_residual_correlation(flow, prior, correlation, files: list, scale: float = 4.0, progress=None) -> int:
+    """Fit `correlation` (the module's `residual`, or one scale's of it) to the standardised
+    residuals (z* - mu) / sigma of `prior` on the whole HR images `files` at `scale` (LR made as
+    `evaluate` makes it); returns how many positions it saw."""
     if not files:
         raise FileNotFoundError("no training images to fit the residual correlation on")
     device = next(prior.parameters()).device
@@ -108,11 +108,11 @@ def fit_residual_correlation(flow, prior, files: list, scale: float = 4.0, progr
         z, _ = flow.encode(hr[None, :, :h, :w].to(device), ctx)
         mu, log_sigma = LearnedPrior(prior).distribution(flow, lr, ctx)
         log_sigma = log_sigma if log_sigma is not None else [torch.zeros_like(m) for m in mu]
-        total = sum_moments(total, prior.residual.moments([(zz - m) * torch.exp(-ls)
-                                                           for zz, m, ls in zip(z, mu, log_sigma)]))
+        total = sum_moments(total, correlation.moments([(zz - m) * torch.exp(-ls)
+                                                        for zz, m, ls in zip(z, mu, log_sigma)]))
         if progress:
             progress()
-    prior.residual.fit_(total)
+    correlation.fit_(total)
     return int(total[0][3].item())
 
 
@@ -132,16 +132,20 @@ def run_calibration(cfg: dict, device: torch.device) -> Path:
     except (CheckpointError, ValueError, TypeError) as e:
         raise TrainingError(f"prior: {e}") from None
     if cfg["stage"] == "correlate":
-        scale = float(spec.get("correlation_scale", 4))
+        targets = prior.residual.fitted(float(spec.get("correlation_scale", 4)))  # (scale, correlation) pairs
         files = spread(find_images(cfg["data"]["train"]["folders"]), int(spec.get("correlation_images", 60)))
-        with tqdm(total=len(files), desc="correlate", unit="image", disable=not progress_bars(), file=sys.stderr,
-                  dynamic_ncols=True) as bar:
-            try:
-                positions = fit_residual_correlation(flow, prior, files, scale, progress=bar.update)
-            except (ValueError, FileNotFoundError, RuntimeError) as e:  # no images; a singular fit
-                raise TrainingError(f"correlate: {e}") from None
-        label = (f"residual correlation over {prior.config.residual_reach} neighbouring position(s), fitted at "
-                 f"x{scale:g} on {len(files)} images ({positions} positions)")
+        positions = 0
+        with tqdm(total=len(files) * len(targets), desc="correlate", unit="image", disable=not progress_bars(),
+                  file=sys.stderr, dynamic_ncols=True) as bar:
+            for scale, correlation in targets:
+                try:
+                    positions += fit_residual_correlation(flow, prior, correlation, files, scale, progress=bar.update)
+                except (ValueError, FileNotFoundError, RuntimeError) as e:  # no images; a singular fit
+                    raise TrainingError(f"correlate at x{scale:g}: {e}") from None
+        reach = ", ".join(f"{r} (part {i})" if len(prior.residual.reach) > 1 else str(r)
+                          for i, r in enumerate(prior.residual.reach))
+        label = (f"residual correlation over channels and {reach} neighbouring position(s), fitted at "
+                 f"{', '.join(f'x{s:g}' for s, _ in targets)} on {len(files)} images ({positions} positions)")
     else:
         n = int(spec.get("calibration_batches", 25))
         scales = prior.config.scale_stats

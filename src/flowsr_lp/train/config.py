@@ -142,6 +142,9 @@ def validate(cfg: dict) -> None:
             raise ConfigError("stage: correlate is a prior recipe's: set flow.checkpoint, prior.checkpoint, "
                               "prior.config.residual_reach, prior.correlation_images (a positive integer) and "
                               "prior.correlation_scale (a scale >= 1)")
+        if "correlation_scale" in p and (p.get("config") or {}).get("residual_scales"):
+            raise ConfigError("stage: correlate fits a module with prior.config.residual_scales at those scales: "
+                              "drop prior.correlation_scale")
         return
     o = cfg["optim"]
     if (o["epochs"] is None) == (o["iterations"] is None):
