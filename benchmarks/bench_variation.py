@@ -116,7 +116,7 @@ def without_head(prior):
     return without(prior, "scale_head", "residual")
 
 
-def run_flow(name, flow_id, prior_id, pairs, draws, seed) -> dict:
+def run_flow(name, flow_id, prior_id, pairs, draws, seed, taus=TAUS) -> dict:
     flow, prior = load_flow(flow_id), load_prior(prior_id)
     plain = without_head(prior)
     resolver = SuperResolver(flow, prior)
@@ -125,7 +125,7 @@ def run_flow(name, flow_id, prior_id, pairs, draws, seed) -> dict:
     independent = without(prior, "residual") if correlated else None
     bpd = {"sigma": [], **({"sigma_independent": []} if correlated else {}), **{f"s={s}": [] for s in SCALES},
            "flow": []}
-    curves = {f"tau={t}": [] for t in TAUS} | {f"t={t}": [] for t in VARIATIONS} | \
+    curves = {f"tau={t}": [] for t in taus} | {f"t={t}": [] for t in VARIATIONS} | \
         ({f"fixed={t}": [] for t in FIXED} if head else {}) | \
         ({f"independent={t}": [] for t in VARIATIONS} if correlated else {})
     spread = []
@@ -140,7 +140,7 @@ def run_flow(name, flow_id, prior_id, pairs, draws, seed) -> dict:
             bpd[f"s={s}"].append(resolver.bits_per_dim(hr, lr, LearnedPrior(plain, variation=s)).item())
         bpd["flow"].append(resolver.bits_per_dim(hr, lr).item())
         prepared = resolver.prepare(lr, size=tuple(hr.shape[-2:]))
-        for t in TAUS:
+        for t in taus:
             curves[f"tau={t}"].append(curve_point(resolver, prepared, hr, lr,
                                                   [TemperatureSampling(t, seed=seed + d) for d in range(draws)]))
         for t in VARIATIONS:
@@ -159,11 +159,12 @@ def run_flow(name, flow_id, prior_id, pairs, draws, seed) -> dict:
     best_s = min(SCALES, key=lambda s: mean[f"s={s}"])
     summary = {k: {m: float(np.nanmean([p[m] for p in v])) for m in ("psnr", "grid", "diversity", "inf")}
                for k, v in curves.items()}
-    refs = [("tau=", TAUS, ""), ("fixed=", FIXED if head else [], "_fixed")]
+    refs = [("tau=", taus, ""), ("fixed=", FIXED if head else [], "_fixed")]
     compare = {f"t={t}": equal_diversity(summary, f"t={t}", refs) for t in VARIATIONS}
     if correlated:  # the scale head alone, independent noise, against the same references
         compare |= {f"independent={t}": equal_diversity(summary, f"independent={t}", refs) for t in VARIATIONS}
-    return {"flow": flow_id, "prior": prior_id, "scale_head": head, "bpd": mean, "best_global_s": best_s,
+    return {"flow": flow_id, "prior": prior_id, "scale_head": head, "taus": list(taus), "bpd": mean,
+            "best_global_s": best_s,
             "bpd_gain_over_best_s": (mean[f"s={best_s}"] - mean["sigma"]) if head else None,
             "curves": summary, "equal_diversity": compare,
             "sigma_spread": [{k: float(np.mean([im[part][k] for im in spread])) for k in spread[0][part]}
@@ -177,7 +178,7 @@ def plot(results: dict, path: Path) -> None:
             ax = fig.add_subplot(len(results), 2, 2 * row + col + 1)
             learned = "learned scale, correlated residual" if f"independent={VARIATIONS[0]}" in r["curves"] \
                 else "learned scale"
-            for prefix, xs, style, label in (("tau=", TAUS, "o-", "temperature sampling"),
+            for prefix, xs, style, label in (("tau=", r.get("taus", TAUS), "o-", "temperature sampling"),
                                              ("t=", VARIATIONS, "s-", f"around the prior ({learned})"),
                                              ("fixed=", FIXED, "^--", "around the prior (one global scale)"),
                                              ("independent=", VARIATIONS, "v:",
@@ -202,6 +203,9 @@ def main() -> None:
     ap.add_argument("--max-images", type=int, default=100)
     ap.add_argument("--draws", type=int, default=8)
     ap.add_argument("--scale", type=float, default=4.0, help="the upscale (LINF: any; SRFlow, HCFlow: their own)")
+    ap.add_argument("--taus", type=lambda v: [float(t) for t in v.split(",")], default=TAUS,
+                    help="the temperatures of the reference curve, comma-separated (default 0.1, ..., 1.0; more where a "
+                         "draw around the prior is more diverse than tau 1)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--flows", default="LINF,SRFlow")
@@ -230,7 +234,7 @@ def main() -> None:
     t0 = time.time()
     with torch.no_grad():
         for name in args.flows.split(","):
-            results[name] = run_flow(name, *models[name], pairs, args.draws, args.seed)
+            results[name] = run_flow(name, *models[name], pairs, args.draws, args.seed, args.taus)
     meta = {"images": len(pairs), "draws": args.draws, "scale": args.scale, "data": args.data, "hardware": hardware_line(),
             "seconds": round(time.time() - t0, 1), "python": platform.python_version()}
     (out / "variation.json").write_text(json.dumps({"meta": meta, **results}, indent=1))
