@@ -85,3 +85,8 @@ def test_the_bundled_hcflow_upscales_with_its_prior(tmp_path):
     assert np.abs(api.astype(int) - cli.astype(int)).max() <= 1  # the CLI's PNG is the same image
     tau0 = SuperResolver(flow)(lr, strategy=TemperatureSampling(0.0)).images
     assert (out.images - tau0).abs().mean() > 1e-3  # the prior's latent is not the flow's mean
+    # v2: draws around the prior are correlated over both latent parts (configs/cpu/hcflow-small-lp-residual.yaml)
+    assert prior.config.residual_reach == 1 and prior.residual.channels == (21, 6)
+    with torch.no_grad():
+        draw = SuperResolver(flow, prior)(lr, strategy=LearnedPrior(prior, variation=0.5, seed=0))
+    assert draw.all_finite and (draw.images - out.images).abs().mean() > 1e-3

@@ -32,7 +32,7 @@ STAGES = {"linf-small": ["linf-small", "linf-small-ft"],
                             "linf-small-lp-specialists", "linf-small-lp-residual"],
           "srflow-small": ["srflow-small", "srflow-small-ft", "srflow-small-ft2", "srflow-small-wise"],
           "srflow-small-lp": ["srflow-small-lp-wide", "srflow-small-lp-wise"],
-          "hcflow-small": ["hcflow-small"], "hcflow-small-lp": ["hcflow-small-lp"]}
+          "hcflow-small": ["hcflow-small"], "hcflow-small-lp": ["hcflow-small-lp", "hcflow-small-lp-residual"]}
 HARDWARE = "2-core x86_64 CPU (AVX512-BF16/AMX), float32, shared with other work while training"
 
 
@@ -173,7 +173,9 @@ def main() -> None:
              "architecture at CPU size) was trained by NLL alone, in one stage, so its likelihood is that of its "
              "objective (its bits/dim includes HCFlow's Dirac LR term, which textures dominate, so it is not comparable "
              "with SRFlow's); `hcflow-small-lp` (the multi-part UNet of SRFlow-LP, one branch per split-off part) was "
-             "trained through it with its scale head in the same run (`hcflow-small-lp.yaml`).", "",
+             "trained through it with its scale head in the same run (`hcflow-small-lp.yaml`); its v2 adds the "
+             "residual correlation stage (`hcflow-small-lp-residual.yaml`, reach 1 on both latent parts, fitted at x4)."
+             , "",
              "Validation: the earlier stages on Set5 (PSNR on RGB with shave = scale, tau 0 for flows; x4, x3 for "
              "`linf-small-lp`); the `-scale` stages, SRFlow v4's and LINF-LP v4's stages by the `evaluate` protocol on 6 Set14 images x4 (PSNR on Y, "
              "8-bit MATLAB-bicubic LR) with the held-out bits/dim under N(mu, sigma^2) (correlated for LINF-LP v7). Bits/dim of every stage "
