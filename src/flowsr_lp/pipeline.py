@@ -230,6 +230,13 @@ def gaussian_log_density(latent: Latent, mean: Latent | None = None, log_sigma: 
     item, in float64 (mean None: 0; log_sigma None: 0). With `correlation` (a latent module's
     `ResidualCorrelation`), the standardised residual (z - mean) / (factor * sigma) is that
     correlated Gaussian's instead of independent unit normals."""
+    return _density(*_standardised(latent, mean, log_sigma, factor), correlation)
+
+
+def _standardised(latent: Latent, mean: Latent | None, log_sigma: Latent | None,
+                  factor: float) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """(the residuals (z - mean) / (factor * sigma) per latent part, the log-normaliser: the sum
+    of -log(factor * sigma) - log(2 pi) / 2 over every element, per batch item), in float64."""
     total, ds = 0, []
     for i, z in enumerate(latent):
         z = z.double()
@@ -238,8 +245,14 @@ def gaussian_log_density(latent: Latent, mean: Latent | None = None, log_sigma: 
         ls = ls + math.log(factor)
         ds.append(d * torch.exp(-ls))
         total = total - (ls + 0.5 * math.log(2 * math.pi)).expand_as(z).flatten(1).sum(1)
+    return ds, total
+
+
+def _density(ds: list[torch.Tensor], log_normaliser: torch.Tensor, correlation=None) -> torch.Tensor:
+    """`gaussian_log_density` of standardised residuals `ds`: independent unit normals, or
+    `correlation`'s Gaussian."""
     es, log_det = correlation.whiten(ds) if correlation is not None else (ds, 0)
-    return total + log_det - sum(0.5 * (e ** 2).flatten(1).sum(1) for e in es)
+    return log_normaliser + log_det - sum(0.5 * (e ** 2).flatten(1).sum(1) for e in es)
 
 
 def _generators(generator, seed):
@@ -398,12 +411,13 @@ class LearnedPrior(LatentStrategy):
     def log_density(self, flow: Flow, lr: torch.Tensor, ctx, scale: float, latent: Latent,
                     memo: dict | None = None) -> torch.Tensor:
         mu, log_sigma = self._shared({} if memo is None else memo, lambda: self.distribution(flow, lr, ctx))
-        t, correlation = self.variation or 1.0, _correlation(self.prior, scale)
-        independent = gaussian_log_density(latent, mu, log_sigma, t)
+        ds, log_normaliser = _standardised(latent, mu, log_sigma, self.variation or 1.0)  # once for both
+        independent = _density(ds, log_normaliser)
+        correlation = _correlation(self.prior, scale)
         if correlation is None:
             return independent
-        return torch.logaddexp(gaussian_log_density(latent, mu, log_sigma, t, correlation)
-                               + math.log1p(-INDEPENDENT_WEIGHT), independent + math.log(INDEPENDENT_WEIGHT))
+        return torch.logaddexp(_density(ds, log_normaliser, correlation) + math.log1p(-INDEPENDENT_WEIGHT),
+                               independent + math.log(INDEPENDENT_WEIGHT))
 
     def __repr__(self) -> str:
         v = f", variation={self.variation:g}" if self.variation else ""
